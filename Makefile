@@ -1,0 +1,144 @@
+# arbor: a plain Makefile. Knobs: CC, OPT, PREFIX, DESTDIR, JOBS, BENCH_ARGS.
+#   make            libarbor.a, libarbor.so and the examples (build/)
+#   make test       the Criterion suite         make demo    the flagship example
+#   make bench      the benchmarks              make asan    the suite under ASan+LSan+UBSan
+#   make tsan       stress programs under TSan  make install PREFIX=/usr/local DESTDIR=
+.SUFFIXES:
+.DELETE_ON_ERROR:
+
+CC      ?= cc
+OPT     ?= -O2 -g
+PREFIX  ?= /usr/local
+DESTDIR ?=
+JOBS    ?= 2
+BUILD   ?= build
+SAN     ?=
+
+# Debian packages arbor builds on (DEPENDENCIES.md).
+DEB_PKGS := pkg-config libuv1-dev libmsgpack-dev libcriterion-dev libssl-dev
+PKGCONF  := $(shell command -v pkg-config 2>/dev/null)
+# msgpack-c is `msgpack` in Debian 12 and `msgpack-c` in newer releases.
+MSGPACK_PC := $(shell pkg-config --exists msgpack-c 2>/dev/null && echo msgpack-c || echo msgpack)
+
+WARN    := -Wall -Wextra -Wstrict-prototypes -Wshadow -Wno-unused-parameter -Werror
+CFLAGS  := -std=c11 $(OPT) $(WARN) -fPIC -fvisibility=hidden -fstack-clash-protection \
+           -D_GNU_SOURCE -Iinclude -MMD -MP $(SAN) $(EXTRA_CFLAGS)
+ifneq ($(PKGCONF),)
+DEP_CFLAGS := $(shell pkg-config --cflags libuv $(MSGPACK_PC) 2>/dev/null)
+DEP_LIBS   := $(shell pkg-config --libs libuv 2>/dev/null) -lpthread -lm
+MSGPACK_LIBS := $(shell pkg-config --libs $(MSGPACK_PC) 2>/dev/null)
+CRIT_LIBS  := $(shell pkg-config --libs criterion 2>/dev/null)
+endif
+LDFLAGS := $(SAN) $(EXTRA_LDFLAGS)
+
+LIB_SRC  := $(wildcard runtime/*.c runtime/*/*.c supervisors/*.c)
+LIB_ASM  := $(wildcard runtime/ctx_*.S)
+LIB_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC)) $(patsubst %.S,$(BUILD)/%.o,$(LIB_ASM))
+EX_SRC   := $(wildcard examples/*.c)
+EX_BIN   := $(patsubst examples/%.c,$(BUILD)/examples/%,$(EX_SRC))
+TEST_SRC := $(wildcard test/test_*.c)
+TEST_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(TEST_SRC))
+TEST_BIN := $(BUILD)/test/arbor_tests
+STRESS_SRC := $(wildcard test/stress/*.c)
+STRESS_BIN := $(patsubst test/stress/%.c,$(BUILD)/stress/%,$(STRESS_SRC))
+BENCH_SRC  := $(filter-out bench/bench_util.c,$(wildcard bench/*.c))
+BENCH_BIN  := $(BUILD)/bench/arbor_bench
+
+.PHONY: all build deps test demo bench asan tsan ubsan install uninstall clean stress-build
+# `deps` runs first; the build runs in a sub-make so pkg-config sees freshly installed packages.
+all: deps
+	@$(MAKE) --no-print-directory build
+build: $(BUILD)/libarbor.a $(BUILD)/libarbor.so $(EX_BIN)
+
+# Installs missing Debian packages when run as root; otherwise prints the line and stops.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "arbor: installing$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	  else \
+	    echo "arbor: missing packages; run: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DEP_CFLAGS) -c $< -o $@
+$(BUILD)/%.o: %.S
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libarbor.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+$(BUILD)/libarbor.so: $(LIB_OBJ)
+	$(CC) -shared -o $@ $^ $(LDFLAGS) $(DEP_LIBS) -lcrypto
+
+$(BUILD)/examples/%: $(BUILD)/examples/%.o $(BUILD)/libarbor.a
+	$(CC) -o $@ $< $(BUILD)/libarbor.a $(LDFLAGS) $(MSGPACK_LIBS) $(DEP_LIBS)
+
+$(TEST_BIN): $(TEST_OBJ) $(BUILD)/libarbor.a
+	$(CC) -o $@ $(TEST_OBJ) $(BUILD)/libarbor.a $(LDFLAGS) $(CRIT_LIBS) $(MSGPACK_LIBS) $(DEP_LIBS)
+
+$(BUILD)/stress/%: test/stress/%.c $(BUILD)/libarbor.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DEP_CFLAGS) -o $@ $< $(BUILD)/libarbor.a $(LDFLAGS) $(DEP_LIBS)
+
+$(BENCH_BIN): $(patsubst %.c,$(BUILD)/%.o,$(BENCH_SRC) bench/bench_util.c) $(BUILD)/libarbor.a
+	$(CC) -o $@ $^ $(LDFLAGS) $(MSGPACK_LIBS) $(DEP_LIBS)
+
+# The two commands. `deps` runs first in its own make so the flags see the packages.
+test: deps
+	@$(MAKE) --no-print-directory run-tests
+demo: deps
+	@$(MAKE) --no-print-directory build
+	$(BUILD)/examples/bank
+
+.PHONY: run-tests
+run-tests: $(TEST_BIN)
+	$(TEST_BIN) --jobs $(JOBS) $(TEST_ARGS)
+
+bench: deps
+	@$(MAKE) --no-print-directory $(BENCH_BIN)
+	$(BENCH_BIN) $(BENCH_ARGS)
+
+# ASan + LSan + UBSan over the whole suite; any report fails (LSan reports do not fail a
+# Criterion test by themselves, so the output is scanned).
+asan: deps
+	@$(MAKE) --no-print-directory BUILD=build/asan OPT="-O1 -g -fno-omit-frame-pointer" \
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" $(subst $(BUILD),build/asan,$(TEST_BIN))
+	@set -o pipefail; ASAN_OPTIONS=detect_leaks=1:handle_segv=0:detect_stack_use_after_return=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1 build/asan/test/arbor_tests --jobs $(JOBS) 2>&1 | tee build/asan/test.log; \
+	  rc=$$?; if grep -qE 'LeakSanitizer|AddressSanitizer|runtime error:' build/asan/test.log; then \
+	  echo "asan: sanitizer reports found (build/asan/test.log)"; exit 1; fi; exit $$rc
+ubsan: deps
+	@$(MAKE) --no-print-directory BUILD=build/ubsan SAN="-fsanitize=undefined -fno-sanitize-recover=undefined" \
+	  build/ubsan/test/arbor_tests
+	build/ubsan/test/arbor_tests --jobs $(JOBS)
+
+# ThreadSanitizer cannot run Criterion's runner: standalone stress programs instead.
+tsan: deps
+	@$(MAKE) --no-print-directory BUILD=build/tsan OPT="-O1 -g" SAN="-fsanitize=thread" stress-build
+	@for t in build/tsan/stress/*; do echo "tsan: $$t"; \
+	  TSAN_OPTIONS="halt_on_error=1 exitcode=66 suppressions=$(CURDIR)/test/stress/tsan.supp" $$t || exit 1; done; \
+	  echo "tsan: all stress programs passed"
+stress-build: $(STRESS_BIN)
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 include/arbor.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(BUILD)/libarbor.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(BUILD)/libarbor.so $(DESTDIR)$(PREFIX)/lib/
+	printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: arbor\nDescription: Erlang/OTP-style processes and supervision for C\nVersion: %s\nRequires.private: libuv\nLibs: -L$${libdir} -larbor\nLibs.private: -lpthread -lcrypto\nCflags: -I$${includedir}\n' \
+	  '$(PREFIX)' "$$(sed -n 's/#define AR_VERSION_MAJOR //p' include/arbor.h).$$(sed -n 's/#define AR_VERSION_MINOR //p' include/arbor.h).$$(sed -n 's/#define AR_VERSION_PATCH //p' include/arbor.h)" \
+	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/arbor.pc
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/include/arbor.h $(DESTDIR)$(PREFIX)/lib/libarbor.a \
+	  $(DESTDIR)$(PREFIX)/lib/libarbor.so $(DESTDIR)$(PREFIX)/lib/pkgconfig/arbor.pc
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

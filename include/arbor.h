@@ -1,0 +1,280 @@
+/* arbor: Erlang/OTP-style processes, mailboxes and supervision for C11.
+ *
+ * The whole public API. Rules that hold everywhere:
+ *  - Every int result is 0 or a negative AR_E* code; ar_strerror() names it.
+ *  - Functions taking `ar_node_t *node` work from any thread. When the calling thread is
+ *    running a process of that node, that process is the sender / parent / the one parked.
+ *  - Functions taking `ar_proc_t *self` act on the calling process and may only be called
+ *    from its own handlers (else AR_EINVAL).
+ *  - Timeouts are milliseconds: AR_INFINITY waits for ever, 0 polls, other negatives are
+ *    AR_EINVAL.
+ *  - Payloads and strings given to the runtime are copied; `void *arg` pointers are the
+ *    caller's and never copied or freed.
+ */
+#ifndef ARBOR_H
+#define ARBOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define AR_EXTERN __attribute__((visibility("default")))
+#else
+#define AR_EXTERN
+#endif
+
+#define AR_VERSION_MAJOR 0
+#define AR_VERSION_MINOR 1
+#define AR_VERSION_PATCH 0
+/* "0.1.0" */
+AR_EXTERN const char *ar_version(void);
+
+/* ---- Errors ------------------------------------------------------------------------ */
+/* X(name, value, text): one table makes the enum, ar_strerror() and ar_err_name(). */
+#define AR_ERRNO_MAP(X)                                                   \
+    X(EINVAL, -1, "invalid argument")                                     \
+    X(ENOMEM, -2, "out of memory")                                        \
+    X(ENOPROC, -3, "no such process")                                     \
+    X(ETIMEDOUT, -4, "timed out")                                         \
+    X(EEXIST, -5, "name or key already taken")                            \
+    X(ENOTPROC, -6, "must be called from a process")                      \
+    X(ECLOSED, -7, "node is stopping")                                    \
+    X(ENOCONN, -8, "peer node unreachable")                               \
+    X(EAUTH, -9, "peer failed authentication")                            \
+    X(E2BIG, -10, "message or buffer too large")                          \
+    X(EBADMSG, -11, "undecodable input")                                  \
+    X(EAGAIN, -12, "mailbox or table full")                               \
+    X(ENOENT, -13, "no such child, key or timer")                         \
+    X(EBUSY, -14, "child running or restarting")                          \
+    X(EALREADY, -15, "child spec kept but not running")                   \
+    X(ENOTSUP, -16, "not supported for this supervisor kind")             \
+    X(EDEADLK, -17, "a call to oneself")
+
+typedef enum ar_errno {
+#define AR__ERR_ENUM(name, val, text) AR_##name = (val),
+    AR_ERRNO_MAP(AR__ERR_ENUM)
+#undef AR__ERR_ENUM
+} ar_errno_t;
+
+/* Text of an AR_E* code ("no such process"); "unknown error" for anything else. */
+AR_EXTERN const char *ar_strerror(int err);
+/* Name of an AR_E* code ("AR_ENOPROC"); "AR_OK" for 0, "AR_UNKNOWN" otherwise. */
+AR_EXTERN const char *ar_err_name(int err);
+
+#define AR_INFINITY (-1)  /* timeout: wait for ever */
+#define AR_NAME_MAX 128   /* names and child ids, with the NUL */
+#define AR_KEY_MAX 1024   /* registry keys */
+
+/* ---- Memory ------------------------------------------------------------------------ */
+/* Every allocation of the runtime goes through this hook. Set it before any node starts
+ * (AR_EBUSY while a node runs); NULL restores malloc/realloc/free. The hook functions
+ * must be thread-safe. malloc returning NULL makes the operation fail with AR_ENOMEM. */
+typedef struct ar_allocator {
+    void *(*malloc)(size_t size, void *ud);
+    void *(*realloc)(void *p, size_t size, void *ud);
+    void (*free)(void *p, void *ud);
+    void *ud;
+} ar_allocator_t;
+AR_EXTERN int ar_set_allocator(const ar_allocator_t *a);
+
+/* ---- Node -------------------------------------------------------------------------- */
+typedef struct ar_node ar_node_t;
+typedef struct ar_node_config {
+    unsigned schedulers;       /* 0: one per CPU */
+    const char *name;          /* node name; NULL: "local", no distribution */
+    const char *listen;        /* "127.0.0.1:9100" to accept peer nodes; NULL: none */
+    const char *cookie;        /* shared secret for peer authentication */
+    size_t max_message_bytes;  /* 0: default (64 MiB) */
+    size_t event_buffer;       /* per subscriber; 0: default (4096 events) */
+    bool handle_signals;       /* SIGINT/SIGTERM begin a graceful stop */
+    size_t stack_size;         /* usable bytes per handler stack; 0: 64 KiB */
+    unsigned spin_us;          /* an idle scheduler spins this long before it parks;
+                                  0: default (50 us) */
+} ar_node_config_t;
+
+/* Fills cfg with the defaults (all zero/NULL/false). */
+AR_EXTERN void ar_node_config_init(ar_node_config_t *cfg);
+/* Starts a node: its scheduler threads and its I/O thread.
+ * AR_EINVAL (out NULL, bad config), AR_ENOMEM. */
+AR_EXTERN int ar_node_start(const ar_node_config_t *cfg, ar_node_t **out);
+/* Blocks until a stop is requested (ar_node_request_stop or a handled signal).
+ * AR_EINVAL (NULL), AR_EDEADLK when called from a process of this node. */
+AR_EXTERN int ar_node_wait(ar_node_t *node);
+/* Asks ar_node_wait to return. Async-signal-safe. */
+AR_EXTERN void ar_node_request_stop(ar_node_t *node);
+/* Ordered shutdown: stops top-level processes in reverse spawn order with AR_SHUTDOWN,
+ * kills whatever is left when timeout_ms runs out (AR_ETIMEDOUT, else 0), joins every
+ * thread and frees the node. Must be called from outside the node's processes
+ * (AR_EDEADLK). AR_EINVAL for NULL or a bad timeout. */
+AR_EXTERN int ar_node_stop(ar_node_t *node, int timeout_ms);
+
+/* ---- Pids, refs, reasons ------------------------------------------------------------ */
+typedef struct ar_pid {
+    uint64_t hi, lo;
+} ar_pid_t; /* value type; the layout is internal */
+#define AR_PID_NONE ((ar_pid_t){0, 0})
+AR_EXTERN bool ar_pid_eq(ar_pid_t a, ar_pid_t b);
+AR_EXTERN bool ar_pid_is_none(ar_pid_t p);
+AR_EXTERN bool ar_pid_is_local(ar_node_t *node, ar_pid_t p);
+#define AR_PID_STRLEN 64 /* enough for any pid */
+/* Writes "<node.index.serial>". AR_E2BIG if n is too small (output truncated),
+ * AR_EINVAL for a NULL buf or n == 0. */
+AR_EXTERN int ar_pid_format(ar_pid_t p, char *buf, size_t n);
+typedef uint64_t ar_ref_t; /* unique per node, 0: none */
+
+typedef enum ar_exit_code {
+    AR_NORMAL,
+    AR_SHUTDOWN,
+    AR_KILL,   /* untrappable, sent */
+    AR_KILLED, /* what links see */
+    AR_NOPROC,
+    AR_NOCONNECTION,
+    AR_TIMEOUT,
+    AR_ERROR /* crash; text says why */
+} ar_exit_code_t;
+typedef struct ar_reason {
+    ar_exit_code_t code;
+    const char *text; /* may be NULL */
+} ar_reason_t;
+#define AR_REASON(code) ((ar_reason_t){(code), NULL})
+/* "normal", "shutdown", ... */
+AR_EXTERN const char *ar_exit_code_name(ar_exit_code_t code);
+
+/* ---- Messages ---------------------------------------------------------------------- */
+typedef enum ar_msg_kind {
+    AR_MSG_CAST,  /* from ar_send */
+    AR_MSG_CALL,  /* from ar_call: answer with ar_reply(node, m->reply_to, ...) */
+    AR_MSG_REPLY, /* answer to ar_ask; reason.code != AR_NORMAL when it failed */
+    AR_MSG_EXIT,  /* exit signal of a linked process, while trapping exits */
+    AR_MSG_DOWN,  /* a monitored process ended: from, ref, reason */
+    AR_MSG_TIMER, /* from ar_send_after: tag, data */
+    AR_MSG_EVENT, /* lifecycle event for a subscriber: event */
+} ar_msg_kind_t;
+typedef struct ar_reply_to {
+    ar_pid_t pid;
+    ar_ref_t ref;
+} ar_reply_to_t;
+struct ar_event;
+typedef struct ar_msg { /* read-only; valid until the handler returns */
+    ar_msg_kind_t kind;
+    uint32_t tag; /* the sender's own message type */
+    ar_pid_t from;
+    ar_ref_t ref;
+    ar_reason_t reason;
+    ar_reply_to_t reply_to;
+    const void *data; /* payload bytes (msgpack by convention), len bytes */
+    size_t len;
+    const struct ar_event *event; /* AR_MSG_EVENT only */
+} ar_msg_t;
+typedef struct ar_buf {
+    void *data;
+    size_t len;
+} ar_buf_t;
+/* Frees a buffer the runtime handed out (a call's reply) and zeroes it. NULL: no-op. */
+AR_EXTERN void ar_buf_free(ar_buf_t *b);
+
+/* ---- Behaviours and processes ------------------------------------------------------- */
+typedef struct ar_proc ar_proc_t; /* the calling process, inside its handlers */
+typedef struct ar_behaviour {
+    const char *name;
+    int (*init)(ar_proc_t *self, void *arg, void **state); /* <0: start fails */
+    void (*handle)(ar_proc_t *self, void *state, const ar_msg_t *m);
+    void (*terminate)(ar_proc_t *self, void *state, ar_reason_t why); /* optional */
+} ar_behaviour_t;
+typedef struct ar_spawn_opts {
+    bool link; /* link to the calling process */
+    bool trap_exit;
+    size_t mailbox_limit; /* 0: unbounded; else ar_send fails with AR_EAGAIN */
+    const char *name;     /* register atomically with the spawn */
+} ar_spawn_opts_t;
+
+/* Starts a process running behaviour b. init (optional) runs in the new process's own
+ * context and completes before ar_spawn returns; it may block. On success *out (optional)
+ * is the new pid. Errors: AR_EINVAL (NULL node/b, b->handle NULL, bad opts), AR_ECLOSED
+ * (node stopping), AR_ENOMEM, init's own negative result as is, AR_ENOPROC if init
+ * crashed (AR_FAIL, ar_exit_self, stack overflow). A failed start leaves nothing behind. */
+AR_EXTERN int ar_spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg,
+                       const ar_spawn_opts_t *opts, ar_pid_t *out);
+AR_EXTERN ar_pid_t ar_self(ar_proc_t *self);
+AR_EXTERN ar_node_t *ar_node(ar_proc_t *self);
+
+/* ---- Sending, calling, replying, receiving ----------------------------------------- */
+/* Sends a copy of data as an AR_MSG_CAST. A dead or unknown pid: 0, the message is
+ * dropped and counted. AR_EINVAL (NULL node, data NULL with len > 0), AR_E2BIG (over
+ * max_message_bytes), AR_EAGAIN (target's mailbox_limit reached), AR_ENOMEM. */
+AR_EXTERN int ar_send(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *data,
+                      size_t len);
+/* Sends an AR_MSG_CALL and waits for its reply, parking the calling process (a foreign
+ * thread blocks). On success *reply holds the answer: free it with ar_buf_free.
+ * AR_ETIMEDOUT, AR_ENOPROC (target dead), AR_EDEADLK (call to self), AR_EINVAL, AR_E2BIG,
+ * AR_ENOMEM, AR_EAGAIN. */
+AR_EXTERN int ar_call(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *req,
+                      size_t len, ar_buf_t *reply, int timeout_ms);
+/* Sends an AR_MSG_CALL without waiting; 0 once sent. Exactly one AR_MSG_REPLY with
+ * m->ref == *ref follows: the answer, or a failure (reason AR_TIMEOUT, AR_NOPROC). */
+AR_EXTERN int ar_ask(ar_proc_t *self, ar_pid_t to, uint32_t tag, const void *req,
+                     size_t len, int timeout_ms, ar_ref_t *ref);
+/* Answers a CALL (now or later, from any thread). 0 also when the caller is gone or gave
+ * up. AR_EINVAL (bad reply_to), AR_E2BIG, AR_ENOMEM. */
+AR_EXTERN int ar_reply(ar_node_t *node, ar_reply_to_t to, const void *data, size_t len);
+/* Selective receive: waits for the first queued message for which match returns true
+ * (match NULL: any), parking the process. Unmatched messages stay queued in order.
+ * *out is the caller's until ar_msg_release. AR_ETIMEDOUT, AR_EINVAL. */
+AR_EXTERN int ar_receive(ar_proc_t *self, bool (*match)(const ar_msg_t *m, void *ud),
+                         void *ud, int timeout_ms, ar_msg_t **out);
+AR_EXTERN void ar_msg_release(ar_proc_t *self, ar_msg_t *m);
+/* Parks the calling process for ms milliseconds; its mailbox keeps filling. */
+AR_EXTERN int ar_sleep(ar_proc_t *self, int ms);
+/* After ms milliseconds, sends `to` an AR_MSG_TIMER (tag, a copy of data) from the
+ * calling process (or AR_PID_NONE). *timer (optional) identifies it for cancelling.
+ * The timer is cancelled when its owner process ends. */
+AR_EXTERN int ar_send_after(ar_node_t *node, int ms, ar_pid_t to, uint32_t tag,
+                            const void *data, size_t len, ar_ref_t *timer);
+/* Cancels a pending timer: 0, or AR_ENOENT when it fired, was cancelled or is unknown. */
+AR_EXTERN int ar_cancel_timer(ar_node_t *node, ar_ref_t timer);
+
+/* ---- Ending ------------------------------------------------------------------------ */
+/* Ends the calling process with why after the current handler (or init) returns. */
+AR_EXTERN void ar_stop(ar_proc_t *self, ar_reason_t why);
+/* Ends the calling process now, unwinding the handler; terminate still runs. */
+AR_EXTERN _Noreturn void ar_exit_self(ar_proc_t *self, ar_reason_t why);
+AR_EXTERN _Noreturn void ar__fail(ar_proc_t *self, const char *file, int line,
+                                  const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+AR_EXTERN _Noreturn void ar__assert_fail(ar_proc_t *self, const char *file, int line,
+                                         const char *cond);
+/* Crashes the calling process with AR_ERROR and a formatted text. */
+#define AR_FAIL(self, ...) ar__fail((self), __FILE__, __LINE__, __VA_ARGS__)
+/* Crashes the calling process with AR_ERROR ("assertion failed: cond at file:line"). */
+#define AR_ASSERT(self, cond)                                                      \
+    do {                                                                           \
+        if (!(cond)) ar__assert_fail((self), __FILE__, __LINE__, #cond);           \
+    } while (0)
+
+/* ---- Introspection ----------------------------------------------------------------- */
+typedef struct ar_proc_info {
+    ar_pid_t pid, parent;
+    const char *behaviour; /* the behaviour's own static name */
+    char name[AR_NAME_MAX]; /* registered name, "" if none */
+    size_t mailbox_len, links, monitors /* held by it */, monitored_by;
+    uint64_t handled;
+    bool trap_exit, blocked /* parked in a call, receive or sleep */;
+} ar_proc_info_t;
+/* A snapshot of a live local process. AR_ENOPROC when it is dead or unknown. */
+AR_EXTERN int ar_proc_info(ar_node_t *node, ar_pid_t pid, ar_proc_info_t *out);
+typedef struct ar_node_stats {
+    size_t processes;
+    uint64_t spawned, exited, sent, delivered, dropped;
+} ar_node_stats_t;
+/* Node-wide counters: sent counts accepted sends, dropped the ones to dead pids. */
+AR_EXTERN void ar_node_stats(ar_node_t *node, ar_node_stats_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ARBOR_H */

@@ -1,0 +1,52 @@
+/* Introspection: a snapshot of one process, and the node's counters. Reads only atomics
+ * of the target and re-checks its pid afterwards, so a process that ends (or a slot that
+ * is reused) meanwhile reads as AR_ENOPROC rather than as a mix of two processes. */
+#include "internal.h"
+
+#include <string.h>
+
+int ar_proc_info(ar_node_t *node, ar_pid_t pid, ar_proc_info_t *out)
+{
+    if (!node || !out) return AR_EINVAL;
+    ar_proc_t *p = ar__proc_lookup(node, pid);
+    if (!p) return AR_ENOPROC;
+    ar_proc_info_t i;
+    memset(&i, 0, sizeof i);
+    uint32_t fl = atomic_load_explicit(&p->flags, memory_order_relaxed);
+    const ar_behaviour_t *b = atomic_load_explicit(&p->b, memory_order_relaxed);
+    uint64_t parent = atomic_load_explicit(&p->parent_lo, memory_order_relaxed);
+    i.pid = pid;
+    i.parent = parent ? (ar_pid_t){node->pid_hi, parent} : AR_PID_NONE;
+    i.behaviour = b ? b->name : NULL;
+    i.mailbox_len = atomic_load_explicit(&p->queued, memory_order_relaxed);
+    i.handled = atomic_load_explicit(&p->handled, memory_order_relaxed);
+    i.blocked = atomic_load_explicit(&p->blocked, memory_order_relaxed) != 0;
+    i.trap_exit = false; /* exit trapping arrives with links (signals) */
+    /* acquire: the reads above happened while pid still named this process */
+    atomic_thread_fence(memory_order_acquire);
+    if (atomic_load_explicit(&p->pid_lo, memory_order_relaxed) != pid.lo || (fl & P_FOREIGN))
+        return AR_ENOPROC;
+    *out = i;
+    return 0;
+}
+
+void ar_node_stats(ar_node_t *node, ar_node_stats_t *out)
+{
+    if (!node || !out) return;
+    ar_node_stats_t st;
+    st.spawned = atomic_load_explicit(&node->n_spawned, memory_order_relaxed);
+    st.exited = atomic_load_explicit(&node->n_exited, memory_order_relaxed);
+    st.sent = atomic_load_explicit(&node->n_sent, memory_order_relaxed);
+    st.delivered = atomic_load_explicit(&node->n_delivered, memory_order_relaxed);
+    st.dropped = atomic_load_explicit(&node->n_dropped, memory_order_relaxed);
+    for (unsigned k = 0; k < node->nsched; k++) {
+        ar__sched_t *s = node->sched[k];
+        st.spawned += atomic_load_explicit(&s->n_spawned, memory_order_relaxed);
+        st.exited += atomic_load_explicit(&s->n_exited, memory_order_relaxed);
+        st.sent += atomic_load_explicit(&s->n_sent, memory_order_relaxed);
+        st.delivered += atomic_load_explicit(&s->n_delivered, memory_order_relaxed);
+        st.dropped += atomic_load_explicit(&s->n_dropped, memory_order_relaxed);
+    }
+    st.processes = (size_t)atomic_load_explicit(&node->live, memory_order_relaxed);
+    *out = st;
+}

@@ -1,0 +1,373 @@
+/* Structures shared inside runtime/. Never included by users.
+ *
+ * Threads: N scheduler threads run processes; one I/O thread (loop.c) runs libuv for
+ * signals (and later sockets); foreign threads (main, the user's) call ar_node_t functions.
+ *
+ * A process is a struct ar_proc in the node's process table. Fields are split in two
+ * cache lines' worth: the first is written by senders (the outer queue's producer end and
+ * the queued counter), the rest only by the thread currently running the process (its
+ * "owner"), with a few relaxed atomics read by introspection.
+ *
+ * Scheduling needs no state word: the outer queue's producer pointer carries two tag bits
+ * (Pony's messageq). MB_EMPTY says "not scheduled": the sender whose push finds it set must
+ * schedule the process. MB_DEAD says the process has ended: the sender whose push finds it
+ * set drains the queue itself, answering each envelope as "no such process". So exactly one
+ * thread at a time consumes a queue, and nothing pushed is ever lost or leaked.
+ */
+#ifndef AR_INTERNAL_H
+#define AR_INTERNAL_H
+
+#include <arbor.h>
+
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "queue.h"
+
+#define AR__CACHE_LINE 64
+#define AR__PID_INDEX(lo) ((uint32_t)(lo))
+#define AR__PID_SERIAL(lo) ((uint32_t)((lo) >> 32))
+#define AR__PID_LO(index, serial) (((uint64_t)(serial) << 32) | (uint64_t)(index))
+
+/* Internal invariant check: prints and aborts (the public AR_ASSERT only crashes a process). */
+#define AR__ASSERT(cond)                                                                   \
+    do {                                                                                   \
+        if (!(cond)) ar__panic(__FILE__, __LINE__, "assertion failed: %s", #cond);         \
+    } while (0)
+_Noreturn void ar__panic(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---- Allocation (alloc.c) ---------------------------------------------------------- */
+void *ar__malloc(size_t n);
+void *ar__calloc(size_t n, size_t size);
+void *ar__realloc(void *p, size_t n);
+void ar__free(void *p);
+char *ar__strdup(const char *s);
+extern _Atomic int ar__nodes_running; /* ar_set_allocator refuses while > 0 */
+
+/* Size-class pools for envelopes: a per-scheduler cache over a per-node depot of batches.
+ * Blocks of one class are interchangeable with plain ar__malloc blocks of the class size,
+ * so a block may be freed on any thread, with or without a cache. */
+struct ar__sched;
+#define AR__POOL_CLASSES 8
+struct ar__pool_cache {
+    void *free[AR__POOL_CLASSES];
+    uint32_t count[AR__POOL_CLASSES];
+};
+struct ar__depot {
+    pthread_mutex_t lock;
+    void *batches[AR__POOL_CLASSES]; /* each batch: a free list, linked through word 1 */
+    uint32_t nbatches[AR__POOL_CLASSES];
+};
+void *ar__pool_alloc(size_t size);
+void ar__pool_free(void *p, size_t size);
+void ar__pool_cache_flush(struct ar__depot *d, struct ar__pool_cache *c);
+void ar__depot_init(struct ar__depot *d);
+void ar__depot_destroy(struct ar__depot *d);
+
+/* ---- Envelopes (send.c) ------------------------------------------------------------- */
+struct ar__qnode {
+    _Atomic(struct ar__qnode *) next;
+};
+
+enum ar__env_kind {
+    ENV_MSG,      /* a message for the handler: CAST, CALL, REPLY, TIMER */
+    ENV_EXIT,     /* an exit signal: acts when fetched */
+    ENV_WAKE,     /* internal: ends an ar_sleep / a call timeout (msg.ref says which) */
+    ENV_INIT,     /* internal: run init (spawn from a foreign thread) */
+};
+
+typedef struct ar__env {
+    struct ar__qnode q; /* must be first: the queue links envelopes through it */
+    uint64_t to_lo;     /* the pid this was sent to: a reused slot drops stale envelopes */
+    uint8_t kind;       /* enum ar__env_kind */
+    uint8_t sync_reply; /* a REPLY for an ar_call (dropped unless that call still waits) */
+    uint8_t counted;    /* a CAST/CALL counted in the target's `queued` */
+    ar_msg_t msg;
+    /* payload bytes follow */
+} ar__env_t;
+
+static inline void *ar__env_payload(ar__env_t *e) { return (void *)(e + 1); }
+ar__env_t *ar__env_new(size_t len);
+void ar__env_free(ar__env_t *e);
+/* Pushes e to the process at pid (local). Returns 0, or AR_ENOPROC when the pid is dead
+ * (e is then disposed of as dead letter). */
+int ar__deliver(struct ar_node *node, ar_pid_t to, ar__env_t *e);
+/* Answers an envelope whose target is dead: drops it, failing calls with AR_NOPROC.
+ * p: the struct it was queued in (its `queued` count is given back), or NULL. */
+void ar__dead_letter(struct ar_node *node, struct ar_proc *p, ar__env_t *e);
+int ar__check_payload(struct ar_node *node, const void *data, size_t len);
+int ar__send_msg(struct ar_node *node, ar_pid_t to, ar_msg_kind_t kind, uint32_t tag,
+                 const void *data, size_t len, ar_reply_to_t reply_to);
+void ar__reply_failure(struct ar_node *node, ar_pid_t from, ar_reply_to_t to,
+                       ar_exit_code_t why);
+
+/* ---- Stacks and contexts (stack.c, ctx_*.S) ---------------------------------------- */
+struct ar__catch; /* an unwind point on a handler stack (proc.c) */
+typedef struct ar__stack {
+    struct ar__stack *next_free;
+    char *base;   /* lowest usable byte (the guard page, if any, is just below) */
+    size_t size;  /* usable bytes */
+    void *map;    /* the mapping, or NULL when from the heap (unguarded, canary) */
+    size_t map_len;
+    void *sp;     /* saved stack pointer while switched out */
+    struct ar__catch *catch_top;
+    void *san_fiber;   /* TSan fiber of this stack */
+} ar__stack_t;
+
+/* ctx_*.S: saves the callee-saved registers on the current stack, stores the stack
+ * pointer in *save_sp, and continues on new_sp. */
+void ar__ctx_switch(void **save_sp, void *new_sp);
+void ar__stack_prepare(ar__stack_t *st, void (*fn)(void *), void *arg);
+ar__stack_t *ar__stack_get(struct ar__sched *s);
+void ar__stack_put(struct ar__sched *s, ar__stack_t *st);
+void ar__stack_destroy(ar__stack_t *st);
+void ar__stack_check_canary(ar__stack_t *st);
+/* Switches from the running stack (saving into *from_sp) to `to`, with the sanitizer
+ * fiber annotations; ar__switch_done runs first thing on the other side. */
+void ar__switch(void **from_sp, ar__stack_t *to);
+void ar__switch_done(struct ar__sched *s);
+void ar__switch_native_init(struct ar__sched *s);
+int ar__stack_signals_init(void);
+int ar__sched_altstack_init(struct ar__sched *s);
+void ar__sched_altstack_destroy(struct ar__sched *s);
+
+/* ---- Processes (proc.c) ------------------------------------------------------------- */
+enum {
+    P_STOP = 1u << 0,     /* ar_stop called: end after this handler */
+    P_EXITING = 1u << 1,  /* a fatal signal arrived: unwind at the next safe point */
+    P_STARTING = 1u << 2, /* spawned from a foreign thread: init not run yet */
+    P_FOREIGN = 1u << 3,  /* a foreign thread's call waiter, not a process */
+    P_TOPLEVEL = 1u << 4, /* spawned from outside any process */
+    P_OVERFLOW = 1u << 5, /* its stack overflowed: ends with "stack overflow" */
+};
+
+#define MB_EMPTY ((uintptr_t)1)
+#define MB_DEAD ((uintptr_t)2)
+#define MB_BITS ((uintptr_t)3)
+
+struct ar__timer;
+struct ar__spawn_wait {
+    sem_t sem;
+    void *arg;
+    int rc;
+};
+
+struct ar_proc {
+    /* --- written by senders --- */
+    _Atomic uintptr_t head;       /* outer queue producer end | MB_EMPTY | MB_DEAD */
+    _Atomic uint32_t queued;      /* CAST/CALL queued and not yet handled */
+    uint32_t mailbox_limit;       /* 0: unbounded (set before the pid is published) */
+    _Atomic uint64_t pid_lo;      /* current occupant's pid (serial|index); 0 when free */
+    struct ar__qnode stub;        /* the outer queue's resting node */
+    char pad_[AR__CACHE_LINE - 32];
+    /* --- owner only (the thread running the process), unless atomic --- */
+    struct ar__qnode *tail;       /* outer queue consumer end */
+    ar__env_t *inner_head, *inner_tail; /* fetched, not yet handled, in arrival order */
+    _Atomic(const ar_behaviour_t *) b;
+    void *state;                  /* P_FOREIGN: the waiting thread's sem_t */
+    struct ar_node *node;
+    _Atomic uint64_t parent_lo;
+    ar__stack_t *stack;           /* the stack it holds while running or parked */
+    struct ar_proc *link;         /* run queue / free list link */
+    _Atomic uint64_t handled;
+    struct ar__proc_ext *ext;     /* rarely used parts, allocated on demand */
+    ar_ref_t wait_ref;            /* the blocking call waits for this ref; 0: none */
+    ar__env_t *handling;          /* the envelope its handler has (freed if it crashes) */
+    uint32_t index;               /* its slot in the table (fixed) */
+    uint32_t serial;              /* serial of the slot's latest occupant */
+    _Atomic uint32_t flags;       /* P_*; atomic for introspection */
+    _Atomic uint8_t blocked;      /* parked in call, receive or sleep */
+    uint8_t parked;               /* its context is saved on its stack */
+    uint8_t trap_exit;
+};
+
+/* Rare per-process data: exit reason, owned timers, pending asks, spawn handshake. */
+struct ar__proc_ext {
+    ar_reason_t reason;          /* why it ends (text owned here) */
+    char *reason_text;
+    ar_ref_t *timers;            /* refs of timers it set (cancelled at exit) */
+    size_t ntimers, timers_cap, timers_live_hint;
+    struct ar__ask *asks;        /* outstanding ar_ask refs */
+    struct ar__spawn_wait *spawn_wait; /* foreign spawn: whom to tell init's result */
+};
+struct ar__ask {
+    struct ar__ask *next;
+    ar_ref_t ref;
+    struct ar__timer *timer;
+};
+
+struct ar__proc_ext *ar__proc_ext(ar_proc_t *p); /* NULL on OOM */
+ar_proc_t *ar__proc_lookup(struct ar_node *node, ar_pid_t pid); /* live or NULL (racy) */
+ar_pid_t ar__proc_pid(const ar_proc_t *p);
+ar_proc_t *ar__proc_alloc(struct ar_node *node);   /* a free slot with a fresh serial */
+void ar__proc_release(ar_proc_t *p);               /* slot back to the free lists */
+/* Runs the exit path of p (terminate, timers, dead-mark, release). */
+void ar__proc_exit(ar_proc_t *p, ar_reason_t why);
+void ar__proc_set_reason(ar_proc_t *p, ar_reason_t why);
+void ar__msg_taken(ar_proc_t *p, ar__env_t *e); /* counts a message handed out */
+/* Runs a turn of p on the current scheduler. */
+void ar__proc_run(ar_proc_t *p);
+/* Fetches the outer queue into the inner queue, acting on signals; returns false if the
+ * process must unwind (a fatal signal). */
+void ar__proc_fetch(ar_proc_t *p);
+/* Unlinks and returns the first inner envelope for which pred holds; NULL if none. */
+ar__env_t *ar__inner_take(ar_proc_t *p, bool (*pred)(ar__env_t *, void *), void *ud);
+_Noreturn void ar__proc_unwind(ar_proc_t *p);
+void ar__proc_table_destroy(struct ar_node *node);
+int ar__proc_table_init(struct ar_node *node);
+
+extern _Thread_local ar_proc_t *ar__tls_proc;  /* process whose code runs on this thread */
+ar_proc_t *ar__current_proc(void);            /* noinline: safe across migrations */
+
+/* ---- Mailbox (mailbox.c) ------------------------------------------------------------ */
+void ar__mb_init(ar_proc_t *p, uintptr_t bits);
+/* Pushes; returns the tag bits the push found (MB_EMPTY: schedule; MB_DEAD: drain). */
+uintptr_t ar__mb_push(ar_proc_t *p, ar__env_t *e);
+ar__env_t *ar__mb_pop(ar_proc_t *p); /* consumer only; NULL if nothing (now) */
+/* Consumer gives up the queue: marks it with bits if it is empty. false: not empty. */
+bool ar__mb_try_mark(ar_proc_t *p, uintptr_t bits);
+bool ar__mb_has_more(ar_proc_t *p);
+/* A push found MB_DEAD: drain as dead letters until the queue rests marked dead again. */
+void ar__mb_drain_dead(struct ar_node *node, ar_proc_t *p);
+void ar__inner_append(ar_proc_t *p, ar__env_t *e);
+
+/* ---- Schedulers (sched.c) ----------------------------------------------------------- */
+struct ar__runq {
+    _Atomic uint32_t head; /* taken by the owner and by thieves */
+    char pad_[AR__CACHE_LINE - 4];
+    _Atomic uint32_t tail; /* written by the owner only */
+    _Atomic(ar_proc_t *) buf[256];
+};
+
+struct ar__wheel;
+typedef struct ar__sched {
+    struct ar__runq rq;
+    struct ar_node *node;
+    unsigned id;
+    ar_proc_t *next;            /* the process woken last by this scheduler: runs next */
+    unsigned next_streak;       /* consecutive runs from `next` (fairness bound) */
+    unsigned ticks;             /* loop iterations, for periodic checks */
+    struct ar__pool_cache cache;
+    ar__stack_t *stacks;        /* local free stacks */
+    unsigned nstacks;
+    ar_proc_t *free_procs;      /* local free process slots */
+    unsigned nfree_procs;
+    ar__stack_t *release_stack; /* to pool after the next switch completes */
+    ar_proc_t *park_proc;       /* to finish parking after the next switch completes */
+    ar__stack_t *cur_stack;     /* the stack this thread runs on now */
+    ar__stack_t native;         /* the thread's own stack, returned to at shutdown */
+    void *alloc_base;
+    bool started;
+    struct ar__wheel *wheel;
+    sem_t sem;                  /* parked here */
+    bool parked;                /* in the node's idle list (under idle_lock) */
+    pthread_t thread;
+    void *altstack;
+    void *san_native_fiber;
+    /* counters, written by the owner (relaxed), read by ar_node_stats */
+    _Atomic uint64_t n_sent, n_delivered, n_dropped, n_spawned, n_exited;
+} ar__sched_t;
+
+extern _Thread_local ar__sched_t *ar__tls_sched;
+ar__sched_t *ar__current_sched(void); /* noinline: a process may resume on another thread */
+/* Makes p runnable: on the calling scheduler's `next` slot when the caller is one of the
+ * node's schedulers, else on the node's inject queue (waking a parked scheduler). */
+void ar__schedule(struct ar_node *node, ar_proc_t *p);
+/* After a push reported MB_EMPTY/MB_DEAD bits: schedule, wake a foreign waiter, or drain. */
+void ar__after_push(struct ar_node *node, ar_proc_t *p, uintptr_t bits);
+/* Parks the calling process until its mailbox gets something (or it must exit). */
+void ar__park(ar_proc_t *p);
+_Noreturn void ar__resume(ar_proc_t *p);
+void ar__requeue(ar_proc_t *p);        /* back on a run queue, after others */
+void ar__set_current_proc(ar_proc_t *p);
+void ar__sched_free(struct ar_node *node);
+int ar__sched_start(struct ar_node *node);
+void ar__sched_stop(struct ar_node *node);
+void ar__sched_wake_all(struct ar_node *node);
+void ar__sched_wake(ar__sched_t *s);
+
+/* ---- Timers (timer.c) --------------------------------------------------------------- */
+typedef struct ar__timer ar__timer_t;
+/* Arms a timer delivering e to `to` after ms (owner: the process it belongs to, or 0). */
+ar__timer_t *ar__timer_start(struct ar_node *node, int ms, ar_pid_t to, ar__env_t *e,
+                             ar_ref_t ref);
+/* true if it was pending and will never fire; false if it fired or was cancelled. */
+bool ar__timer_cancel(struct ar_node *node, ar__timer_t *t);
+int ar__wheel_init(ar__sched_t *s);
+void ar__wheel_destroy(ar__sched_t *s);
+/* Fires what is due; returns ms until the next timer (-1: none). */
+int ar__wheel_run(ar__sched_t *s);
+bool ar__wheel_pending(ar__sched_t *s);
+int ar__timers_init(struct ar_node *node);
+void ar__timers_destroy(struct ar_node *node);
+void ar__proc_cancel_timers(ar_proc_t *p);
+uint64_t ar__now_ms(const struct ar_node *node);
+
+/* ---- Node (node.c) ------------------------------------------------------------------ */
+#define AR__MAX_CHUNKS 16384
+#define AR__CHUNK_PROCS 4096
+
+struct ar__proc_table {
+    ar_proc_t *_Atomic chunks[AR__MAX_CHUNKS];
+    _Atomic uint32_t nchunks;
+    uint32_t next_fresh;        /* next never-used index (under lock) */
+    pthread_mutex_t lock;       /* growth and the global free list */
+    ar_proc_t *free;            /* global free list (batches from schedulers) */
+    size_t nfree;
+};
+
+struct ar_node {
+    ar_node_config_t cfg;
+    uint64_t pid_hi;
+    unsigned nsched;
+    ar__sched_t **sched;
+    struct ar__proc_table ptab;
+    struct ar__depot depot;
+    _Atomic uint64_t next_ref;
+    _Atomic int stopping;       /* ar_spawn refuses */
+    _Atomic int shutdown;       /* scheduler threads leave */
+    _Atomic int stop_requested;
+    sem_t stop_sem;             /* ar_node_wait */
+    /* inject queue: runnable processes from foreign threads (and overflow) */
+    pthread_mutex_t inject_lock;
+    ar_proc_t *inject_head, *inject_tail;
+    _Atomic size_t inject_len;
+    /* parking */
+    pthread_mutex_t idle_lock;
+    ar__sched_t **idle;
+    unsigned nidle;
+    _Atomic unsigned nparked, nspinning;
+    /* top-level processes in spawn order (for the ordered stop) */
+    pthread_mutex_t top_lock;
+    uint64_t *top;
+    size_t ntop, top_cap;
+    /* exits, for ar_node_stop to wait on */
+    pthread_mutex_t exit_lock;
+    pthread_cond_t exit_cond;
+    _Atomic int exit_waiters;
+    /* counters of foreign threads */
+    _Atomic uint64_t n_sent, n_dropped, n_spawned, n_exited, n_delivered;
+    _Atomic uint64_t live;      /* processes alive */
+    struct ar__timers *timers;
+    struct ar__loop *loop;
+    uint64_t start_ns;
+    size_t stack_size;
+    uint64_t spin_ns;
+    pthread_mutex_t stack_lock; /* node-wide free stacks */
+    ar__stack_t *stacks;
+};
+
+ar_ref_t ar__make_ref(struct ar_node *node);
+void ar__note_exit(struct ar_node *node);
+uint64_t ar__now_ns(void);
+bool ar__timeout_ok(int timeout_ms);
+
+/* ---- I/O thread (loop.c) ------------------------------------------------------------ */
+int ar__loop_start(struct ar_node *node);
+void ar__loop_stop(struct ar_node *node);
+
+#endif

@@ -1,0 +1,121 @@
+/* The two-stage mailbox.
+ *
+ * Outer queue: Vyukov's intrusive MPSC queue with a resting stub node; a push is one
+ * atomic exchange. Its producer pointer (`head`) carries the MB_EMPTY and MB_DEAD tag bits
+ * (see internal.h): the consumer sets them with a CAS only when the queue is empty, and
+ * the first push after that finds them in the exchange's result and takes over the duty
+ * they name. So a process is scheduled by exactly one thread, and a dead process's queue
+ * is drained by exactly one thread at a time.
+ *
+ * Inner queue: envelopes already fetched, in arrival order, private to the consumer.
+ * Selective receive scans it; unmatched envelopes stay in place.
+ *
+ * Thread rules: push from any thread; everything else only by the queue's consumer (the
+ * thread running the process, or the one draining it dead).
+ */
+#include "internal.h"
+
+static inline struct ar__qnode *untag(uintptr_t v) { return (struct ar__qnode *)(v & ~MB_BITS); }
+
+void ar__mb_init(ar_proc_t *p, uintptr_t bits)
+{
+    atomic_store_explicit(&p->stub.next, NULL, memory_order_relaxed);
+    p->tail = &p->stub;
+    p->inner_head = p->inner_tail = NULL;
+    /* release: the process's fields, written before, are visible to the first pusher that
+     * takes the MB_EMPTY token (its exchange acquires). */
+    atomic_store_explicit(&p->head, (uintptr_t)&p->stub | bits, memory_order_release);
+}
+
+uintptr_t ar__mb_push(ar_proc_t *p, ar__env_t *e)
+{
+    atomic_store_explicit(&e->q.next, NULL, memory_order_relaxed);
+    /* acq_rel: acquire pairs with the consumer's marking CAS (the token's duty sees the
+     * process as its consumer left it); release orders e's contents before the link. */
+    uintptr_t prev = atomic_exchange_explicit(&p->head, (uintptr_t)&e->q, memory_order_acq_rel);
+    /* release: the consumer's acquire load of `next` sees the whole envelope. */
+    atomic_store_explicit(&untag(prev)->next, &e->q, memory_order_release);
+    return prev & MB_BITS;
+}
+
+ar__env_t *ar__mb_pop(ar_proc_t *p)
+{
+    struct ar__qnode *tail = p->tail;
+    struct ar__qnode *next = atomic_load_explicit(&tail->next, memory_order_acquire);
+    if (tail == &p->stub) {
+        if (!next) return NULL;
+        p->tail = tail = next;
+        next = atomic_load_explicit(&next->next, memory_order_acquire);
+    }
+    if (next) {
+        p->tail = next;
+        return (ar__env_t *)tail;
+    }
+    if (untag(atomic_load_explicit(&p->head, memory_order_acquire)) != tail)
+        return NULL; /* a push is between its exchange and its link: not visible yet */
+    /* tail is the last node: rest the stub behind it so tail can be detached. The consumer
+     * is active, so the head carries no tag bits here. */
+    atomic_store_explicit(&p->stub.next, NULL, memory_order_relaxed);
+    uintptr_t prev = atomic_exchange_explicit(&p->head, (uintptr_t)&p->stub, memory_order_acq_rel);
+    atomic_store_explicit(&untag(prev)->next, &p->stub, memory_order_release);
+    next = atomic_load_explicit(&tail->next, memory_order_acquire);
+    if (next) {
+        p->tail = next;
+        return (ar__env_t *)tail;
+    }
+    return NULL;
+}
+
+bool ar__mb_has_more(ar_proc_t *p)
+{
+    return p->tail != &p->stub ||
+           untag(atomic_load_explicit(&p->head, memory_order_acquire)) != &p->stub;
+}
+
+bool ar__mb_try_mark(ar_proc_t *p, uintptr_t bits)
+{
+    if (p->tail != &p->stub) return false;
+    uintptr_t expect = (uintptr_t)&p->stub;
+    /* release: everything this consumer did happens-before the next consumer, who takes
+     * the token with an acquiring exchange. */
+    return atomic_compare_exchange_strong_explicit(&p->head, &expect, expect | bits,
+                                                   memory_order_release, memory_order_relaxed);
+}
+
+void ar__mb_drain_dead(struct ar_node *node, ar_proc_t *p)
+{
+    for (;;) {
+        ar__env_t *e;
+        while ((e = ar__mb_pop(p)) != NULL || ar__mb_has_more(p)) {
+            if (e) ar__dead_letter(node, p, e);
+        }
+        if (ar__mb_try_mark(p, MB_EMPTY | MB_DEAD)) return;
+    }
+}
+
+void ar__inner_append(ar_proc_t *p, ar__env_t *e)
+{
+    atomic_store_explicit(&e->q.next, NULL, memory_order_relaxed);
+    if (p->inner_tail)
+        atomic_store_explicit(&p->inner_tail->q.next, &e->q, memory_order_relaxed);
+    else
+        p->inner_head = e;
+    p->inner_tail = e;
+}
+
+ar__env_t *ar__inner_take(ar_proc_t *p, bool (*pred)(ar__env_t *, void *), void *ud)
+{
+    ar__env_t *prev = NULL;
+    for (ar__env_t *e = p->inner_head; e;
+         prev = e, e = (ar__env_t *)atomic_load_explicit(&e->q.next, memory_order_relaxed)) {
+        if (!pred(e, ud)) continue;
+        struct ar__qnode *next = atomic_load_explicit(&e->q.next, memory_order_relaxed);
+        if (prev)
+            atomic_store_explicit(&prev->q.next, next, memory_order_relaxed);
+        else
+            p->inner_head = (ar__env_t *)next;
+        if (p->inner_tail == e) p->inner_tail = prev;
+        return e;
+    }
+    return NULL;
+}

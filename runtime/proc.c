@@ -1,0 +1,645 @@
+/* Processes: the process table, spawn, a turn, signal fetching, and the exit path.
+ *
+ * Table: fixed-size chunks of process structs under a directory that never moves, so a
+ * pid's index finds its struct without a lock and structs are never freed while the node
+ * runs (a stale pointer always points at some process struct). A pid is index + serial;
+ * a slot's serial grows with each occupant and a slot whose serial would wrap is retired,
+ * so a pid is never reused while the node runs. Free slots wait on per-scheduler lists
+ * (batched to a global list) and are recycled only once their mailbox rests marked dead.
+ *
+ * A turn (ar__proc_run): fetch the outer queue (signals act as fetched), then handle up
+ * to BATCH messages, then give up the queue or requeue. Crashes (ar_exit_self, AR_FAIL,
+ * stack overflow) unwind to a catch frame at the bottom of the turn; ar_spawn sets its
+ * own catch frame around a child's init, which runs on the spawner's stack.
+ *
+ * Exit path: terminate (once, caught), cancel timers and asks, unpublish the pid, answer
+ * whatever is queued as dead letters and mark the mailbox dead, return the slot.
+ */
+#include "internal.h"
+
+#include <stdarg.h>
+#include <string.h>
+
+/* Messages handled per turn before others get the scheduler: large enough to amortise
+ * the turn, small enough that a flooded process cannot hold a scheduler for long. */
+#define BATCH 64
+/* A slot whose serial reaches this is retired for the rest of the node's life. */
+#define SERIAL_MAX 0xFFFFFFF0u
+/* Free slots a scheduler keeps before it hands a batch to the global list. */
+#define LOCAL_FREE_MAX 512
+
+struct ar__catch {
+    struct ar__catch *prev;
+    ar__stack_t *st;
+    void *jb[5];
+};
+
+/* ---- table ---- */
+int ar__proc_table_init(ar_node_t *node)
+{
+    struct ar__proc_table *t = &node->ptab;
+    memset(t, 0, sizeof *t);
+    pthread_mutex_init(&t->lock, NULL);
+    t->next_fresh = 1; /* index 0 is never used: a zero pid_lo means "free" */
+    return 0;
+}
+
+void ar__proc_table_destroy(ar_node_t *node)
+{
+    struct ar__proc_table *t = &node->ptab;
+    uint32_t n = atomic_load(&t->nchunks);
+    for (uint32_t c = 0; c < n; c++) ar__free(atomic_load(&t->chunks[c]));
+    pthread_mutex_destroy(&t->lock);
+}
+
+static inline ar_proc_t *slot(ar_node_t *node, uint32_t index)
+{
+    ar_proc_t *chunk =
+        atomic_load_explicit(&node->ptab.chunks[index / AR__CHUNK_PROCS], memory_order_acquire);
+    return &chunk[index % AR__CHUNK_PROCS];
+}
+
+ar_proc_t *ar__proc_lookup(ar_node_t *node, ar_pid_t pid)
+{
+    if (pid.hi != node->pid_hi) return NULL;
+    uint32_t index = AR__PID_INDEX(pid.lo);
+    /* acquire: the chunk pointer was published after the chunk was initialised */
+    if (index / AR__CHUNK_PROCS >= atomic_load_explicit(&node->ptab.nchunks, memory_order_acquire))
+        return NULL;
+    ar_proc_t *p = slot(node, index);
+    /* acquire: pairs with the release in spawn; the process's fields are set */
+    if (pid.lo == 0 || atomic_load_explicit(&p->pid_lo, memory_order_acquire) != pid.lo)
+        return NULL;
+    return p;
+}
+
+ar_pid_t ar__proc_pid(const ar_proc_t *p)
+{
+    return (ar_pid_t){p->node->pid_hi, atomic_load_explicit(&p->pid_lo, memory_order_relaxed)};
+}
+
+/* A never-used slot (table lock held). */
+static ar_proc_t *fresh_slot(ar_node_t *node)
+{
+    struct ar__proc_table *t = &node->ptab;
+    uint32_t index = t->next_fresh;
+    uint32_t c = index / AR__CHUNK_PROCS;
+    if (c >= AR__MAX_CHUNKS) return NULL;
+    if (c >= atomic_load_explicit(&t->nchunks, memory_order_relaxed)) {
+        ar_proc_t *chunk = ar__calloc(AR__CHUNK_PROCS, sizeof(ar_proc_t));
+        if (!chunk) return NULL;
+        for (uint32_t i = 0; i < AR__CHUNK_PROCS; i++) {
+            chunk[i].index = c * AR__CHUNK_PROCS + i;
+            ar__mb_init(&chunk[i], MB_EMPTY | MB_DEAD);
+        }
+        atomic_store_explicit(&t->chunks[c], chunk, memory_order_release);
+        /* release: lookups that see the count see the chunk */
+        atomic_store_explicit(&t->nchunks, c + 1, memory_order_release);
+    }
+    t->next_fresh++;
+    return slot(node, index);
+}
+
+/* Takes over a free slot whose mailbox rests dead: it becomes a running, empty mailbox.
+ * Fails while a late sender is draining it (the slot is tried again later). */
+static bool reclaim(ar_proc_t *p)
+{
+    uintptr_t dead = (uintptr_t)&p->stub | MB_EMPTY | MB_DEAD;
+    /* acquire: the drainer's work on the queue happened before its marking CAS */
+    return atomic_compare_exchange_strong_explicit(&p->head, &dead, (uintptr_t)&p->stub,
+                                                   memory_order_acquire, memory_order_relaxed);
+}
+
+ar_proc_t *ar__proc_alloc(ar_node_t *node)
+{
+    ar__sched_t *s = ar__tls_sched;
+    ar_proc_t *p = NULL;
+    if (s && s->node == node && s->free_procs) {
+        p = s->free_procs;
+        s->free_procs = p->link;
+        s->nfree_procs--;
+        if (!reclaim(p)) { /* being drained right now: put it back at the global list */
+            pthread_mutex_lock(&node->ptab.lock);
+            p->link = node->ptab.free;
+            node->ptab.free = p;
+            node->ptab.nfree++;
+            pthread_mutex_unlock(&node->ptab.lock);
+            p = NULL;
+        }
+    }
+    if (!p) {
+        pthread_mutex_lock(&node->ptab.lock);
+        ar_proc_t **pp = &node->ptab.free;
+        while (*pp && !reclaim(*pp)) pp = &(*pp)->link;
+        if (*pp) {
+            p = *pp;
+            *pp = p->link;
+            node->ptab.nfree--;
+        } else {
+            p = fresh_slot(node);
+            if (p && !reclaim(p)) p = NULL; /* cannot happen: never published */
+        }
+        pthread_mutex_unlock(&node->ptab.lock);
+        if (!p) return NULL;
+    }
+    p->serial++;
+    p->tail = &p->stub;
+    p->inner_head = p->inner_tail = NULL;
+    p->state = NULL;
+    p->node = node;
+    p->stack = NULL;
+    p->link = NULL;
+    p->ext = NULL;
+    p->wait_ref = 0;
+    p->handling = NULL;
+    p->parked = 0;
+    p->trap_exit = 0;
+    p->mailbox_limit = 0;
+    atomic_store_explicit(&p->handled, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->blocked, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->flags, 0, memory_order_relaxed);
+    return p;
+}
+
+void ar__proc_release(ar_proc_t *p)
+{
+    ar_node_t *node = p->node;
+    if (p->serial >= SERIAL_MAX) return; /* retired: its pids must never come back */
+    ar__sched_t *s = ar__tls_sched;
+    if (s && s->node == node) {
+        p->link = s->free_procs;
+        s->free_procs = p;
+        if (++s->nfree_procs <= LOCAL_FREE_MAX) return;
+        /* hand half to the global list so other schedulers can reuse them */
+        ar_proc_t *first = s->free_procs, *last = first;
+        for (unsigned i = 1; i < LOCAL_FREE_MAX / 2; i++) last = last->link;
+        s->free_procs = last->link;
+        s->nfree_procs -= LOCAL_FREE_MAX / 2;
+        pthread_mutex_lock(&node->ptab.lock);
+        last->link = node->ptab.free;
+        node->ptab.free = first;
+        node->ptab.nfree += LOCAL_FREE_MAX / 2;
+        pthread_mutex_unlock(&node->ptab.lock);
+        return;
+    }
+    pthread_mutex_lock(&node->ptab.lock);
+    p->link = node->ptab.free;
+    node->ptab.free = p;
+    node->ptab.nfree++;
+    pthread_mutex_unlock(&node->ptab.lock);
+}
+
+struct ar__proc_ext *ar__proc_ext(ar_proc_t *p)
+{
+    if (!p->ext) p->ext = ar__calloc(1, sizeof *p->ext);
+    return p->ext;
+}
+
+/* ---- reasons ---- */
+static const char oom_text[] = "out of memory";
+
+void ar__proc_set_reason(ar_proc_t *p, ar_reason_t why)
+{
+    struct ar__proc_ext *x = ar__proc_ext(p);
+    if (!x) return; /* the exit path falls back to an AR_ERROR "out of memory" */
+    if (x->reason_text) ar__free(x->reason_text);
+    x->reason_text = why.text ? ar__strdup(why.text) : NULL;
+    x->reason.code = why.code;
+    x->reason.text = x->reason_text ? x->reason_text : (why.text ? oom_text : NULL);
+}
+
+static ar_reason_t reason_of(ar_proc_t *p)
+{
+    uint32_t fl = atomic_load_explicit(&p->flags, memory_order_relaxed);
+    if (fl & P_OVERFLOW) {
+        ar_reason_t r = {AR_ERROR, "stack overflow"};
+        ar__proc_set_reason(p, r);
+    }
+    if (p->ext) return p->ext->reason;
+    return (ar_reason_t){AR_ERROR, oom_text};
+}
+
+/* ---- unwinding ---- */
+__attribute__((noinline)) static int catch_run(struct ar__catch *c, ar__stack_t *st,
+                                               void (*fn)(void *), void *arg)
+{
+    struct ar__catch *volatile vc = c;
+    c->st = st;
+    c->prev = st->catch_top;
+    st->catch_top = c;
+    if (__builtin_setjmp(c->jb) == 0) {
+        fn(arg);
+        vc->st->catch_top = vc->prev;
+        return 0;
+    }
+    vc->st->catch_top = vc->prev;
+    return 1;
+}
+
+_Noreturn void ar__proc_unwind(ar_proc_t *p)
+{
+    struct ar__catch *c = p->stack ? p->stack->catch_top : NULL;
+    if (!c) ar__panic(__FILE__, __LINE__, "a process unwound with no catch frame");
+    __builtin_longjmp(c->jb, 1);
+}
+
+static ar_proc_t *self_check(ar_proc_t *self)
+{
+    ar_proc_t *cur = ar__current_proc();
+    return (self && self == cur) ? self : NULL;
+}
+
+void ar_stop(ar_proc_t *self, ar_reason_t why)
+{
+    if (!self_check(self)) return;
+    ar__proc_set_reason(self, why);
+    atomic_fetch_or_explicit(&self->flags, P_STOP, memory_order_relaxed);
+}
+
+_Noreturn void ar_exit_self(ar_proc_t *self, ar_reason_t why)
+{
+    ar_proc_t *p = self_check(self);
+    if (!p) p = ar__current_proc();
+    if (!p) ar__panic(__FILE__, __LINE__, "ar_exit_self called outside any process");
+    ar__proc_set_reason(p, why);
+    atomic_fetch_or_explicit(&p->flags, P_EXITING, memory_order_relaxed);
+    ar__proc_unwind(p);
+}
+
+_Noreturn void ar__fail(ar_proc_t *self, const char *file, int line, const char *fmt, ...)
+{
+    char text[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt ? fmt : "failed", ap);
+    va_end(ap);
+    (void)file;
+    (void)line;
+    ar_exit_self(self, (ar_reason_t){AR_ERROR, text});
+}
+
+_Noreturn void ar__assert_fail(ar_proc_t *self, const char *file, int line, const char *cond)
+{
+    char text[512];
+    snprintf(text, sizeof text, "assertion failed: %s at %s:%d", cond, file, line);
+    ar_exit_self(self, (ar_reason_t){AR_ERROR, text});
+}
+
+ar_pid_t ar_self(ar_proc_t *self) { return self ? ar__proc_pid(self) : AR_PID_NONE; }
+ar_node_t *ar_node(ar_proc_t *self) { return self ? self->node : NULL; }
+
+/* ---- fetching ---- */
+static struct ar__ask *take_ask(ar_proc_t *p, ar_ref_t ref)
+{
+    if (!p->ext) return NULL;
+    for (struct ar__ask **a = &p->ext->asks; *a; a = &(*a)->next)
+        if ((*a)->ref == ref) {
+            struct ar__ask *found = *a;
+            *a = found->next;
+            return found;
+        }
+    return NULL;
+}
+
+static void admit(ar_proc_t *p, ar__env_t *e)
+{
+    if (e->to_lo != atomic_load_explicit(&p->pid_lo, memory_order_relaxed)) {
+        ar__dead_letter(p->node, p, e); /* sent to an earlier occupant of the slot */
+        return;
+    }
+    switch (e->kind) {
+    case ENV_MSG:
+        if (e->msg.kind == AR_MSG_REPLY) {
+            if (e->sync_reply) {
+                if (e->msg.ref != p->wait_ref) break; /* its call gave up: drop */
+            } else {
+                struct ar__ask *a = take_ask(p, e->msg.ref);
+                if (!a) break; /* the ask was answered already (timeout): drop */
+                if (a->timer) ar__timer_cancel(p->node, a->timer);
+                ar__free(a);
+            }
+        }
+        ar__inner_append(p, e);
+        return;
+    case ENV_WAKE:
+        if (e->msg.ref != p->wait_ref) break;
+        ar__inner_append(p, e);
+        return;
+    case ENV_EXIT:
+        if (!(atomic_load_explicit(&p->flags, memory_order_relaxed) & P_EXITING)) {
+            ar__proc_set_reason(p, e->msg.reason);
+            atomic_fetch_or_explicit(&p->flags, P_EXITING, memory_order_relaxed);
+        }
+        break;
+    default:
+        break;
+    }
+    ar__env_free(e);
+}
+
+void ar__proc_fetch(ar_proc_t *p)
+{
+    ar__env_t *e;
+    while ((e = ar__mb_pop(p)) != NULL) admit(p, e);
+}
+
+/* The next message for the handler: inner queue first, then the outer queue. */
+static ar__env_t *next_msg(ar_proc_t *p)
+{
+    for (;;) {
+        ar__env_t *e = p->inner_head;
+        if (e) {
+            p->inner_head = (ar__env_t *)atomic_load_explicit(&e->q.next, memory_order_relaxed);
+            if (!p->inner_head) p->inner_tail = NULL;
+            if (e->kind == ENV_MSG) return e;
+            ar__env_free(e); /* a wake-up its wait no longer needs */
+            continue;
+        }
+        e = ar__mb_pop(p);
+        if (!e) return NULL;
+        admit(p, e);
+        if (atomic_load_explicit(&p->flags, memory_order_relaxed) & P_EXITING) return NULL;
+    }
+}
+
+void ar__msg_taken(ar_proc_t *p, ar__env_t *e)
+{
+    if (e->counted) atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
+    atomic_store_explicit(&p->handled, atomic_load_explicit(&p->handled, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    ar__sched_t *s = ar__tls_sched;
+    if (s && s->node == p->node)
+        atomic_store_explicit(&s->n_delivered,
+                              atomic_load_explicit(&s->n_delivered, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(&p->node->n_delivered, 1, memory_order_relaxed);
+}
+
+static void handle_batch(void *arg)
+{
+    ar_proc_t *p = arg;
+    ar__proc_fetch(p);
+    const ar_behaviour_t *b = atomic_load_explicit(&p->b, memory_order_relaxed);
+    for (int i = 0; i < BATCH; i++) {
+        if (atomic_load_explicit(&p->flags, memory_order_relaxed) & (P_STOP | P_EXITING)) return;
+        ar__env_t *e = next_msg(p);
+        if (!e) return;
+        ar__msg_taken(p, e);
+        p->handling = e;
+        b->handle(p, p->state, &e->msg);
+        p->handling = NULL;
+        ar__env_free(e);
+    }
+}
+
+/* ---- exit path ---- */
+struct term_args {
+    ar_proc_t *p;
+    ar_reason_t why;
+};
+static void run_terminate(void *arg)
+{
+    struct term_args *t = arg;
+    const ar_behaviour_t *b = atomic_load_explicit(&t->p->b, memory_order_relaxed);
+    if (b->terminate) b->terminate(t->p, t->p->state, t->why);
+}
+
+static void free_inner(ar_proc_t *p)
+{
+    ar__env_t *e = p->inner_head;
+    while (e) {
+        ar__env_t *n = (ar__env_t *)atomic_load_explicit(&e->q.next, memory_order_relaxed);
+        ar__dead_letter(p->node, p, e);
+        e = n;
+    }
+    p->inner_head = p->inner_tail = NULL;
+}
+
+/* Everything but terminate: what a failed start and an exit share. */
+static void teardown(ar_proc_t *p)
+{
+    ar_node_t *node = p->node;
+    if (p->handling) {
+        ar__env_free(p->handling);
+        p->handling = NULL;
+    }
+    ar__proc_cancel_timers(p);
+    /* unpublish: from here lookups fail; senders that got in before are answered below */
+    atomic_store_explicit(&p->pid_lo, 0, memory_order_release);
+    free_inner(p);
+    ar__mb_drain_dead(node, p);
+    if (p->ext) {
+        struct ar__ask *a = p->ext->asks;
+        while (a) {
+            struct ar__ask *n = a->next;
+            if (a->timer) ar__timer_cancel(node, a->timer);
+            ar__free(a);
+            a = n;
+        }
+        ar__free(p->ext->reason_text);
+        ar__free(p->ext->timers);
+        ar__free(p->ext);
+        p->ext = NULL;
+    }
+    ar__proc_release(p);
+}
+
+static void count_exit(ar_node_t *node)
+{
+    ar__sched_t *s = ar__tls_sched;
+    if (s && s->node == node)
+        atomic_store_explicit(&s->n_exited,
+                              atomic_load_explicit(&s->n_exited, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(&node->n_exited, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&node->live, 1, memory_order_relaxed);
+}
+
+void ar__proc_exit(ar_proc_t *p, ar_reason_t why)
+{
+    ar_node_t *node = p->node;
+    ar__set_current_proc(p);
+    atomic_fetch_or_explicit(&p->flags, P_EXITING, memory_order_relaxed);
+    struct term_args t = {p, why};
+    struct ar__catch c;
+    catch_run(&c, p->stack, run_terminate, &t); /* a crash in terminate ends only it */
+    teardown(p);
+    count_exit(node);
+    ar__set_current_proc(NULL);
+    ar__note_exit(node);
+}
+
+static void end_turn(ar_proc_t *p)
+{
+    if (p->inner_head || !ar__mb_try_mark(p, MB_EMPTY)) ar__requeue(p);
+}
+
+/* ---- spawn ---- */
+struct init_args {
+    ar_proc_t *p;
+    void *arg;
+    int rc;
+};
+static void run_init(void *arg)
+{
+    struct init_args *ia = arg;
+    const ar_behaviour_t *b = atomic_load_explicit(&ia->p->b, memory_order_relaxed);
+    ia->rc = b->init ? b->init(ia->p, ia->arg, &ia->p->state) : 0;
+}
+
+/* Runs init in the new process's context; on success the process lives on (or ends at
+ * once after ar_stop in init); on failure nothing of it is left. Returns init's result,
+ * or AR_ENOPROC if init crashed. */
+static int start(ar_proc_t *p, void *arg)
+{
+    struct init_args ia = {p, arg, 0};
+    struct ar__catch c;
+    ar__set_current_proc(p);
+    int crashed = catch_run(&c, p->stack, run_init, &ia);
+    ar__set_current_proc(p); /* init may have parked and resumed on another thread */
+    int rc = crashed ? AR_ENOPROC : (ia.rc < 0 ? ia.rc : 0);
+    if (rc < 0) {
+        teardown(p);
+        atomic_fetch_sub_explicit(&p->node->live, 1, memory_order_relaxed);
+        return rc;
+    }
+    if (atomic_load_explicit(&p->flags, memory_order_relaxed) & (P_STOP | P_EXITING))
+        ar__proc_exit(p, reason_of(p));
+    else
+        end_turn(p);
+    return 0;
+}
+
+static void count_spawn(ar_node_t *node)
+{
+    ar__sched_t *s = ar__tls_sched;
+    if (s && s->node == node)
+        atomic_store_explicit(&s->n_spawned,
+                              atomic_load_explicit(&s->n_spawned, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(&node->n_spawned, 1, memory_order_relaxed);
+}
+
+static int note_toplevel(ar_node_t *node, uint64_t lo)
+{
+    pthread_mutex_lock(&node->top_lock);
+    if (node->ntop == node->top_cap) {
+        /* drop the dead first, so churn of short-lived top-level processes stays bounded */
+        size_t k = 0;
+        for (size_t i = 0; i < node->ntop; i++)
+            if (ar__proc_lookup(node, (ar_pid_t){node->pid_hi, node->top[i]}))
+                node->top[k++] = node->top[i];
+        node->ntop = k;
+        if (k * 2 >= node->top_cap) {
+            size_t cap = node->top_cap ? node->top_cap * 2 : 64;
+            uint64_t *n = ar__realloc(node->top, cap * sizeof *n);
+            if (!n) {
+                pthread_mutex_unlock(&node->top_lock);
+                return AR_ENOMEM;
+            }
+            node->top = n;
+            node->top_cap = cap;
+        }
+    }
+    node->top[node->ntop++] = lo;
+    pthread_mutex_unlock(&node->top_lock);
+    return 0;
+}
+
+int ar_spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_spawn_opts_t *opts,
+             ar_pid_t *out)
+{
+    if (!node || !b || !b->handle) return AR_EINVAL;
+    ar_proc_t *parent = ar__current_proc();
+    if (parent && (parent->node != node ||
+                   (atomic_load_explicit(&parent->flags, memory_order_relaxed) & P_FOREIGN)))
+        parent = NULL;
+    if (opts) {
+        if (opts->link && !parent) return AR_ENOTPROC;
+        if (opts->link || opts->name) return AR_ENOTSUP; /* links and names: not yet */
+        if (opts->mailbox_limit > UINT32_MAX) return AR_EINVAL;
+    }
+    if (atomic_load_explicit(&node->stopping, memory_order_acquire)) return AR_ECLOSED;
+    ar_proc_t *p = ar__proc_alloc(node);
+    if (!p) return AR_ENOMEM;
+    atomic_store_explicit(&p->b, b, memory_order_relaxed);
+    atomic_store_explicit(&p->parent_lo, parent ? atomic_load(&parent->pid_lo) : 0,
+                          memory_order_relaxed);
+    if (opts) {
+        p->mailbox_limit = (uint32_t)opts->mailbox_limit;
+        p->trap_exit = opts->trap_exit;
+    }
+    if (!parent) atomic_fetch_or_explicit(&p->flags, P_TOPLEVEL, memory_order_relaxed);
+    uint64_t lo = AR__PID_LO(p->index, p->serial);
+    ar_pid_t pid = {node->pid_hi, lo};
+    atomic_fetch_add_explicit(&node->live, 1, memory_order_relaxed);
+    /* release: a sender that finds this pid sees the fields above */
+    atomic_store_explicit(&p->pid_lo, lo, memory_order_release);
+
+    int rc;
+    if (parent) {
+        /* init runs right here, on the spawner's stack, as the child */
+        p->stack = parent->stack;
+        rc = start(p, arg);
+        ar__set_current_proc(parent);
+    } else {
+        struct ar__spawn_wait w;
+        struct ar__proc_ext *x = ar__proc_ext(p);
+        if (!x) {
+            teardown(p);
+            atomic_fetch_sub_explicit(&node->live, 1, memory_order_relaxed);
+            return AR_ENOMEM;
+        }
+        sem_init(&w.sem, 0, 0);
+        w.arg = arg;
+        w.rc = 0;
+        x->spawn_wait = &w;
+        atomic_fetch_or_explicit(&p->flags, P_STARTING, memory_order_relaxed);
+        ar__schedule(node, p); /* its mailbox has no MB_EMPTY bit: we hold the duty */
+        while (sem_wait(&w.sem) != 0) {}
+        sem_destroy(&w.sem);
+        rc = w.rc;
+    }
+    if (rc < 0) return rc;
+    count_spawn(node);
+    if (!parent && note_toplevel(node, lo) != 0) {
+        /* cannot remember it for the ordered stop: it is still stopped at node stop,
+         * with everything else */
+    }
+    if (out) *out = pid;
+    return 0;
+}
+
+/* ---- a turn ---- */
+static void start_foreign(ar_proc_t *p)
+{
+    struct ar__spawn_wait *w = p->ext->spawn_wait;
+    p->ext->spawn_wait = NULL;
+    atomic_fetch_and_explicit(&p->flags, ~(uint32_t)P_STARTING, memory_order_relaxed);
+    int rc = start(p, w->arg);
+    w->rc = rc;
+    sem_post(&w->sem);
+}
+
+void ar__proc_run(ar_proc_t *p)
+{
+    if (p->parked) ar__resume(p);
+    ar__sched_t *s = ar__tls_sched;
+    p->stack = s->cur_stack;
+    ar__set_current_proc(p);
+    if (atomic_load_explicit(&p->flags, memory_order_relaxed) & P_STARTING) {
+        start_foreign(p);
+        ar__set_current_proc(NULL);
+        return;
+    }
+    struct ar__catch c;
+    catch_run(&c, p->stack, handle_batch, p);
+    if (atomic_load_explicit(&p->flags, memory_order_relaxed) & (P_STOP | P_EXITING))
+        ar__proc_exit(p, reason_of(p));
+    else
+        end_turn(p);
+    ar__set_current_proc(NULL);
+}

@@ -1,0 +1,158 @@
+/* Envelopes and the send path: ar_send, ar_reply, delivery to a pid, dead letters.
+ *
+ * A message is one envelope (header + payload copy) from the pools, pushed on the
+ * target's outer queue. The push's tag bits say what else the sender must do (schedule
+ * the target, or drain it as dead). Sends to dead pids are dropped and counted; a CALL
+ * that reaches a dead process is answered with a failed reply, so no caller waits on a
+ * process that is gone.
+ *
+ * Reply refs: odd refs belong to ar_call (one waiting caller, which drops a reply that
+ * comes after it stopped waiting), even refs to ar_ask (the asker's table decides).
+ */
+#include "internal.h"
+
+#include <string.h>
+
+ar__env_t *ar__env_new(size_t len)
+{
+    ar__env_t *e = ar__pool_alloc(sizeof *e + len);
+    if (!e) return NULL;
+    memset(e, 0, sizeof *e);
+    e->msg.data = ar__env_payload(e);
+    e->msg.len = len;
+    return e;
+}
+
+void ar__env_free(ar__env_t *e)
+{
+    if (e) ar__pool_free(e, sizeof *e + e->msg.len);
+}
+
+/* The process whose code runs on this thread, if it belongs to node. */
+static ar_proc_t *calling_proc(ar_node_t *node)
+{
+    ar_proc_t *p = ar__current_proc();
+    return (p && p->node == node && !(atomic_load_explicit(&p->flags, memory_order_relaxed) &
+                                      P_FOREIGN))
+               ? p
+               : NULL;
+}
+
+static void count(ar_node_t *node, int which)
+{
+    ar__sched_t *s = ar__tls_sched;
+    if (s && s->node == node) {
+        _Atomic uint64_t *c = which == 0 ? &s->n_sent : &s->n_dropped;
+        /* owner-only counter: a relaxed load+store, no RMW */
+        atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+    } else {
+        atomic_fetch_add_explicit(which == 0 ? &node->n_sent : &node->n_dropped, 1,
+                                  memory_order_relaxed);
+    }
+}
+
+int ar__check_payload(ar_node_t *node, const void *data, size_t len)
+{
+    if (!data && len > 0) return AR_EINVAL;
+    if (len > node->cfg.max_message_bytes) return AR_E2BIG;
+    return 0;
+}
+
+static void reply_failure(ar_node_t *node, ar_pid_t from, ar_reply_to_t to, ar_exit_code_t why)
+{
+    ar__env_t *r = ar__env_new(0);
+    if (!r) return; /* out of memory: the caller's timeout still ends its wait */
+    r->msg.kind = AR_MSG_REPLY;
+    r->msg.ref = to.ref;
+    r->msg.from = from;
+    r->msg.reason = AR_REASON(why);
+    r->sync_reply = (uint8_t)(to.ref & 1);
+    ar__deliver(node, to.pid, r);
+}
+
+void ar__dead_letter(ar_node_t *node, ar_proc_t *p, ar__env_t *e)
+{
+    if (p && e->counted) atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
+    if (e->kind == ENV_MSG && e->msg.kind == AR_MSG_CALL)
+        reply_failure(node, (ar_pid_t){node->pid_hi, e->to_lo}, e->msg.reply_to, AR_NOPROC);
+    if (e->kind == ENV_MSG && (e->msg.kind == AR_MSG_CAST || e->msg.kind == AR_MSG_CALL))
+        count(node, 1);
+    ar__env_free(e);
+}
+
+int ar__deliver(ar_node_t *node, ar_pid_t to, ar__env_t *e)
+{
+    ar_proc_t *p = ar__proc_lookup(node, to);
+    if (!p) {
+        ar__dead_letter(node, NULL, e);
+        return AR_ENOPROC;
+    }
+    e->to_lo = to.lo;
+    ar__after_push(node, p, ar__mb_push(p, e));
+    return 0;
+}
+
+/* Sends a CAST or CALL: checks the mailbox limit, copies the payload, pushes. */
+int ar__send_msg(ar_node_t *node, ar_pid_t to, ar_msg_kind_t kind, uint32_t tag,
+                 const void *data, size_t len, ar_reply_to_t reply_to)
+{
+    ar_proc_t *p = ar__proc_lookup(node, to);
+    if (!p) {
+        count(node, 1);
+        return AR_ENOPROC;
+    }
+    uint32_t limit = p->mailbox_limit;
+    uint32_t before = atomic_fetch_add_explicit(&p->queued, 1, memory_order_relaxed);
+    if (limit && before >= limit) {
+        atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
+        return AR_EAGAIN;
+    }
+    ar__env_t *e = ar__env_new(len);
+    if (!e) {
+        atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
+        return AR_ENOMEM;
+    }
+    if (len) memcpy(ar__env_payload(e), data, len);
+    e->counted = 1;
+    e->msg.kind = kind;
+    e->msg.tag = tag;
+    e->msg.reply_to = reply_to;
+    ar_proc_t *self = calling_proc(node);
+    e->msg.from = self ? ar__proc_pid(self) : AR_PID_NONE;
+    e->to_lo = to.lo;
+    count(node, 0);
+    ar__after_push(node, p, ar__mb_push(p, e));
+    return 0;
+}
+
+int ar_send(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *data, size_t len)
+{
+    if (!node) return AR_EINVAL;
+    int rc = ar__check_payload(node, data, len);
+    if (rc) return rc;
+    rc = ar__send_msg(node, to, AR_MSG_CAST, tag, data, len, (ar_reply_to_t){AR_PID_NONE, 0});
+    return rc == AR_ENOPROC ? 0 : rc; /* a send to a dead pid is dropped (and counted) */
+}
+
+int ar_reply(ar_node_t *node, ar_reply_to_t to, const void *data, size_t len)
+{
+    if (!node || to.ref == 0 || ar_pid_is_none(to.pid)) return AR_EINVAL;
+    int rc = ar__check_payload(node, data, len);
+    if (rc) return rc;
+    ar__env_t *e = ar__env_new(len);
+    if (!e) return AR_ENOMEM;
+    if (len) memcpy(ar__env_payload(e), data, len);
+    e->msg.kind = AR_MSG_REPLY;
+    e->msg.ref = to.ref;
+    e->sync_reply = (uint8_t)(to.ref & 1);
+    ar_proc_t *self = calling_proc(node);
+    e->msg.from = self ? ar__proc_pid(self) : AR_PID_NONE;
+    ar__deliver(node, to.pid, e); /* a caller that is gone is no error of the replier's */
+    return 0;
+}
+
+void ar__reply_failure(ar_node_t *node, ar_pid_t from, ar_reply_to_t to, ar_exit_code_t why)
+{
+    reply_failure(node, from, to, why);
+}

@@ -1,0 +1,458 @@
+/* Timers: a hierarchical timing wheel per scheduler, ar_send_after and ar_cancel_timer.
+ *
+ * Departure from ARCHITECTURE.md (one structure driven by the I/O thread): each scheduler
+ * owns a wheel and runs it in its loop. Nearly every timer (a call's or receive's timeout)
+ * is set and cancelled by a process on the same scheduler, so insert and cancel are plain
+ * O(1) list operations with no cross-thread traffic and no wake-up of another thread; a
+ * million pending timeouts cost a million list nodes. Foreign threads' timers go to
+ * scheduler 0 through its insert inbox; a cancel made on another thread goes to the
+ * owner's cancel inbox. Both inboxes are lock-free stacks the owner empties each run.
+ *
+ * Wheel: level 0 has 256 one-millisecond slots, level 1 has 256 slots of 256 ms (65 s),
+ * beyond that a list re-examined every 65 s. Each timer cascades at most twice.
+ *
+ * Lifetime: a timer has up to three references: its holder (the process waiting, the
+ * ask record, or the user-timer map), the wheel, and a pending remote cancel. The state
+ * word decides the race between firing and cancelling: whoever moves it from PENDING
+ * owns the outcome. The owner thread alone touches `where` and the wheel lists.
+ */
+#include "internal.h"
+
+#include <string.h>
+#include <time.h>
+
+enum { T_PENDING, T_FIRED, T_CANCELLED };
+enum { W_NEW, W_LINKED, W_RETIRED };
+
+struct ar__timer {
+    ar__list_t link;
+    struct ar__timer *inbox_next, *cancel_next, *map_next;
+    uint64_t due;
+    _Atomic int state;
+    _Atomic int refs;
+    int where; /* owner only */
+    ar__sched_t *owner;
+    ar_pid_t to;
+    ar__env_t *env;
+    ar_ref_t ref; /* user timers: the map key; 0 otherwise */
+};
+
+#define L0 256
+#define L1 256
+struct ar__wheel {
+    uint64_t cur; /* the next tick to process; every timer is due at or after it */
+    size_t count;
+    ar__list_t l0[L0], l1[L1], far;
+    _Atomic(ar__timer_t *) inbox, cancels;
+};
+
+struct ar__timers { /* the user-timer map: ref -> timer */
+    pthread_mutex_t lock;
+    ar__timer_t **buckets;
+    size_t nbuckets, count;
+};
+
+uint64_t ar__now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t ar__now_ms(const ar_node_t *node) { return (ar__now_ns() - node->start_ns) / 1000000u; }
+
+static void put(ar__timer_t *t)
+{
+    /* acq_rel: the last holder sees every other holder's writes before freeing */
+    if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1) {
+        ar__env_free(t->env);
+        ar__free(t);
+    }
+}
+
+/* ---- wheel (owner thread) ---- */
+static void link_timer(struct ar__wheel *w, ar__timer_t *t)
+{
+    if (t->due < w->cur) t->due = w->cur;
+    uint64_t d = t->due - w->cur;
+    if (d < L0)
+        ar__list_insert_tail(&w->l0[t->due & (L0 - 1)], &t->link);
+    else if ((t->due >> 8) - (w->cur >> 8) < L1)
+        ar__list_insert_tail(&w->l1[(t->due >> 8) & (L1 - 1)], &t->link);
+    else
+        ar__list_insert_tail(&w->far, &t->link);
+    t->where = W_LINKED;
+}
+
+static void retire(struct ar__wheel *w, ar__timer_t *t)
+{
+    if (t->where == W_LINKED) {
+        ar__list_remove(&t->link);
+        w->count--;
+    }
+    t->where = W_RETIRED;
+    put(t);
+}
+
+static void insert(struct ar__wheel *w, ar__timer_t *t)
+{
+    if (atomic_load_explicit(&t->state, memory_order_acquire) != T_PENDING) {
+        t->where = W_NEW;
+        put(t); /* cancelled before it reached the wheel */
+        return;
+    }
+    w->count++;
+    link_timer(w, t);
+}
+
+static void relink_all(struct ar__wheel *w, ar__list_t *h)
+{
+    ar__list_t tmp;
+    ar__list_init(&tmp);
+    while (!ar__list_empty(h)) {
+        ar__list_t *n = h->next;
+        ar__list_remove(n);
+        ar__list_insert_tail(&tmp, n);
+    }
+    while (!ar__list_empty(&tmp)) {
+        ar__list_t *n = tmp.next;
+        ar__list_remove(n);
+        link_timer(w, ar__container_of(n, ar__timer_t, link));
+    }
+}
+
+static void timer_map_remove(ar_node_t *node, ar__timer_t *t);
+
+static void fire(ar_node_t *node, struct ar__wheel *w, ar__timer_t *t)
+{
+    int pending = T_PENDING;
+    ar__list_remove(&t->link);
+    w->count--;
+    t->where = W_RETIRED;
+    if (atomic_compare_exchange_strong_explicit(&t->state, &pending, T_FIRED,
+                                                memory_order_acq_rel, memory_order_acquire)) {
+        ar__env_t *e = t->env;
+        t->env = NULL;
+        ar__deliver(node, t->to, e);
+        if (t->ref) timer_map_remove(node, t);
+    }
+    put(t);
+}
+
+static void tick(ar_node_t *node, struct ar__wheel *w)
+{
+    uint64_t c = w->cur;
+    if ((c & (L0 - 1)) == 0) {
+        if (((c >> 8) & (L1 - 1)) == 0) relink_all(w, &w->far);
+        relink_all(w, &w->l1[(c >> 8) & (L1 - 1)]);
+    }
+    ar__list_t *slot = &w->l0[c & (L0 - 1)];
+    while (!ar__list_empty(slot)) fire(node, w, ar__container_of(slot->next, ar__timer_t, link));
+    w->cur = c + 1;
+}
+
+static void take_inboxes(struct ar__wheel *w)
+{
+    if (atomic_load_explicit(&w->inbox, memory_order_relaxed)) {
+        /* acquire: the pushers' writes to the timers are visible */
+        ar__timer_t *t = atomic_exchange_explicit(&w->inbox, NULL, memory_order_acquire);
+        while (t) {
+            ar__timer_t *n = t->inbox_next;
+            insert(w, t);
+            t = n;
+        }
+    }
+    if (atomic_load_explicit(&w->cancels, memory_order_relaxed)) {
+        ar__timer_t *t = atomic_exchange_explicit(&w->cancels, NULL, memory_order_acquire);
+        while (t) {
+            ar__timer_t *n = t->cancel_next;
+            if (t->where == W_LINKED) retire(w, t);
+            put(t); /* the cancel's own reference */
+            t = n;
+        }
+    }
+}
+
+bool ar__wheel_pending(ar__sched_t *s)
+{
+    struct ar__wheel *w = s->wheel;
+    return atomic_load_explicit(&w->inbox, memory_order_relaxed) ||
+           atomic_load_explicit(&w->cancels, memory_order_relaxed);
+}
+
+int ar__wheel_run(ar__sched_t *s)
+{
+    struct ar__wheel *w = s->wheel;
+    take_inboxes(w);
+    if (w->count == 0) return -1;
+    ar_node_t *node = s->node;
+    uint64_t now = ar__now_ms(node);
+    while (w->cur <= now && w->count) tick(node, w);
+    if (w->count == 0) {
+        w->cur = now + 1;
+        return -1;
+    }
+    /* ms until the first non-empty level-0 slot, or until the next cascade */
+    uint64_t d;
+    for (d = 0; d < L0 - (w->cur & (L0 - 1)); d++)
+        if (!ar__list_empty(&w->l0[(w->cur + d) & (L0 - 1)])) break;
+    uint64_t at = w->cur + d;
+    return at <= now ? 0 : (int)(at - now);
+}
+
+int ar__wheel_init(ar__sched_t *s)
+{
+    struct ar__wheel *w = ar__calloc(1, sizeof *w);
+    if (!w) return AR_ENOMEM;
+    for (int i = 0; i < L0; i++) ar__list_init(&w->l0[i]);
+    for (int i = 0; i < L1; i++) ar__list_init(&w->l1[i]);
+    ar__list_init(&w->far);
+    w->cur = ar__now_ms(s->node);
+    s->wheel = w;
+    return 0;
+}
+
+static void drop_list(struct ar__wheel *w, ar__list_t *h)
+{
+    while (!ar__list_empty(h)) retire(w, ar__container_of(h->next, ar__timer_t, link));
+}
+
+void ar__wheel_destroy(ar__sched_t *s)
+{
+    struct ar__wheel *w = s->wheel;
+    if (!w) return;
+    take_inboxes(w);
+    for (int i = 0; i < L0; i++) drop_list(w, &w->l0[i]);
+    for (int i = 0; i < L1; i++) drop_list(w, &w->l1[i]);
+    drop_list(w, &w->far);
+    ar__free(w);
+    s->wheel = NULL;
+}
+
+/* ---- user-timer map ---- */
+int ar__timers_init(ar_node_t *node)
+{
+    struct ar__timers *m = ar__calloc(1, sizeof *m);
+    if (!m) return AR_ENOMEM;
+    m->nbuckets = 64;
+    m->buckets = ar__calloc(m->nbuckets, sizeof *m->buckets);
+    if (!m->buckets) {
+        ar__free(m);
+        return AR_ENOMEM;
+    }
+    pthread_mutex_init(&m->lock, NULL);
+    node->timers = m;
+    return 0;
+}
+
+void ar__timers_destroy(ar_node_t *node)
+{
+    struct ar__timers *m = node->timers;
+    if (!m) return;
+    for (size_t i = 0; i < m->nbuckets; i++) {
+        ar__timer_t *t = m->buckets[i];
+        while (t) {
+            ar__timer_t *n = t->map_next;
+            put(t);
+            t = n;
+        }
+    }
+    pthread_mutex_destroy(&m->lock);
+    ar__free(m->buckets);
+    ar__free(m);
+    node->timers = NULL;
+}
+
+static inline size_t bucket(struct ar__timers *m, ar_ref_t ref)
+{
+    return (size_t)((ref * 0x9E3779B97F4A7C15ull) >> 20) & (m->nbuckets - 1);
+}
+
+static int map_insert(struct ar__timers *m, ar__timer_t *t)
+{
+    pthread_mutex_lock(&m->lock);
+    if (m->count >= m->nbuckets) {
+        size_t nb = m->nbuckets * 2;
+        ar__timer_t **b = ar__calloc(nb, sizeof *b);
+        if (b) {
+            for (size_t i = 0; i < m->nbuckets; i++) {
+                ar__timer_t *x = m->buckets[i];
+                while (x) {
+                    ar__timer_t *n = x->map_next;
+                    size_t k = (size_t)((x->ref * 0x9E3779B97F4A7C15ull) >> 20) & (nb - 1);
+                    x->map_next = b[k];
+                    b[k] = x;
+                    x = n;
+                }
+            }
+            ar__free(m->buckets);
+            m->buckets = b;
+            m->nbuckets = nb;
+        } /* else: keep the old table, chains just grow longer */
+    }
+    size_t k = bucket(m, t->ref);
+    t->map_next = m->buckets[k];
+    m->buckets[k] = t;
+    m->count++;
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
+/* Removes ref from the map; returns the timer (its holder reference now the caller's). */
+static ar__timer_t *map_take(struct ar__timers *m, ar_ref_t ref)
+{
+    pthread_mutex_lock(&m->lock);
+    ar__timer_t **pp = &m->buckets[bucket(m, ref)];
+    while (*pp && (*pp)->ref != ref) pp = &(*pp)->map_next;
+    ar__timer_t *t = *pp;
+    if (t) {
+        *pp = t->map_next;
+        m->count--;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return t;
+}
+
+static bool map_has(struct ar__timers *m, ar_ref_t ref)
+{
+    pthread_mutex_lock(&m->lock);
+    ar__timer_t *t = m->buckets[bucket(m, ref)];
+    while (t && t->ref != ref) t = t->map_next;
+    pthread_mutex_unlock(&m->lock);
+    return t != NULL;
+}
+
+static void timer_map_remove(ar_node_t *node, ar__timer_t *t)
+{
+    ar__timer_t *got = map_take(node->timers, t->ref);
+    if (got) put(got); /* the map's holder reference */
+}
+
+/* ---- starting and cancelling ---- */
+ar__timer_t *ar__timer_start(ar_node_t *node, int ms, ar_pid_t to, ar__env_t *e, ar_ref_t ref)
+{
+    ar__timer_t *t = ar__calloc(1, sizeof *t);
+    if (!t) return NULL;
+    atomic_init(&t->refs, 2); /* holder + wheel */
+    atomic_init(&t->state, T_PENDING);
+    t->to = to;
+    t->env = e;
+    t->ref = ref;
+    uint64_t due_ns = ar__now_ns() - node->start_ns + (uint64_t)ms * 1000000u;
+    t->due = (due_ns + 999999u) / 1000000u; /* never early */
+    if (ref) map_insert(node->timers, t);
+    ar__sched_t *s = ar__tls_sched;
+    if (s && s->node == node) {
+        t->owner = s;
+        insert(s->wheel, t);
+        return t;
+    }
+    s = node->sched[0];
+    t->owner = s;
+    ar__timer_t *head = atomic_load_explicit(&s->wheel->inbox, memory_order_relaxed);
+    do {
+        t->inbox_next = head;
+        /* release: the owner's acquiring exchange sees the whole timer */
+    } while (!atomic_compare_exchange_weak_explicit(&s->wheel->inbox, &head, t,
+                                                    memory_order_release, memory_order_relaxed));
+    ar__sched_wake(s); /* it may be parked with no deadline */
+    return t;
+}
+
+bool ar__timer_cancel(ar_node_t *node, ar__timer_t *t)
+{
+    int pending = T_PENDING;
+    bool won = atomic_compare_exchange_strong_explicit(&t->state, &pending, T_CANCELLED,
+                                                      memory_order_acq_rel, memory_order_acquire);
+    if (won) {
+        ar__sched_t *s = ar__tls_sched;
+        if (s == t->owner) {
+            if (t->where == W_LINKED) retire(s->wheel, t);
+            /* W_NEW: still in the insert inbox, which retires it */
+        } else {
+            atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+            struct ar__wheel *w = t->owner->wheel;
+            ar__timer_t *head = atomic_load_explicit(&w->cancels, memory_order_relaxed);
+            do {
+                t->cancel_next = head;
+            } while (!atomic_compare_exchange_weak_explicit(&w->cancels, &head, t,
+                                                            memory_order_release,
+                                                            memory_order_relaxed));
+        }
+    }
+    (void)node;
+    put(t); /* the holder's reference */
+    return won;
+}
+
+static int cancel_ref(ar_node_t *node, ar_ref_t ref)
+{
+    ar__timer_t *t = map_take(node->timers, ref);
+    if (!t) return AR_ENOENT;
+    return ar__timer_cancel(node, t) ? 0 : AR_ENOENT;
+}
+
+/* Remembers a timer its owner set, so the owner's end cancels it. */
+static void note_owned(ar_proc_t *p, ar_ref_t ref)
+{
+    struct ar__proc_ext *x = ar__proc_ext(p);
+    if (!x) return;
+    if (x->ntimers == x->timers_cap) {
+        /* forget the ones that fired or were cancelled before growing */
+        size_t k = 0;
+        for (size_t i = 0; i < x->ntimers; i++)
+            if (map_has(p->node->timers, x->timers[i])) x->timers[k++] = x->timers[i];
+        x->ntimers = k;
+        if (k * 2 > x->timers_cap || x->timers_cap == 0) {
+            size_t cap = x->timers_cap ? x->timers_cap * 2 : 4;
+            ar_ref_t *n = ar__realloc(x->timers, cap * sizeof *n);
+            if (!n) return;
+            x->timers = n;
+            x->timers_cap = cap;
+        }
+    }
+    x->timers[x->ntimers++] = ref;
+}
+
+void ar__proc_cancel_timers(ar_proc_t *p)
+{
+    if (!p->ext) return;
+    for (size_t i = 0; i < p->ext->ntimers; i++) cancel_ref(p->node, p->ext->timers[i]);
+    p->ext->ntimers = 0;
+}
+
+int ar_send_after(ar_node_t *node, int ms, ar_pid_t to, uint32_t tag, const void *data,
+                  size_t len, ar_ref_t *timer)
+{
+    if (!node || ms < 0) return AR_EINVAL;
+    int rc = ar__check_payload(node, data, len);
+    if (rc) return rc;
+    if (atomic_load_explicit(&node->stopping, memory_order_acquire)) return AR_ECLOSED;
+    ar__env_t *e = ar__env_new(len);
+    if (!e) return AR_ENOMEM;
+    if (len) memcpy(ar__env_payload(e), data, len);
+    e->msg.kind = AR_MSG_TIMER;
+    e->msg.tag = tag;
+    ar_proc_t *self = ar__current_proc();
+    if (self && (self->node != node ||
+                 (atomic_load_explicit(&self->flags, memory_order_relaxed) & P_FOREIGN)))
+        self = NULL;
+    e->msg.from = self ? ar__proc_pid(self) : AR_PID_NONE;
+    ar_ref_t ref = ar__make_ref(node);
+    e->msg.ref = ref;
+    ar__timer_t *t = ar__timer_start(node, ms, to, e, ref);
+    if (!t) {
+        ar__env_free(e);
+        return AR_ENOMEM;
+    }
+    if (self) note_owned(self, ref);
+    if (timer) *timer = ref;
+    return 0;
+}
+
+int ar_cancel_timer(ar_node_t *node, ar_ref_t timer)
+{
+    if (!node) return AR_EINVAL;
+    if (timer == 0) return AR_ENOENT;
+    return cancel_ref(node, timer);
+}

@@ -1,0 +1,423 @@
+/* The allocator hook and out-of-memory: every allocation on the node start, spawn, send
+ * and call paths can fail; the operation then returns AR_ENOMEM (or succeeds), nothing it
+ * promised happens, and after ar_node_stop every block is freed.
+ *
+ * Each iteration fails the n-th allocation (once) while the operation runs, for
+ * n = 1, 2, ... until an iteration in which the operation needed fewer than n. */
+#include "test_helpers.h"
+
+enum { MAX_N = 2000 };
+
+static th_alloc_t alloc;
+
+static int arg_init(ar_proc_t *self, void *arg, void **state)
+{
+    (void)self;
+    *state = arg;
+    return 0;
+}
+
+Test(alloc, set_allocator_while_a_node_runs_is_ebusy, .timeout = TH_TIMEOUT)
+{
+    th_alloc_install(&alloc);
+    ar_node_t *node = th_node(2);
+    static th_alloc_t other;
+    memset(&other, 0, sizeof other);
+    other.hook = (ar_allocator_t){th_alloc_malloc, th_alloc_realloc, th_alloc_free, &other};
+    cr_assert_eq(ar_set_allocator(&other.hook), AR_EBUSY);
+    cr_assert_eq(ar_set_allocator(NULL), AR_EBUSY);
+    ar_pid_t echo = th_spawn(node, &th_echo, NULL);
+    th_echo_check(node, echo);
+    th_node_stop(node);
+    cr_assert_eq(atomic_load(&other.total), 0, "the refused allocator was never used");
+    cr_assert_eq(atomic_load(&alloc.live), 0);
+    cr_assert_eq(ar_set_allocator(NULL), 0, "allowed again once no node runs");
+    /* libc again: a node runs without the hook */
+    long total = atomic_load(&alloc.total);
+    ar_node_t *n2 = th_node(1);
+    th_echo_check(n2, th_spawn(n2, &th_echo, NULL));
+    th_node_stop(n2);
+    cr_assert_eq(atomic_load(&alloc.total), total, "NULL restored libc");
+}
+
+Test(alloc, runtime_memory_goes_through_the_hook_and_is_all_freed_at_stop,
+     .timeout = TH_TIMEOUT)
+{
+    th_alloc_install(&alloc);
+    ar_node_t *node = th_node(2);
+    long after_start = atomic_load(&alloc.live);
+    cr_assert_gt(after_start, 0, "the node's own memory comes from the hook");
+    static th_echo_state_t st;
+    ar_pid_t pids[100];
+    for (int i = 0; i < 100; i++) pids[i] = th_spawn(node, &th_echo, &st);
+    cr_assert_gt(atomic_load(&alloc.total), after_start);
+    for (int i = 0; i < 100; i++) th_send(node, pids[i], 1, "payload", 7);
+    for (int i = 0; i < 100; i++) th_echo_check(node, pids[i]);
+    th_node_stop(node);
+    cr_assert_eq(atomic_load(&alloc.live), 0, "live blocks after stop: %ld",
+                 atomic_load(&alloc.live));
+}
+
+Test(alloc, node_start_out_of_memory_is_enomem_and_leaves_nothing, .timeout = TH_TIMEOUT)
+{
+    th_alloc_install(&alloc);
+    bool done = false;
+    int failures = 0;
+    for (long n = 1; n <= MAX_N && !done; n++) {
+        ar_node_config_t cfg;
+        ar_node_config_init(&cfg);
+        cfg.schedulers = 2;
+        ar_node_t *node = NULL;
+        th_alloc_arm(&alloc, n);
+        int rc = ar_node_start(&cfg, &node);
+        bool injected = th_alloc_disarm(&alloc);
+        if (rc == 0) {
+            cr_assert_not_null(node);
+            th_echo_check(node, th_spawn(node, &th_echo, NULL));
+            th_node_stop(node);
+            done = !injected;
+        } else {
+            cr_assert_eq(rc, AR_ENOMEM, "n=%ld: ar_node_start returned %d (%s)", n, rc,
+                         ar_err_name(rc));
+            cr_assert(injected, "n=%ld: ENOMEM without an injected failure", n);
+            failures++;
+        }
+        cr_assert_eq(atomic_load(&alloc.live), 0, "n=%ld (rc %s): %ld blocks leaked", n,
+                     ar_err_name(rc), atomic_load(&alloc.live));
+    }
+    cr_assert(done, "ar_node_start never succeeded within %d allocations", MAX_N);
+    cr_assert_gt(failures, 0, "no allocation on the start path failed");
+}
+
+/* ---- spawn --------------------------------------------------------------------------------------- */
+typedef struct oom_proc {
+    atomic_int inits, terminates;
+} oom_proc_t;
+static int oom_init(ar_proc_t *self, void *arg, void **state)
+{
+    (void)self;
+    oom_proc_t *o = arg;
+    atomic_fetch_add(&o->inits, 1);
+    *state = o;
+    return 0;
+}
+static void oom_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    if (m->kind == AR_MSG_CALL) ar_reply(ar_node(self), m->reply_to, "ok", 2);
+}
+static void oom_terminate(ar_proc_t *self, void *state, ar_reason_t why)
+{
+    (void)self, (void)why;
+    oom_proc_t *o = state;
+    atomic_fetch_add(&o->terminates, 1);
+}
+static const ar_behaviour_t oom_b = {"oom", oom_init, oom_handle, oom_terminate};
+
+/* One iteration's verdict, shared by the loops below. */
+static void check_spawn_result(ar_node_t *node, long n, int rc, ar_pid_t pid, size_t before,
+                               size_t extra)
+{
+    if (rc == 0) {
+        cr_assert(!ar_pid_is_none(pid));
+        ar_buf_t r = {0};
+        int crc = ar_call(node, pid, 1, NULL, 0, &r, TH_WAIT_MS);
+        cr_assert_eq(crc, 0, "n=%ld: the spawned process does not answer: %s", n,
+                     ar_err_name(crc));
+        ar_buf_free(&r);
+        cr_assert_eq(th_stats(node).processes, before + extra + 1);
+    } else {
+        cr_assert_eq(rc, AR_ENOMEM, "n=%ld: ar_spawn returned %d (%s)", n, rc, ar_err_name(rc));
+        cr_assert_eq(th_stats(node).processes, before + extra,
+                     "n=%ld: a failed spawn left a process behind", n);
+    }
+}
+
+Test(alloc, spawn_from_main_out_of_memory_is_enomem_and_leaks_nothing, .timeout = TH_TIMEOUT)
+{
+    th_alloc_install(&alloc);
+    bool done = false;
+    int failures = 0;
+    for (long n = 1; n <= MAX_N && !done; n++) {
+        ar_node_t *node = th_node(2);
+        static oom_proc_t o;
+        memset(&o, 0, sizeof o);
+        size_t before = th_stats(node).processes;
+        ar_pid_t pid = AR_PID_NONE;
+        th_alloc_arm(&alloc, n);
+        int rc = ar_spawn(node, &oom_b, &o, NULL, &pid);
+        bool injected = th_alloc_disarm(&alloc);
+        check_spawn_result(node, n, rc, pid, before, 0);
+        if (rc != 0) failures++;
+        done = rc == 0 && !injected;
+        th_node_stop(node);
+        if (rc == 0) cr_assert_eq(atomic_load(&o.inits), 1);
+        cr_assert_eq(atomic_load(&o.terminates), atomic_load(&o.inits),
+                     "n=%ld: terminate runs once for every successful init", n);
+        cr_assert_eq(atomic_load(&alloc.live), 0, "n=%ld (rc %s): %ld blocks leaked", n,
+                     ar_err_name(rc), atomic_load(&alloc.live));
+    }
+    cr_assert(done, "ar_spawn never succeeded within %d allocations", MAX_N);
+    cr_assert_gt(failures, 0, "no allocation on the spawn path failed");
+}
+
+/* A process that, on a CALL, arms the allocator, spawns, disarms and answers. */
+typedef struct parent {
+    long n;
+    oom_proc_t child;
+    int rc;
+    bool injected;
+    ar_pid_t pid;
+} parent_t;
+static void parent_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    parent_t *p = state;
+    p->pid = AR_PID_NONE;
+    th_alloc_arm(&alloc, p->n);
+    p->rc = ar_spawn(ar_node(self), &oom_b, &p->child, NULL, &p->pid);
+    p->injected = th_alloc_disarm(&alloc);
+    int rc;
+    do rc = ar_reply(ar_node(self), m->reply_to, NULL, 0);
+    while (rc == AR_ENOMEM);
+}
+static const ar_behaviour_t parent_b = {"parent", arg_init, parent_handle, NULL};
+
+Test(alloc, spawn_from_a_process_out_of_memory_is_enomem_and_leaks_nothing,
+     .timeout = TH_TIMEOUT)
+{
+    th_alloc_install(&alloc);
+    bool done = false;
+    int failures = 0;
+    for (long n = 1; n <= MAX_N && !done; n++) {
+        ar_node_t *node = th_node(2);
+        static parent_t p;
+        memset(&p, 0, sizeof p);
+        p.n = n;
+        ar_pid_t parent = th_spawn(node, &parent_b, &p);
+        size_t before = th_stats(node).processes;
+        ar_buf_t r = {0};
+        int crc = ar_call(node, parent, 1, NULL, 0, &r, TH_WAIT_MS);
+        cr_assert_eq(crc, 0, "n=%ld: call to the parent: %s", n, ar_err_name(crc));
+        ar_buf_free(&r);
+        check_spawn_result(node, n, p.rc, p.pid, before, 0);
+        if (p.rc != 0) failures++;
+        done = p.rc == 0 && !p.injected;
+        th_node_stop(node);
+        cr_assert_eq(atomic_load(&p.child.terminates), atomic_load(&p.child.inits),
+                     "n=%ld: terminate runs once for every successful init", n);
+        cr_assert_eq(atomic_load(&alloc.live), 0, "n=%ld (rc %s): %ld blocks leaked", n,
+                     ar_err_name(p.rc), atomic_load(&alloc.live));
+    }
+    cr_assert(done, "ar_spawn never succeeded within %d allocations", MAX_N);
+    cr_assert_gt(failures, 0, "no allocation on the spawn path failed");
+}
+
+/* ---- send ------------------------------------------------------------------------------------------ */
+/* A sink counts CASTs; a CALL is answered with the count (retrying an ENOMEM reply). */
+typedef struct sink {
+    atomic_long casts, calls;
+} sink_t;
+static void sink_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    sink_t *s = state;
+    if (m->kind == AR_MSG_CAST) {
+        atomic_fetch_add(&s->casts, 1);
+    } else if (m->kind == AR_MSG_CALL) {
+        atomic_fetch_add(&s->calls, 1);
+        long n = atomic_load(&s->casts);
+        int rc;
+        do rc = ar_reply(ar_node(self), m->reply_to, &n, sizeof n);
+        while (rc == AR_ENOMEM);
+    }
+}
+static const ar_behaviour_t sink_b = {"sink", arg_init, sink_handle, NULL};
+
+static long sink_count(ar_node_t *node, ar_pid_t sink)
+{
+    ar_buf_t r = {0};
+    int rc = ar_call(node, sink, 1, NULL, 0, &r, TH_WAIT_MS);
+    cr_assert_eq(rc, 0, "sink call: %s", ar_err_name(rc));
+    long n;
+    cr_assert_eq(r.len, sizeof n);
+    memcpy(&n, r.data, sizeof n);
+    ar_buf_free(&r);
+    return n;
+}
+
+Test(alloc, send_from_main_out_of_memory_is_enomem_and_not_delivered, .timeout = TH_TIMEOUT)
+{
+    th_alloc_install(&alloc);
+    bool done = false;
+    int failures = 0;
+    char payload[200];
+    memset(payload, 'p', sizeof payload);
+    for (long n = 1; n <= MAX_N && !done; n++) {
+        ar_node_t *node = th_node(2);
+        static sink_t s;
+        memset(&s, 0, sizeof s);
+        ar_pid_t sink = th_spawn(node, &sink_b, &s);
+        th_alloc_arm(&alloc, n);
+        int rc = ar_send(node, sink, 1, payload, sizeof payload);
+        bool injected = th_alloc_disarm(&alloc);
+        if (rc != 0) {
+            cr_assert_eq(rc, AR_ENOMEM, "n=%ld: ar_send returned %d (%s)", n, rc, ar_err_name(rc));
+            failures++;
+        }
+        long got = sink_count(node, sink);
+        cr_assert_eq(got, rc == 0 ? 1 : 0, "n=%ld: rc %s but %ld delivered", n, ar_err_name(rc),
+                     got);
+        done = rc == 0 && !injected;
+        th_node_stop(node);
+        cr_assert_eq(atomic_load(&alloc.live), 0, "n=%ld (rc %s): %ld blocks leaked", n,
+                     ar_err_name(rc), atomic_load(&alloc.live));
+    }
+    cr_assert(done, "ar_send never succeeded within %d allocations", MAX_N);
+    cr_assert_gt(failures, 0, "no allocation on the send path failed");
+}
+
+/* A sender process: on a CALL, arms, sends to the sink, disarms and answers. */
+typedef struct sender {
+    long n;
+    ar_pid_t sink;
+    int rc;
+    bool injected;
+} sender_t;
+static void sender_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    sender_t *s = state;
+    char payload[200];
+    memset(payload, 'q', sizeof payload);
+    th_alloc_arm(&alloc, s->n);
+    s->rc = ar_send(ar_node(self), s->sink, 1, payload, sizeof payload);
+    s->injected = th_alloc_disarm(&alloc);
+    int rc;
+    do rc = ar_reply(ar_node(self), m->reply_to, NULL, 0);
+    while (rc == AR_ENOMEM);
+}
+static const ar_behaviour_t sender_b = {"sender", arg_init, sender_handle, NULL};
+
+Test(alloc, send_from_a_process_out_of_memory_is_enomem_and_not_delivered,
+     .timeout = TH_TIMEOUT)
+{
+    th_alloc_install(&alloc);
+    bool done = false;
+    int failures = 0;
+    for (long n = 1; n <= MAX_N && !done; n++) {
+        ar_node_t *node = th_node(2);
+        static sink_t sk;
+        static sender_t sd;
+        memset(&sk, 0, sizeof sk);
+        memset(&sd, 0, sizeof sd);
+        sd.n = n;
+        sd.sink = th_spawn(node, &sink_b, &sk);
+        ar_pid_t sender = th_spawn(node, &sender_b, &sd);
+        ar_buf_t r = {0};
+        cr_assert_eq(ar_call(node, sender, 1, NULL, 0, &r, TH_WAIT_MS), 0);
+        ar_buf_free(&r);
+        if (sd.rc != 0) {
+            cr_assert_eq(sd.rc, AR_ENOMEM, "n=%ld: ar_send returned %d (%s)", n, sd.rc,
+                         ar_err_name(sd.rc));
+            failures++;
+        }
+        /* The sender's send happened before its reply to us, so the sink has it queued
+         * before our count request. */
+        long got = sink_count(node, sd.sink);
+        cr_assert_eq(got, sd.rc == 0 ? 1 : 0, "n=%ld: rc %s but %ld delivered", n,
+                     ar_err_name(sd.rc), got);
+        done = sd.rc == 0 && !sd.injected;
+        th_node_stop(node);
+        cr_assert_eq(atomic_load(&alloc.live), 0, "n=%ld (rc %s): %ld blocks leaked", n,
+                     ar_err_name(sd.rc), atomic_load(&alloc.live));
+    }
+    cr_assert(done, "ar_send never succeeded within %d allocations", MAX_N);
+    cr_assert_gt(failures, 0, "no allocation on the send path failed");
+}
+
+/* ---- call ------------------------------------------------------------------------------------------ */
+Test(alloc, call_from_main_out_of_memory_is_enomem_and_not_handled, .timeout = TH_TIMEOUT)
+{
+    th_alloc_install(&alloc);
+    bool done = false;
+    int failures = 0;
+    for (long n = 1; n <= MAX_N && !done; n++) {
+        ar_node_t *node = th_node(2);
+        static sink_t s;
+        memset(&s, 0, sizeof s);
+        ar_pid_t sink = th_spawn(node, &sink_b, &s);
+        ar_buf_t r = {0};
+        th_alloc_arm(&alloc, n);
+        int rc = ar_call(node, sink, 1, "request", 7, &r, TH_WAIT_MS);
+        bool injected = th_alloc_disarm(&alloc);
+        if (rc == 0) {
+            cr_assert_eq(r.len, sizeof(long), "n=%ld: reply of %zu bytes", n, r.len);
+            ar_buf_free(&r);
+        } else {
+            cr_assert_eq(rc, AR_ENOMEM, "n=%ld: ar_call returned %d (%s)", n, rc, ar_err_name(rc));
+            failures++;
+        }
+        (void)sink_count(node, sink);
+        cr_assert_eq(atomic_load(&s.calls), rc == 0 ? 2 : 1,
+                     "n=%ld: rc %s but the server handled %ld calls", n, ar_err_name(rc),
+                     atomic_load(&s.calls) - 1);
+        done = rc == 0 && !injected;
+        th_node_stop(node);
+        cr_assert_eq(atomic_load(&alloc.live), 0, "n=%ld (rc %s): %ld blocks leaked", n,
+                     ar_err_name(rc), atomic_load(&alloc.live));
+    }
+    cr_assert(done, "ar_call never succeeded within %d allocations", MAX_N);
+    cr_assert_gt(failures, 0, "no allocation on the call path failed");
+}
+
+/* A caller process: on a CAST, arms, calls the sink, disarms, records. */
+typedef struct caller {
+    long n;
+    ar_pid_t sink;
+    int rc;
+    bool injected;
+    atomic_int done;
+} caller_t;
+static void caller_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    (void)m;
+    caller_t *c = state;
+    ar_buf_t r = {0};
+    th_alloc_arm(&alloc, c->n);
+    c->rc = ar_call(ar_node(self), c->sink, 1, "request", 7, &r, TH_WAIT_MS);
+    c->injected = th_alloc_disarm(&alloc);
+    ar_buf_free(&r);
+    atomic_store(&c->done, 1);
+}
+static const ar_behaviour_t caller_b = {"caller", arg_init, caller_handle, NULL};
+
+Test(alloc, call_from_a_process_out_of_memory_is_enomem_and_not_handled,
+     .timeout = TH_TIMEOUT)
+{
+    th_alloc_install(&alloc);
+    bool done = false;
+    int failures = 0;
+    for (long n = 1; n <= MAX_N && !done; n++) {
+        ar_node_t *node = th_node(2);
+        static sink_t sk;
+        static caller_t c;
+        memset(&sk, 0, sizeof sk);
+        memset(&c, 0, sizeof c);
+        c.n = n;
+        c.sink = th_spawn(node, &sink_b, &sk);
+        ar_pid_t caller = th_spawn(node, &caller_b, &c);
+        th_send(node, caller, 1, NULL, 0);
+        th_await(atomic_load(&c.done) == 1);
+        if (c.rc != 0) {
+            cr_assert_eq(c.rc, AR_ENOMEM, "n=%ld: ar_call returned %d (%s)", n, c.rc,
+                         ar_err_name(c.rc));
+            failures++;
+        }
+        (void)sink_count(node, c.sink);
+        cr_assert_eq(atomic_load(&sk.calls), c.rc == 0 ? 2 : 1, "n=%ld: rc %s", n,
+                     ar_err_name(c.rc));
+        done = c.rc == 0 && !c.injected;
+        th_node_stop(node);
+        cr_assert_eq(atomic_load(&alloc.live), 0, "n=%ld (rc %s): %ld blocks leaked", n,
+                     ar_err_name(c.rc), atomic_load(&alloc.live));
+    }
+    cr_assert(done, "ar_call never succeeded within %d allocations", MAX_N);
+    cr_assert_gt(failures, 0, "no allocation on the call path failed");
+}
