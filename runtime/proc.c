@@ -489,6 +489,17 @@ static void run_init(void *arg)
     ia->rc = b->init ? b->init(ia->p, ia->arg, &ia->p->state) : 0;
 }
 
+static void count_spawn(ar_node_t *node)
+{
+    ar__sched_t *s = ar__tls_sched;
+    if (s && s->node == node)
+        atomic_store_explicit(&s->n_spawned,
+                              atomic_load_explicit(&s->n_spawned, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(&node->n_spawned, 1, memory_order_relaxed);
+}
+
 /* Runs init in the new process's context; on success the process lives on (or ends at
  * once after ar_stop in init); on failure nothing of it is left. Returns init's result,
  * or AR_ENOPROC if init crashed. */
@@ -505,22 +516,12 @@ static int start(ar_proc_t *p, void *arg)
         atomic_fetch_sub_explicit(&p->node->live, 1, memory_order_relaxed);
         return rc;
     }
+    count_spawn(p->node); /* before it can be counted as exited */
     if (atomic_load_explicit(&p->flags, memory_order_relaxed) & (P_STOP | P_EXITING))
         ar__proc_exit(p, reason_of(p));
     else
         end_turn(p);
     return 0;
-}
-
-static void count_spawn(ar_node_t *node)
-{
-    ar__sched_t *s = ar__tls_sched;
-    if (s && s->node == node)
-        atomic_store_explicit(&s->n_spawned,
-                              atomic_load_explicit(&s->n_spawned, memory_order_relaxed) + 1,
-                              memory_order_relaxed);
-    else
-        atomic_fetch_add_explicit(&node->n_spawned, 1, memory_order_relaxed);
 }
 
 static int note_toplevel(ar_node_t *node, uint64_t lo)
@@ -604,7 +605,6 @@ int ar_spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_spawn
         rc = w.rc;
     }
     if (rc < 0) return rc;
-    count_spawn(node);
     if (!parent && note_toplevel(node, lo) != 0) {
         /* cannot remember it for the ordered stop: it is still stopped at node stop,
          * with everything else */
