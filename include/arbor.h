@@ -215,8 +215,9 @@ AR_EXTERN int ar_send(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *da
  * AR_ENOMEM, AR_EAGAIN. */
 AR_EXTERN int ar_call(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *req,
                       size_t len, ar_buf_t *reply, int timeout_ms);
-/* Sends an AR_MSG_CALL without waiting; 0 once sent. Exactly one AR_MSG_REPLY with
- * m->ref == *ref follows: the answer, or a failure (reason AR_TIMEOUT, AR_NOPROC). */
+/* Sends an AR_MSG_CALL without waiting; 0 once sent (ref required). Exactly one
+ * AR_MSG_REPLY with m->ref == *ref follows: the answer, or a failure (reason AR_TIMEOUT,
+ * AR_NOPROC). */
 AR_EXTERN int ar_ask(ar_proc_t *self, ar_pid_t to, uint32_t tag, const void *req,
                      size_t len, int timeout_ms, ar_ref_t *ref);
 /* Answers a CALL (now or later, from any thread). 0 also when the caller is gone or gave

@@ -161,7 +161,8 @@ int ar_call(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *req, size_t 
 int ar_ask(ar_proc_t *self, ar_pid_t to, uint32_t tag, const void *req, size_t len,
            int timeout_ms, ar_ref_t *ref_out)
 {
-    if (!self || self != ar__current_proc() || !ar__timeout_ok(timeout_ms)) return AR_EINVAL;
+    if (!self || self != ar__current_proc() || !ref_out || !ar__timeout_ok(timeout_ms))
+        return AR_EINVAL;
     ar_node_t *node = self->node;
     int rc = ar__check_payload(node, req, len);
     if (rc) return rc;
@@ -203,6 +204,6 @@ int ar_ask(ar_proc_t *self, ar_pid_t to, uint32_t tag, const void *req, size_t l
         ar__free(a);
         return rc;
     }
-    if (ref_out) *ref_out = ref;
+    *ref_out = ref;
     return 0;
 }

@@ -126,6 +126,7 @@ ar__stack_t *ar__stack_get(struct ar__sched *s);
 void ar__stack_put(struct ar__sched *s, ar__stack_t *st);
 void ar__stack_destroy(ar__stack_t *st);
 void ar__stack_check_canary(ar__stack_t *st);
+void ar__stack_unpoison_below(ar__stack_t *st, const void *addr);
 /* Switches from the running stack (saving into *from_sp) to `to`, with the sanitizer
  * fiber annotations; ar__switch_done runs first thing on the other side. */
 void ar__switch(void **from_sp, ar__stack_t *to);
@@ -176,6 +177,7 @@ struct ar_proc {
     _Atomic uint64_t handled;
     struct ar__proc_ext *ext;     /* rarely used parts, allocated on demand */
     ar_ref_t wait_ref;            /* the blocking call waits for this ref; 0: none */
+    struct ar__timer *wait_timer; /* its timeout, cancelled if the process ends waiting */
     ar__env_t *handling;          /* the envelope its handler has (freed if it crashes) */
     uint32_t index;               /* its slot in the table (fixed) */
     uint32_t serial;              /* serial of the slot's latest occupant */

@@ -151,6 +151,7 @@ ar_proc_t *ar__proc_alloc(ar_node_t *node)
     p->link = NULL;
     p->ext = NULL;
     p->wait_ref = 0;
+    p->wait_timer = NULL;
     p->handling = NULL;
     p->parked = 0;
     p->trap_exit = 0;
@@ -233,6 +234,7 @@ __attribute__((noinline)) static int catch_run(struct ar__catch *c, ar__stack_t 
         return 0;
     }
     vc->st->catch_top = vc->prev;
+    ar__stack_unpoison_below(vc->st, __builtin_frame_address(0));
     return 1;
 }
 
@@ -425,6 +427,11 @@ static void teardown(ar_proc_t *p)
         p->handling = NULL;
     }
     ar__proc_cancel_timers(p);
+    if (p->wait_timer) { /* it ended while parked in a timed wait */
+        ar__timer_cancel(node, p->wait_timer);
+        p->wait_timer = NULL;
+    }
+    p->wait_ref = 0;
     /* unpublish: from here lookups fail; senders that got in before are answered below */
     atomic_store_explicit(&p->pid_lo, 0, memory_order_release);
     free_inner(p);

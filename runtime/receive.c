@@ -33,6 +33,7 @@ ar__timer_t *ar__wake_after(ar_proc_t *p, int ms)
     w->msg.ref = p->wait_ref;
     ar__timer_t *t = ar__timer_start(p->node, ms, ar__proc_pid(p), w, 0);
     if (!t) ar__env_free(w);
+    p->wait_timer = t;
     return t;
 }
 
@@ -40,6 +41,7 @@ ar__timer_t *ar__wake_after(ar_proc_t *p, int ms)
 void ar__wait_done(ar_proc_t *p, ar__timer_t *t)
 {
     p->wait_ref = 0;
+    p->wait_timer = NULL;
     if (t) ar__timer_cancel(p->node, t);
 }
 

@@ -518,8 +518,7 @@ void ar__sched_stop(ar_node_t *node)
 
 void ar__sched_free(ar_node_t *node)
 {
-    if (!node->sched) return;
-    for (unsigned i = 0; i < node->nsched; i++) {
+    for (unsigned i = 0; node->sched && i < node->nsched; i++) {
         ar__sched_t *s = node->sched[i];
         if (!s) continue;
         ar__wheel_destroy(s);

@@ -76,8 +76,8 @@ void ar__dead_letter(ar_node_t *node, ar_proc_t *p, ar__env_t *e)
     if (p && e->counted) atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
     if (e->kind == ENV_MSG && e->msg.kind == AR_MSG_CALL)
         reply_failure(node, (ar_pid_t){node->pid_hi, e->to_lo}, e->msg.reply_to, AR_NOPROC);
-    if (e->kind == ENV_MSG && (e->msg.kind == AR_MSG_CAST || e->msg.kind == AR_MSG_CALL))
-        count(node, 1);
+    if (e->kind == ENV_MSG && e->msg.kind != AR_MSG_REPLY)
+        count(node, 1); /* a message for a process that is gone (replies: see ar_reply) */
     ar__env_free(e);
 }
 

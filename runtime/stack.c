@@ -41,6 +41,7 @@
 #endif
 #endif
 #ifdef AR_ASAN
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 #ifdef AR_TSAN
@@ -154,9 +155,23 @@ void ar__stack_put(ar__sched_t *s, ar__stack_t *st)
     pthread_mutex_unlock(&node->stack_lock);
 }
 
+/* ASan: frames abandoned by an unwind or by a loop that moved on leave poisoned shadow
+ * behind; a stack must be clean below the frames that will use it. */
+void ar__stack_unpoison_below(ar__stack_t *st, const void *addr)
+{
+#ifdef AR_ASAN
+    if (st && (const char *)addr > st->base)
+        __asan_unpoison_memory_region(st->base, (size_t)((const char *)addr - st->base));
+#else
+    (void)st;
+    (void)addr;
+#endif
+}
+
 void ar__stack_prepare(ar__stack_t *st, void (*fn)(void *), void *arg)
 {
     extern void ar__ctx_entry(void);
+    ar__stack_unpoison_below(st, st->base + st->size);
     uint64_t *sp = (uint64_t *)(((uintptr_t)(st->base + st->size)) & ~(uintptr_t)15);
     *--sp = (uint64_t)(uintptr_t)ar__ctx_entry; /* returned into; leaves sp 16-aligned */
     *--sp = 0;                                   /* rbp: ends frame-pointer backtraces */
