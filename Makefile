@@ -122,7 +122,7 @@ ubsan: deps
 # ThreadSanitizer cannot run Criterion's runner: standalone stress programs instead.
 tsan: deps
 	@$(MAKE) --no-print-directory BUILD=build/tsan OPT="-O1 -g" SAN="-fsanitize=thread" stress-build
-	@for t in build/tsan/stress/*; do echo "tsan: $$t"; \
+	@for t in $(patsubst test/stress/%.c,build/tsan/stress/%,$(STRESS_SRC)); do echo "tsan: $$t"; \
 	  TSAN_OPTIONS="halt_on_error=1 exitcode=66 suppressions=$(CURDIR)/test/stress/tsan.supp" $$t || exit 1; done; \
 	  echo "tsan: all stress programs passed"
 stress-build: $(STRESS_BIN)

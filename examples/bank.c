@@ -510,11 +510,14 @@ static void expect(const char *what, int rc, const struct reply *r, bool ok,
                    int64_t balance)
 {
     if (rc != 0)
-        printf("  %-26s failed: %s\n", what, ar_err_name(rc));
-    else if (r->ok)
-        printf("  %-26s ok, balance %s\n", what, money(r->balance).s);
+        printf("  %-28s failed: %s\n", what, ar_err_name(rc));
+    else if (!r->ok)
+        printf("  %-28s refused: %s (balance %s)\n", what, r->error, money(r->balance).s);
+    else if (r->month < 0)
+        printf("  %-28s ok, balance %s\n", what, money(r->balance).s);
     else
-        printf("  %-26s refused: %s (balance %s)\n", what, r->error, money(r->balance).s);
+        printf("  %-28s ok, balance %s (month %" PRId64 ", interest %s)\n", what,
+               money(r->balance).s, r->month, money(r->interest).s);
     check(rc == 0 && r->ok == ok && r->balance == balance, what);
 }
 
@@ -573,7 +576,7 @@ int main(void)
     struct account_args bad = {.opening = -1, .closed = &closed};
     ar_pid_t none = AR_PID_NONE;
     rc = ar_spawn(node, &account_behaviour, &bad, NULL, &none);
-    printf("  %-26s %s\n", "open with -0.01", ar_err_name(rc));
+    printf("  %-28s init refused: %s\n", "open with -0.01", ar_err_name(rc));
     check(rc == AR_EINVAL, "init refusing a negative opening balance");
 
     /* A teller in front of the account, and an observer to hear of the teller's end. */
@@ -595,9 +598,6 @@ int main(void)
     rc = bank_call(node, account, TAG_STATEMENT, 0, &r);
     double waited = now_ms() - t0;
     expect("statement", rc, &r, true, 14645);
-    if (rc == 0 && r.ok)
-        printf("  %-26s month %" PRId64 ", interest %s\n", "", r.month,
-               money(r.interest).s);
     check(rc == 0 && r.month == 1 && r.interest == 145, "statement month and interest");
     check(waited >= MONTH_MS - 1, "the statement waited for the month end");
 
@@ -625,16 +625,16 @@ int main(void)
         ar_buf_free(&reply);
     }
     rc = wait_gone(node, teller);
-    printf("  %-26s %s\n", "ar_proc_info(teller)", ar_err_name(rc));
+    printf("  %-28s %s\n", "ar_proc_info(teller)", ar_err_name(rc));
     check(rc == AR_ENOPROC, "ar_proc_info of the dead teller");
     rc = bank_call(node, teller, TAG_BALANCE, 0, &r);
-    printf("  %-26s %s (%s)\n", "call the teller", ar_err_name(rc), ar_strerror(rc));
+    printf("  %-28s %s (%s)\n", "call the teller", ar_err_name(rc), ar_strerror(rc));
     check(rc == AR_ENOPROC, "a call to the dead teller");
     ar_node_stats(node, &before);
     rc = ar_send(node, teller, TAG_BALANCE, NULL, 0);
     ar_node_stats(node, &after);
-    printf("  %-26s %s, dropped %" PRIu64 "\n", "send to the teller", ar_err_name(rc),
-           after.dropped - before.dropped);
+    printf("  %-28s returns %d, the message is dropped (+%" PRIu64 " dropped)\n",
+           "send to the teller", rc, after.dropped - before.dropped);
     check(rc == 0 && after.dropped == before.dropped + 1,
           "a send to a dead pid is dropped");
     rc = bank_call(node, account, TAG_BALANCE, 0, &r);

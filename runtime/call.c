@@ -70,27 +70,21 @@ static int call_in_proc(ar_proc_t *p, ar_pid_t to, uint32_t tag, const void *req
     }
     ar__env_t *e = ar__wait(p, call_pred, &ref);
     ar__wait_done(p, t);
+    /* A reply fetched together with the timeout's wake-up (or a second reply) must not
+     * outlive the call: nothing for this ref reaches the handler. */
+    ar__env_t *extra;
+    while ((extra = ar__inner_take(p, call_pred, &ref)) != NULL) ar__env_free(extra);
     ar__msg_taken(p, e);
     return finish(e, reply);
-}
-
-/* Waits for the foreign waiter's semaphore; false on timeout. */
-static bool sem_wait_until(sem_t *sem, const struct timespec *deadline)
-{
-    for (;;) {
-        int r = deadline ? sem_clockwait(sem, CLOCK_MONOTONIC, deadline) : sem_wait(sem);
-        if (r == 0) return true;
-        if (errno == ETIMEDOUT) return false;
-    }
 }
 
 static int call_foreign(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *req, size_t len,
                         ar_buf_t *reply, int timeout_ms)
 {
-    sem_t sem;
+    ar__sem_t sem;
     ar_proc_t *w = ar__proc_alloc(node);
     if (!w) return AR_ENOMEM;
-    sem_init(&sem, 0, 0);
+    ar__sem_init(&sem);
     w->state = &sem;
     atomic_store_explicit(&w->b, NULL, memory_order_relaxed);
     atomic_store_explicit(&w->flags, P_FOREIGN, memory_order_relaxed);
@@ -119,11 +113,11 @@ static int call_foreign(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *
         got = ar__inner_take(w, call_pred, &ref);
         if (got) break;
         if (!ar__mb_try_mark(w, MB_EMPTY)) continue; /* more arrived meanwhile */
-        if (sem_wait_until(&sem, dl)) continue;      /* a push took the mark and posted */
+        if (ar__sem_wait(&sem, dl)) continue;      /* a push took the mark and posted */
         uintptr_t marked = (uintptr_t)&w->stub | MB_EMPTY;
         if (!atomic_compare_exchange_strong_explicit(&w->head, &marked, (uintptr_t)&w->stub,
                                                      memory_order_acquire, memory_order_relaxed))
-            sem_wait_until(&sem, NULL); /* a push took the mark: its post is on its way */
+            ar__sem_wait(&sem, NULL); /* a push took the mark: its post is on its way */
         ar__proc_fetch(w);
         got = ar__inner_take(w, call_pred, &ref);
         if (!got) rc = AR_ETIMEDOUT;
@@ -136,7 +130,7 @@ static int call_foreign(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *
     while ((e = ar__inner_take(w, any_env, NULL)) != NULL)
         ar__dead_letter(node, w, e);
     ar__mb_drain_dead(node, w);
-    sem_destroy(&sem);
+    ar__sem_destroy(&sem);
     ar__proc_release(w);
     return rc;
 }

@@ -22,9 +22,8 @@ int ar_proc_info(ar_node_t *node, ar_pid_t pid, ar_proc_info_t *out)
     i.handled = atomic_load_explicit(&p->handled, memory_order_relaxed);
     i.blocked = atomic_load_explicit(&p->blocked, memory_order_relaxed) != 0;
     i.trap_exit = false; /* exit trapping arrives with links (signals) */
-    /* acquire: the reads above happened while pid still named this process */
-    atomic_thread_fence(memory_order_acquire);
-    if (atomic_load_explicit(&p->pid_lo, memory_order_relaxed) != pid.lo || (fl & P_FOREIGN))
+    /* still the same process: the snapshot is not a mix of two occupants of the slot */
+    if (atomic_load_explicit(&p->pid_lo, memory_order_acquire) != pid.lo || (fl & P_FOREIGN))
         return AR_ENOPROC;
     *out = i;
     return 0;

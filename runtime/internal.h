@@ -151,8 +151,19 @@ enum {
 #define MB_BITS ((uintptr_t)3)
 
 struct ar__timer;
-struct ar__spawn_wait {
+/* sem.c: a semaphore whose wake-up carries a C11 happens-before edge. */
+typedef struct ar__sem {
     sem_t sem;
+    _Atomic unsigned posts;
+} ar__sem_t;
+void ar__sem_init(ar__sem_t *s);
+void ar__sem_destroy(ar__sem_t *s);
+void ar__sem_post(ar__sem_t *s);
+struct timespec;
+bool ar__sem_wait(ar__sem_t *s, const struct timespec *deadline); /* false: timed out */
+
+struct ar__spawn_wait {
+    ar__sem_t sem;
     void *arg;
     int rc;
 };
@@ -161,7 +172,7 @@ struct ar_proc {
     /* --- written by senders --- */
     _Atomic uintptr_t head;       /* outer queue producer end | MB_EMPTY | MB_DEAD */
     _Atomic uint32_t queued;      /* CAST/CALL queued and not yet handled */
-    uint32_t mailbox_limit;       /* 0: unbounded (set before the pid is published) */
+    _Atomic uint32_t mailbox_limit; /* 0: unbounded; read by senders that may be stale */
     _Atomic uint64_t pid_lo;      /* current occupant's pid (serial|index); 0 when free */
     struct ar__qnode stub;        /* the outer queue's resting node */
     char pad_[AR__CACHE_LINE - 32];
@@ -169,7 +180,7 @@ struct ar_proc {
     struct ar__qnode *tail;       /* outer queue consumer end */
     ar__env_t *inner_head, *inner_tail; /* fetched, not yet handled, in arrival order */
     _Atomic(const ar_behaviour_t *) b;
-    void *state;                  /* P_FOREIGN: the waiting thread's sem_t */
+    void *state;                  /* P_FOREIGN: the waiting thread's ar__sem_t */
     struct ar_node *node;
     _Atomic uint64_t parent_lo;
     ar__stack_t *stack;           /* the stack it holds while running or parked */
@@ -265,7 +276,7 @@ typedef struct ar__sched {
     void *alloc_base;
     bool started;
     struct ar__wheel *wheel;
-    sem_t sem;                  /* parked here */
+    ar__sem_t sem;              /* parked here */
     bool parked;                /* in the node's idle list (under idle_lock) */
     pthread_t thread;
     void *altstack;
@@ -333,7 +344,7 @@ struct ar_node {
     _Atomic int stopping;       /* ar_spawn refuses */
     _Atomic int shutdown;       /* scheduler threads leave */
     _Atomic int stop_requested;
-    sem_t stop_sem;             /* ar_node_wait */
+    ar__sem_t stop_sem;         /* ar_node_wait */
     /* inject queue: runnable processes from foreign threads (and overflow) */
     pthread_mutex_t inject_lock;
     ar_proc_t *inject_head, *inject_tail;

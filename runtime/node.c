@@ -54,7 +54,7 @@ static void node_free(ar_node_t *node)
     pthread_mutex_destroy(&node->exit_lock);
     pthread_mutex_destroy(&node->stack_lock);
     pthread_cond_destroy(&node->exit_cond);
-    sem_destroy(&node->stop_sem);
+    ar__sem_destroy(&node->stop_sem);
     ar__free(node->top);
     ar__free((char *)node->cfg.name);
     ar__free((char *)node->cfg.listen);
@@ -88,7 +88,7 @@ int ar_node_start(const ar_node_config_t *cfg_in, ar_node_t **out)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&node->exit_cond, &ca);
     pthread_condattr_destroy(&ca);
-    sem_init(&node->stop_sem, 0, 0);
+    ar__sem_init(&node->stop_sem);
     ar__depot_init(&node->depot);
     ar__proc_table_init(node);
 
@@ -131,8 +131,9 @@ int ar_node_wait(ar_node_t *node)
 {
     if (!node) return AR_EINVAL;
     if (on_own_thread(node)) return AR_EDEADLK;
-    while (!atomic_load_explicit(&node->stop_requested, memory_order_acquire)) sem_wait(&node->stop_sem);
-    sem_post(&node->stop_sem); /* let any other waiter through too */
+    while (!atomic_load_explicit(&node->stop_requested, memory_order_acquire))
+        ar__sem_wait(&node->stop_sem, NULL);
+    ar__sem_post(&node->stop_sem); /* let any other waiter through too */
     return 0;
 }
 
@@ -140,14 +141,14 @@ void ar_node_request_stop(ar_node_t *node)
 {
     if (!node) return;
     atomic_store_explicit(&node->stop_requested, 1, memory_order_release);
-    sem_post(&node->stop_sem); /* async-signal-safe */
+    ar__sem_post(&node->stop_sem); /* async-signal-safe */
 }
 
 void ar__note_exit(ar_node_t *node)
 {
-    /* seq_cst: pairs with the waiter's increment (wait_exits) so no wake-up is lost */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&node->exit_waiters, memory_order_relaxed) > 0) {
+    /* seq_cst read-modify-write, as the waiter's increment (wait_exits): either we see
+     * the waiter, or its increment acquires this and it sees the exit. */
+    if (atomic_fetch_add_explicit(&node->exit_waiters, 0, memory_order_seq_cst) > 0) {
         pthread_mutex_lock(&node->exit_lock);
         pthread_cond_broadcast(&node->exit_cond);
         pthread_mutex_unlock(&node->exit_lock);

@@ -155,7 +155,7 @@ ar_proc_t *ar__proc_alloc(ar_node_t *node)
     p->handling = NULL;
     p->parked = 0;
     p->trap_exit = 0;
-    p->mailbox_limit = 0;
+    atomic_store_explicit(&p->mailbox_limit, 0, memory_order_relaxed);
     atomic_store_explicit(&p->handled, 0, memory_order_relaxed);
     atomic_store_explicit(&p->blocked, 0, memory_order_relaxed);
     atomic_store_explicit(&p->flags, 0, memory_order_relaxed);
@@ -577,7 +577,8 @@ int ar_spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_spawn
     atomic_store_explicit(&p->parent_lo, parent ? atomic_load(&parent->pid_lo) : 0,
                           memory_order_relaxed);
     if (opts) {
-        p->mailbox_limit = (uint32_t)opts->mailbox_limit;
+        atomic_store_explicit(&p->mailbox_limit, (uint32_t)opts->mailbox_limit,
+                              memory_order_relaxed);
         p->trap_exit = opts->trap_exit;
     }
     if (!parent) atomic_fetch_or_explicit(&p->flags, P_TOPLEVEL, memory_order_relaxed);
@@ -601,14 +602,14 @@ int ar_spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_spawn
             atomic_fetch_sub_explicit(&node->live, 1, memory_order_relaxed);
             return AR_ENOMEM;
         }
-        sem_init(&w.sem, 0, 0);
+        ar__sem_init(&w.sem);
         w.arg = arg;
         w.rc = 0;
         x->spawn_wait = &w;
         atomic_fetch_or_explicit(&p->flags, P_STARTING, memory_order_relaxed);
         ar__schedule(node, p); /* its mailbox has no MB_EMPTY bit: we hold the duty */
-        while (sem_wait(&w.sem) != 0) {}
-        sem_destroy(&w.sem);
+        ar__sem_wait(&w.sem, NULL);
+        ar__sem_destroy(&w.sem);
         rc = w.rc;
     }
     if (rc < 0) return rc;
@@ -628,7 +629,7 @@ static void start_foreign(ar_proc_t *p)
     atomic_fetch_and_explicit(&p->flags, ~(uint32_t)P_STARTING, memory_order_relaxed);
     int rc = start(p, w->arg);
     w->rc = rc;
-    sem_post(&w->sem);
+    ar__sem_post(&w->sem);
 }
 
 void ar__proc_run(ar_proc_t *p)

@@ -189,7 +189,7 @@ static void wake_one(ar_node_t *node)
         atomic_fetch_sub_explicit(&node->nparked, 1, memory_order_seq_cst);
     }
     pthread_mutex_unlock(&node->idle_lock);
-    if (s) sem_post(&s->sem);
+    if (s) ar__sem_post(&s->sem);
 }
 
 void ar__sched_wake(ar__sched_t *s)
@@ -208,7 +208,7 @@ void ar__sched_wake(ar__sched_t *s)
         post = true;
     }
     pthread_mutex_unlock(&node->idle_lock);
-    if (post) sem_post(&s->sem);
+    if (post) ar__sem_post(&s->sem);
 }
 
 void ar__sched_wake_all(ar_node_t *node)
@@ -217,13 +217,13 @@ void ar__sched_wake_all(ar_node_t *node)
 }
 
 /* Work was made stealable: wake a parked scheduler unless one is already looking.
- * The seq_cst fence pairs with the one in park(): either we see the parker counted, or
- * it sees our work on its re-check. */
+ * seq_cst read-modify-write of nparked, as park()'s increment: the two are totally
+ * ordered, so either we see the parker counted, or its increment acquires ours and its
+ * re-check sees our work. (A fence would do, but ThreadSanitizer cannot model fences.) */
 static void notify(ar_node_t *node)
 {
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&node->nspinning, memory_order_relaxed) == 0 &&
-        atomic_load_explicit(&node->nparked, memory_order_relaxed) > 0)
+    unsigned parked = atomic_fetch_add_explicit(&node->nparked, 0, memory_order_seq_cst);
+    if (parked > 0 && atomic_load_explicit(&node->nspinning, memory_order_relaxed) == 0)
         wake_one(node);
 }
 
@@ -243,15 +243,14 @@ static void park(ar__sched_t *s, int next_ms)
     pthread_mutex_lock(&node->idle_lock);
     node->idle[node->nidle++] = s;
     s->parked = true;
-    atomic_fetch_add_explicit(&node->nparked, 1, memory_order_seq_cst);
+    atomic_fetch_add_explicit(&node->nparked, 1, memory_order_seq_cst); /* see notify() */
     pthread_mutex_unlock(&node->idle_lock);
-    atomic_thread_fence(memory_order_seq_cst);
     if (work_visible(s) || atomic_load_explicit(&node->shutdown, memory_order_acquire)) {
-        if (!unpark_self(s)) sem_wait(&s->sem); /* a waker chose us: take its post */
+        if (!unpark_self(s)) ar__sem_wait(&s->sem, NULL); /* a waker chose us: take its post */
         return;
     }
     if (next_ms < 0) {
-        while (sem_wait(&s->sem) != 0 && errno == EINTR) {}
+        ar__sem_wait(&s->sem, NULL);
         return;
     }
     struct timespec ts;
@@ -262,11 +261,8 @@ static void park(ar__sched_t *s, int next_ms)
         ts.tv_sec++;
         ts.tv_nsec -= 1000000000L;
     }
-    while (sem_clockwait(&s->sem, CLOCK_MONOTONIC, &ts) != 0) {
-        if (errno == EINTR) continue;
-        if (!unpark_self(s)) sem_wait(&s->sem);
-        return;
-    }
+    if (!ar__sem_wait(&s->sem, &ts) && !unpark_self(s))
+        ar__sem_wait(&s->sem, NULL); /* chosen by a waker as the time ran out */
 }
 
 /* ---- making processes runnable ---- */
@@ -306,7 +302,7 @@ void ar__after_push(ar_node_t *node, ar_proc_t *p, uintptr_t bits)
         return;
     }
     if (atomic_load_explicit(&p->flags, memory_order_relaxed) & P_FOREIGN) {
-        sem_post((sem_t *)p->state);
+        ar__sem_post((ar__sem_t *)p->state);
         return;
     }
     ar__schedule(node, p);
@@ -479,7 +475,7 @@ int ar__sched_start(ar_node_t *node)
         s->alloc_base = mem;
         s->node = node;
         s->id = i;
-        sem_init(&s->sem, 0, 0);
+        ar__sem_init(&s->sem);
         node->sched[i] = s;
         if (ar__wheel_init(s)) return AR_ENOMEM;
     }
@@ -528,7 +524,7 @@ void ar__sched_free(ar_node_t *node)
             ar__stack_destroy(st);
         }
         ar__pool_cache_flush(&node->depot, &s->cache);
-        sem_destroy(&s->sem);
+        ar__sem_destroy(&s->sem);
         ar__free(s->alloc_base);
     }
     ar__free(node->sched);

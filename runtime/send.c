@@ -102,7 +102,7 @@ int ar__send_msg(ar_node_t *node, ar_pid_t to, ar_msg_kind_t kind, uint32_t tag,
         count(node, 1);
         return AR_ENOPROC;
     }
-    uint32_t limit = p->mailbox_limit;
+    uint32_t limit = atomic_load_explicit(&p->mailbox_limit, memory_order_relaxed);
     uint32_t before = atomic_fetch_add_explicit(&p->queued, 1, memory_order_relaxed);
     if (limit && before >= limit) {
         atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);

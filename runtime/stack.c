@@ -58,7 +58,6 @@ static size_t page_size;
 
 static ar__stack_t *stack_new(size_t size)
 {
-    if (!page_size) page_size = (size_t)sysconf(_SC_PAGESIZE);
     size_t usable = (size + page_size - 1) & ~(page_size - 1);
     size_t desc = (sizeof(ar__stack_t) + 63) & ~(size_t)63;
     ar__stack_t *st;
@@ -248,6 +247,7 @@ static void on_fault(int sig, siginfo_t *si, void *uc)
 
 static void install(void)
 {
+    page_size = (size_t)sysconf(_SC_PAGESIZE);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_fault;

@@ -296,6 +296,7 @@ Test(call, call_to_self_is_edeadlk, .timeout = TH_TIMEOUT)
     ar_pid_t p = th_spawn(node, &self_call_b, &rc);
     ar_buf_t r = {0};
     cr_assert_eq(ar_call(node, p, 1, NULL, 0, &r, TH_WAIT_MS), 0);
+    ar_buf_free(&r);
     cr_assert_eq(rc, AR_EDEADLK, "got %d (%s)", rc, ar_err_name(rc));
     th_node_stop(node);
 }
@@ -367,7 +368,7 @@ Test(call, call_timeout_with_one_scheduler_parks_only_the_caller, .timeout = TH_
     static client_t c;
     c.server = th_spawn(node, &server_b, s);
     c.tag = TAG_DEFER;
-    c.timeout_ms = 3000;
+    c.timeout_ms = 1500;
     ar_pid_t cl = th_spawn(node, &client_b, &c);
     ar_pid_t echo = th_spawn(node, &th_echo, NULL);
     th_send(node, cl, TAG_GO, NULL, 0);
@@ -375,7 +376,7 @@ Test(call, call_timeout_with_one_scheduler_parks_only_the_caller, .timeout = TH_
     th_await(th_proc_blocked(node, cl));
     /* while the client waits on the only scheduler, others still run */
     th_echo_check(node, echo);
-    cr_assert_eq(atomic_load(&c.done), 0);
+    cr_assert_eq(atomic_load(&c.done), 0, "the client's call returned before its timeout");
     th_await(atomic_load(&c.done) == 1);
     cr_assert_eq(c.rc, AR_ETIMEDOUT);
     th_node_stop(node);

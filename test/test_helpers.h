@@ -292,15 +292,19 @@ static inline int th_rec_init(ar_proc_t *self, void *arg, void **state)
     return 0;
 }
 
+/* Answers a TH_TAG_SYNC call with the log's length; true when m was one. */
+static inline bool th_sync_answer(ar_proc_t *self, th_log_t *log, const ar_msg_t *m)
+{
+    if (m->kind != AR_MSG_CALL || m->tag != TH_TAG_SYNC) return false;
+    size_t n = th_log_len(log);
+    ar_reply(ar_node(self), m->reply_to, &n, sizeof n);
+    return true;
+}
+
 static inline void th_rec_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
 {
     th_log_t *log = state;
-    if (m->kind == AR_MSG_CALL && m->tag == TH_TAG_SYNC) {
-        size_t n = th_log_len(log);
-        ar_reply(ar_node(self), m->reply_to, &n, sizeof n);
-        return;
-    }
-    th_log_msg(log, m);
+    if (!th_sync_answer(self, log, m)) th_log_msg(log, m);
 }
 
 static inline void th_rec_terminate(ar_proc_t *self, void *state, ar_reason_t why)

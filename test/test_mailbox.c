@@ -258,6 +258,9 @@ Test(mailbox, mailbox_limit_refuses_with_eagain_then_accepts_after_handling,
     for (int i = 0; i < 4; i++) cr_assert_eq(ar_send(node, limited, 1, "m", 1), 0, "send %d", i);
     cr_assert_eq(ar_send(node, limited, 1, "m", 1), AR_EAGAIN);
     cr_assert_eq(ar_send(node, limited, 1, NULL, 0), AR_EAGAIN);
+    ar_proc_info_t info;
+    cr_assert_eq(ar_proc_info(node, limited, &info), 0);
+    cr_assert_eq(info.mailbox_len, 4, "mailbox_len %zu", info.mailbox_len);
     ar_buf_t r = {0};
     cr_assert_eq(ar_call(node, limited, 1, "c", 1, &r, TH_WAIT_MS), AR_EAGAIN,
                  "a CALL counts against the limit too");

@@ -5,7 +5,6 @@
 enum {
     TAG_START = 100,
     TAG_WANTED = 7,
-    TAG_MARK = 200,
 };
 
 typedef struct rx {
@@ -39,6 +38,7 @@ static bool match_tag(const ar_msg_t *m, void *ud)
 static void rx_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
 {
     rx_t *r = state;
+    if (th_sync_answer(self, &r->log, m)) return;
     th_log_msg(&r->log, m);
     if (m->tag != TAG_START) return;
     ar_msg_t *got = NULL;
@@ -180,6 +180,7 @@ typedef struct poller {
 static void poller_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
 {
     poller_t *p = state;
+    if (th_sync_answer(self, &p->log, m)) return;
     if (m->tag != TAG_START) {
         th_log_msg(&p->log, m);
         return;

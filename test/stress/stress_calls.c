@@ -52,7 +52,7 @@ typedef struct client {
     st_rng_t rng;
     uint32_t seq, done_calls;
     uint64_t ok[M_MODES], timedout[M_MODES];
-    bool is_proc;
+    uint8_t mode_of[CALLS_PER], timed_out[CALLS_PER]; /* per seq, for diagnostics */
 } client_t;
 
 static ar_node_t *g_node;
@@ -251,6 +251,22 @@ static uint32_t pick_mode(st_rng_t *r)
          : p < 92 ? M_RACE : M_LATE;
 }
 
+/* Names a stray message: for a reply, the call it answered. */
+static void describe(const client_t *c, const ar_msg_t *m, char *buf, size_t n)
+{
+    call_rep_t rep;
+    if (m->kind == AR_MSG_REPLY && m->len == sizeof rep) {
+        memcpy(&rep, m->data, sizeof rep);
+        if (rep.client == c->id && rep.seq < CALLS_PER) {
+            snprintf(buf, n, "the reply to its call %u (%s, which %s)", rep.seq,
+                     mode_name[c->mode_of[rep.seq]],
+                     c->timed_out[rep.seq] ? "returned AR_ETIMEDOUT" : "got its answer");
+            return;
+        }
+    }
+    snprintf(buf, n, "a message of kind %d, tag %u, len %zu", (int)m->kind, m->tag, m->len);
+}
+
 /* After a reply may have been discarded: nothing of it may be in a process's mailbox. */
 static void check_mailbox_empty(ar_proc_t *self, client_t *c, const char *when)
 {
@@ -258,8 +274,9 @@ static void check_mailbox_empty(ar_proc_t *self, client_t *c, const char *when)
     int rc = ar_receive(self, NULL, NULL, 0, &got);
     if (rc == AR_ETIMEDOUT) return;
     if (rc == 0 && got != NULL) {
-        st_violation("client %u: %s, ar_receive found a message (kind %d, len %zu)", c->id, when,
-                     (int)got->kind, got->len);
+        char what[160];
+        describe(c, got, what, sizeof what);
+        st_violation("client %u: %s, ar_receive found %s", c->id, when, what);
         ar_msg_release(self, got);
     } else {
         st_violation("client %u: polling ar_receive returned %s", c->id, ar_err_name(rc));
@@ -287,6 +304,7 @@ static void one_call(ar_proc_t *self, client_t *c, uint32_t mode)
 {
     uint32_t seq = c->seq++;
     call_req_t q = {c->id, seq, mode, 0, st_next(&c->rng)};
+    c->mode_of[seq % CALLS_PER] = (uint8_t)mode;
     int timeout = ST_WAIT_MS;
     if (mode == M_RACE) {
         timeout = (int)st_range(&c->rng, 1, 3);
@@ -313,6 +331,7 @@ static void one_call(ar_proc_t *self, client_t *c, uint32_t mode)
             st_violation("client %u call %u: a late reply was returned by ar_call", c->id, seq);
     } else if (rc == AR_ETIMEDOUT && (mode == M_RACE || mode == M_LATE)) {
         c->timedout[mode]++;
+        c->timed_out[seq % CALLS_PER] = 1;
         ST_CHECK(r.data == NULL, "client %u call %u: timed out call left reply data", c->id, seq);
         if (mode == M_LATE) {
             /* release: lets the replier answer, now certainly too late */
@@ -362,8 +381,9 @@ static void pclient_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
 {
     client_t *c = state;
     if (m->kind != AR_MSG_CAST || (m->tag != TAG_GO && m->tag != TAG_MORE)) {
-        st_violation("client %u: unexpected message in handle (kind %d, tag %u, len %zu)",
-                     c->id, (int)m->kind, m->tag, m->len);
+        char what[160];
+        describe(c, m, what, sizeof what);
+        st_violation("client %u: handle got %s", c->id, what);
         return;
     }
     uint64_t n = st_range(&c->rng, 1, BURST_MAX);
@@ -416,7 +436,6 @@ int main(int argc, char **argv)
     for (uint32_t i = 0; i < N_CLIENTS; i++) {
         g_clients[i].id = i;
         g_clients[i].rng = st_rng_for(300 + i);
-        g_clients[i].is_proc = i >= N_TCLIENTS;
     }
 
     pthread_t th[N_TCLIENTS];
@@ -443,10 +462,8 @@ int main(int argc, char **argv)
     uint64_t ok[M_MODES] = {0}, to[M_MODES] = {0};
     for (uint32_t i = 0; i < N_CLIENTS; i++) {
         client_t *c = &g_clients[i];
-        /* process clients made one extra call from init */
-        uint32_t want = CALLS_PER + (c->is_proc ? 1u : 0u);
-        ST_CHECK(c->done_calls == want, "client %u made %u calls, expected %u", i,
-                 c->done_calls, want);
+        ST_CHECK(c->done_calls == CALLS_PER, "client %u made %u calls, expected %d", i,
+                 c->done_calls, CALLS_PER);
         for (int m = 0; m < M_MODES; m++) {
             ok[m] += c->ok[m];
             to[m] += c->timedout[m];

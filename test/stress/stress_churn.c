@@ -22,7 +22,8 @@
 #define N_THREADS 3
 #define N_SPROCS 8
 #define LIFE_MAX 48
-#define RESPAWNS (ST_TSAN ? 3000 : 12000) /* incarnations to churn through */
+#define RESPAWNS (ST_TSAN ? 8000 : 30000) /* incarnations to churn through... */
+#define CHURN_MS (ST_TSAN ? 10000 : 4000)  /* ...unless this time runs out first */
 #define BURST_MAX 32
 
 enum { TAG_WORK = 1, TAG_ENDED, TAG_GO, TAG_MORE };
@@ -241,7 +242,8 @@ static void *thread_sender(void *arg)
     while (!atomic_load_explicit(&g_stop, memory_order_relaxed)) {
         uint64_t n = st_range(&s->rng, 1, BURST_MAX);
         for (uint64_t i = 0; i < n; i++) send_random(&s->rng, s->id);
-        sched_yield();
+        /* Leave the workers and the respawns some CPU: the churn is the point. */
+        st_nap_us(20);
     }
     /* release: this thread's sends happened before main sees it done */
     atomic_fetch_add_explicit(&g_senders_done, 1, memory_order_release);
@@ -271,6 +273,10 @@ static void sproc_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
     }
     uint64_t n = st_range(&s->rng, 1, BURST_MAX);
     for (uint64_t i = 0; i < n; i++) send_random(&s->rng, s->id);
+    if (st_chance(&s->rng, 25)) {
+        int rc = ar_sleep(self, 1);
+        if (rc != 0) st_violation("sender %u: ar_sleep returned %s", s->id, ar_err_name(rc));
+    }
     int rc = ar_send(g_node, ar_self(self), TAG_MORE, NULL, 0);
     if (rc != 0) st_fail("sender %u: send to self returned %s", s->id, ar_err_name(rc));
     atomic_fetch_add_explicit(&g_accepted, 1, memory_order_relaxed);
@@ -301,10 +307,15 @@ int main(int argc, char **argv)
         atomic_fetch_add_explicit(&g_accepted, 1, memory_order_relaxed);
     }
 
-    ST_WAIT(atomic_load_explicit(&g_spawn_ok, memory_order_relaxed) >= SLOTS + RESPAWNS,
-            "%d respawns (have %lu; workers handled %lu messages)", RESPAWNS,
-            (unsigned long)atomic_load(&g_spawn_ok) - SLOTS,
-            (unsigned long)atomic_load(&g_work_handled));
+    uint64_t churn_end = st_now_ms() + CHURN_MS;
+    while (atomic_load_explicit(&g_spawn_ok, memory_order_relaxed) < SLOTS + RESPAWNS
+           && st_now_ms() < churn_end)
+        st_nap_us(1000);
+    /* A slower machine may churn less, but churn it must. */
+    ST_CHECK(atomic_load(&g_spawn_ok) >= SLOTS + RESPAWNS / 10,
+             "only %lu respawns in %d ms (workers handled %lu messages)",
+             (unsigned long)atomic_load(&g_spawn_ok) - SLOTS, CHURN_MS,
+             (unsigned long)atomic_load(&g_work_handled));
     atomic_store_explicit(&g_stop, true, memory_order_relaxed);
     for (uint32_t i = 0; i < N_THREADS; i++) st_join(th[i]);
     st_join(resp);

@@ -143,12 +143,16 @@ static void recv_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
     recv_check(rv, m);
     /* Pull a few messages of one sender ahead of the others: they must still come in
      * that sender's order, and the skipped ones must keep theirs. */
-    if (rv->selective && st_chance(&rv->rng, 10)) {
+    if (rv->selective && st_chance(&rv->rng, 2)) {
+        /* A sender with messages still to come, so the scan usually stops early. */
         uint32_t want = (uint32_t)st_below(&rv->rng, N_SENDERS);
+        for (int k = 0; k < N_SENDERS && rv->next[want] >= g_quota[want][rv->idx]; k++)
+            want = (want + 1) % N_SENDERS;
         int pulls = (int)st_range(&rv->rng, 1, 4);
         for (int i = 0; i < pulls; i++) {
             ar_msg_t *got = NULL;
-            int rc = ar_receive(self, match_sender, &want, st_chance(&rv->rng, 50) ? 0 : 1, &got);
+            /* Mostly a poll; now and then a short wait that parks the receiver. */
+            int rc = ar_receive(self, match_sender, &want, st_chance(&rv->rng, 10) ? 1 : 0, &got);
             if (rc == AR_ETIMEDOUT) break;
             if (rc != 0 || got == NULL) {
                 st_violation("receiver %u: ar_receive returned %s", rv->idx, ar_err_name(rc));
