@@ -4,6 +4,7 @@
 #   make bench      the benchmarks              make asan    the suite under ASan+LSan+UBSan
 #   make tsan       stress programs under TSan  make install PREFIX=/usr/local DESTDIR=
 .SUFFIXES:
+SHELL := /bin/bash
 .DELETE_ON_ERROR:
 
 CC      ?= cc

@@ -454,7 +454,7 @@ int main(int argc, char **argv)
     /* acquire: pairs with each client's release of its final counters */
     ST_WAIT(atomic_load_explicit(&g_clients_done, memory_order_acquire) == N_CLIENTS,
             "all %d clients to finish %d calls (done: %u)", N_CLIENTS, CALLS_PER,
-            atomic_load(&g_clients_done));
+            st_get(&g_clients_done));
     for (int i = 0; i < N_TCLIENTS; i++) st_join(th[i]);
     atomic_store_explicit(&g_replier_stop, true, memory_order_relaxed);
     st_join(replier);

@@ -22,8 +22,8 @@
 #define N_THREADS 3
 #define N_SPROCS 8
 #define LIFE_MAX 48
-#define RESPAWNS (ST_TSAN ? 8000 : 30000) /* incarnations to churn through... */
-#define CHURN_MS (ST_TSAN ? 10000 : 4000)  /* ...unless this time runs out first */
+#define RESPAWNS (ST_TSAN ? 5000 : 30000) /* incarnations to churn through... */
+#define CHURN_MS (ST_TSAN ? 6000 : 4000)   /* ...unless this time runs out first */
 #define BURST_MAX 32
 
 enum { TAG_WORK = 1, TAG_ENDED, TAG_GO, TAG_MORE };
@@ -312,10 +312,10 @@ int main(int argc, char **argv)
            && st_now_ms() < churn_end)
         st_nap_us(1000);
     /* A slower machine may churn less, but churn it must. */
-    ST_CHECK(atomic_load(&g_spawn_ok) >= SLOTS + RESPAWNS / 10,
+    ST_CHECK(st_get(&g_spawn_ok) >= SLOTS + RESPAWNS / 10,
              "only %lu respawns in %d ms (workers handled %lu messages)",
-             (unsigned long)atomic_load(&g_spawn_ok) - SLOTS, CHURN_MS,
-             (unsigned long)atomic_load(&g_work_handled));
+             (unsigned long)st_get(&g_spawn_ok) - SLOTS, CHURN_MS,
+             (unsigned long)st_get(&g_work_handled));
     atomic_store_explicit(&g_stop, true, memory_order_relaxed);
     for (uint32_t i = 0; i < N_THREADS; i++) st_join(th[i]);
     st_join(resp);
@@ -330,18 +330,18 @@ int main(int argc, char **argv)
         ar_node_stats(g_node, &st);
         acc = atomic_load_explicit(&g_accepted, memory_order_relaxed);
         hd = atomic_load_explicit(&g_handled, memory_order_relaxed);
-        if (st.delivered == hd && st.delivered + st.dropped == acc && st.exited == atomic_load(&g_terminated) + N_SPROCS)
+        if (st.delivered == hd && st.delivered + st.dropped == acc && st.exited == st_get(&g_terminated) + N_SPROCS)
             break;
         if (st_now_ms() > dl) break;
         st_nap_us(1000);
     }
-    uint64_t forged = atomic_load(&g_sent_kind[SEND_FORGED]);
+    uint64_t forged = st_get(&g_sent_kind[SEND_FORGED]);
     printf("incarnations=%lu accepted sends=%" PRIu64 " (current %lu, retired %lu, forged %lu)"
            " handled=%" PRIu64 "\nstats: spawned %" PRIu64 " exited %" PRIu64 " sent %" PRIu64
            " delivered %" PRIu64 " dropped %" PRIu64 " processes %zu\n",
-           (unsigned long)atomic_load(&g_spawn_ok), acc,
-           (unsigned long)atomic_load(&g_sent_kind[SEND_LIVE]),
-           (unsigned long)atomic_load(&g_sent_kind[SEND_STALE]), (unsigned long)forged, hd,
+           (unsigned long)st_get(&g_spawn_ok), acc,
+           (unsigned long)st_get(&g_sent_kind[SEND_LIVE]),
+           (unsigned long)st_get(&g_sent_kind[SEND_STALE]), (unsigned long)forged, hd,
            st.spawned, st.exited, st.sent, st.delivered, st.dropped, st.processes);
     ST_CHECK(st.delivered == hd, "stats.delivered %" PRIu64 " != messages handled %" PRIu64,
              st.delivered, hd);
@@ -355,10 +355,10 @@ int main(int argc, char **argv)
              " (messages unaccounted for)", st.delivered, st.dropped, acc);
     ST_CHECK(st.dropped >= forged, "stats.dropped %" PRIu64 " < sends to forged pids %" PRIu64,
              st.dropped, forged);
-    uint64_t spawned = atomic_load(&g_spawn_ok) + 1 + N_SPROCS;
+    uint64_t spawned = st_get(&g_spawn_ok) + 1 + N_SPROCS;
     ST_CHECK(st.spawned == spawned, "stats.spawned %" PRIu64 ", expected %" PRIu64, st.spawned,
              spawned);
-    uint64_t exited = atomic_load(&g_terminated) + N_SPROCS;
+    uint64_t exited = st_get(&g_terminated) + N_SPROCS;
     ST_CHECK(st.exited == exited, "stats.exited %" PRIu64 ", expected %" PRIu64
              " (terminated workers + senders)", st.exited, exited);
     ST_CHECK(st.processes == st.spawned - st.exited, "stats.processes %zu != spawned - exited",
@@ -368,14 +368,14 @@ int main(int argc, char **argv)
 
     /* After the stop every incarnation has terminated exactly once. */
     for (size_t i = 0; i < g_nall; i++) {
-        uint32_t n = atomic_load(&g_all[i]->terminated);
+        uint32_t n = st_get(&g_all[i]->terminated);
         ST_CHECK(n == 1, "slot %u generation %u: terminate ran %u times", g_all[i]->slot,
                  g_all[i]->gen, n);
         free(g_all[i]);
     }
     free(g_all);
-    ST_CHECK(atomic_load(&g_terminated) == atomic_load(&g_spawn_ok),
-             "terminated %lu of %lu incarnations", (unsigned long)atomic_load(&g_terminated),
-             (unsigned long)atomic_load(&g_spawn_ok));
+    ST_CHECK(st_get(&g_terminated) == st_get(&g_spawn_ok),
+             "terminated %lu of %lu incarnations", (unsigned long)st_get(&g_terminated),
+             (unsigned long)st_get(&g_spawn_ok));
     return st_finish(t0);
 }

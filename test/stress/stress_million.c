@@ -261,7 +261,7 @@ int main(int argc, char **argv)
              "stats sent %" PRIu64 " delivered %" PRIu64 ", expected at least %u each", st.sent,
              st.delivered, TOTAL);
     printf("messages=%u syncs=%lu producer threads seen=%u\n", TOTAL,
-           (unsigned long)atomic_load(&g_syncs), atomic_load(&g_sched_threads));
+           (unsigned long)st_get(&g_syncs), st_get(&g_sched_threads));
 
     ST_EXPECT_RC(ar_node_stop(g_node, ST_WAIT_MS), 0, "ar_node_stop");
     return st_finish(t0);

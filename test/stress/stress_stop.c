@@ -373,17 +373,17 @@ static void run_round(uint64_t round)
 {
     g_round = round;
     memset(g_recs, 0, sizeof(rec_t) * MAX_RECS);
-    atomic_store(&g_nrecs, 0);
-    atomic_store(&g_child_budget, CHILD_BUDGET);
-    atomic_store(&g_tokens, 0);
-    atomic_store(&g_handled_msgs, 0);
-    atomic_store(&g_blockers, 0);
-    atomic_store(&g_blocked, 0);
-    atomic_store(&g_stop_called, false);
-    atomic_store(&g_threads_quit, false);
-    atomic_store(&g_threads_done, 0);
-    atomic_store(&g_guard_terminated, 0);
-    long base = atomic_load(&g_live_blocks);
+    st_set(&g_nrecs, 0);
+    st_set(&g_child_budget, CHILD_BUDGET);
+    st_set(&g_tokens, 0);
+    st_set(&g_handled_msgs, 0);
+    st_set(&g_blockers, 0);
+    st_set(&g_blocked, 0);
+    st_set(&g_stop_called, false);
+    st_set(&g_threads_quit, false);
+    st_set(&g_threads_done, 0);
+    st_set(&g_guard_terminated, 0);
+    long base = st_get(&g_live_blocks);
     st_rng_t rng = st_rng_for(round);
 
     g_node = st_node_start(2);
@@ -394,32 +394,32 @@ static void run_round(uint64_t round)
     for (uintptr_t i = 0; i < N_THREADS; i++) st_start_thread(&th[i], foreign_thread, (void *)i);
 
     /* Stop once traffic flows and most blockers are parked, at a random moment after. */
-    ST_WAIT(atomic_load(&g_handled_msgs) >= WARM_MESSAGES
-                && atomic_load(&g_blocked) * 10 >= atomic_load(&g_blockers) * 8,
+    ST_WAIT(st_get(&g_handled_msgs) >= WARM_MESSAGES
+                && st_get(&g_blocked) * 10 >= st_get(&g_blockers) * 8,
             "round %" PRIu64 " to warm up (handled %lu, blocked %u of %u)", round,
-            (unsigned long)atomic_load(&g_handled_msgs), atomic_load(&g_blocked),
-            atomic_load(&g_blockers));
-    uint64_t extra = atomic_load(&g_handled_msgs) + st_below(&rng, WARM_MESSAGES);
-    ST_WAIT(atomic_load(&g_handled_msgs) >= extra || atomic_load(&g_tokens) <= 0,
+            (unsigned long)st_get(&g_handled_msgs), st_get(&g_blocked),
+            st_get(&g_blockers));
+    uint64_t extra = st_get(&g_handled_msgs) + st_below(&rng, WARM_MESSAGES);
+    ST_WAIT(st_get(&g_handled_msgs) >= extra || st_get(&g_tokens) <= 0,
             "round %" PRIu64 " traffic", round);
-    uint32_t nrecs_at_stop = atomic_load(&g_nrecs);
+    uint32_t nrecs_at_stop = st_get(&g_nrecs);
     /* release: a spawn refused from now on is expected */
     atomic_store_explicit(&g_stop_called, true, memory_order_release);
     uint64_t ts = st_now_ms();
     int rc = ar_node_stop(g_node, ST_WAIT_MS);
     uint64_t stop_ms = st_now_ms() - ts;
-    if (!atomic_load(&g_guard_terminated))
+    if (!st_get(&g_guard_terminated))
         st_fail("round %" PRIu64 ": ar_node_stop returned %s without the first top-level "
                 "process's terminate having finished", round, ar_err_name(rc));
     for (int i = 0; i < N_THREADS; i++) st_join(th[i]);
     ST_CHECK(rc == 0, "round %" PRIu64 ": ar_node_stop returned %s", round, ar_err_name(rc));
 
-    uint32_t n = atomic_load(&g_nrecs), started = 0, refused = 0, blocked = atomic_load(&g_blocked);
+    uint32_t n = st_get(&g_nrecs), started = 0, refused = 0, blocked = st_get(&g_blocked);
     uint32_t per_kind[K_KINDS] = {0};
     for (uint32_t i = 0; i < n; i++) {
         rec_t *r = &g_recs[i];
-        uint32_t in = atomic_load(&r->inited), te = atomic_load(&r->terminated);
-        int src = atomic_load(&r->spawn_rc), why = atomic_load(&r->why);
+        uint32_t in = st_get(&r->inited), te = st_get(&r->terminated);
+        int src = st_get(&r->spawn_rc), why = st_get(&r->why);
         if (src == 0) {
             started++;
             per_kind[r->kind]++;
@@ -447,7 +447,7 @@ static void run_round(uint64_t round)
                          ar_exit_code_name((ar_exit_code_t)why));
         }
     }
-    long live = atomic_load(&g_live_blocks) - base;
+    long live = st_get(&g_live_blocks) - base;
     printf("round %" PRIu64 ": processes started %u (at stop %u records; chatter %u, blocked "
            "%u), refused %u, stop took %" PRIu64 " ms, live blocks after stop %ld\n", round,
            started, nrecs_at_stop, per_kind[K_CHATTER], blocked, refused, stop_ms, live);
@@ -464,7 +464,7 @@ int main(int argc, char **argv)
     ST_EXPECT_RC(ar_set_allocator(&g_alloc), 0, "ar_set_allocator");
     for (uint64_t round = 1; round <= ROUNDS; round++) {
         run_round(round);
-        if (atomic_load(&st_violations) != 0) break;
+        if (st_get(&st_violations) != 0) break;
     }
     ST_EXPECT_RC(ar_set_allocator(NULL), 0, "ar_set_allocator(NULL)");
     free(g_recs);

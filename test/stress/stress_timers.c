@@ -174,6 +174,7 @@ static void set_one(ar_proc_t *self, setter_t *s)
 {
     uint32_t id = arm_next(s);
     if (s->dying) {
+        /* release: the outcome is recorded before the timer could fire and be checked */
         atomic_store_explicit(&g_timers[id].result, R_DYING, memory_order_release);
         return;
     }
@@ -358,7 +359,7 @@ int main(int argc, char **argv)
     st_join(canc);
     /* acquire: pairs with the canceller process's release after each cancel */
     ST_WAIT(atomic_load_explicit(&g_cancelled_by_proc, memory_order_acquire)
-                == atomic_load(&g_handed_proc), "the canceller process to cancel its timers");
+                == st_get(&g_handed_proc), "the canceller process to cancel its timers");
     /* acquire: pairs with the dying setters' terminate */
     ST_WAIT(atomic_load_explicit(&g_dying_ended, memory_order_acquire) == N_DYING,
             "the dying setters to end");
@@ -388,18 +389,18 @@ int main(int argc, char **argv)
     expected = kept + noent;
     ST_WAIT(atomic_load_explicit(&g_fired_total, memory_order_relaxed) >= expected,
             "%" PRIu64 " timers to fire (fired %lu)", expected,
-            (unsigned long)atomic_load(&g_fired_total));
+            (unsigned long)st_get(&g_fired_total));
     /* Give a wrongly surviving timer every chance to show up before judging. */
-    uint64_t until = atomic_load(&g_max_due_ms) + GRACE_MS;
+    uint64_t until = st_get(&g_max_due_ms) + GRACE_MS;
     while (st_now_ms() < until) st_nap_us(1000);
-    uint64_t fired = atomic_load(&g_fired_total);
+    uint64_t fired = st_get(&g_fired_total);
     printf("timers=%d kept=%" PRIu64 " cancelled=%" PRIu64 " cancel-too-late=%" PRIu64
            " of-ended-process=%d fired=%" PRIu64 "\n",
            N_TIMERS, kept, ok, noent, N_DYING * PER_DYING, fired);
     ST_CHECK(fired == expected, "%" PRIu64 " timers fired, expected %" PRIu64, fired, expected);
     for (uint32_t id = 0; id < N_TIMERS; id++) {
         timer_rec_t *t = &g_timers[id];
-        uint32_t res = atomic_load(&t->result), n = atomic_load(&t->fires);
+        uint32_t res = st_get(&t->result), n = st_get(&t->fires);
         uint32_t want = (res == R_KEPT || res == R_CANCEL_NOENT) ? 1 : 0;
         ST_CHECK(n == want, "timer %u (setter %u, %s) fired %u times, expected %u", id, t->setter,
                  res == R_KEPT ? "never cancelled" : res == R_CANCEL_NOENT ? "cancel said AR_ENOENT"

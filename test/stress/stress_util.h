@@ -42,6 +42,11 @@
 /* How many violations are printed in full before only counting them. */
 #define ST_MAX_PRINTED 20
 
+/* Relaxed accesses: for counters and flags whose ordering comes from an explicit
+ * acquire/release pair elsewhere, or from a thread join. */
+#define st_get(p) atomic_load_explicit((p), memory_order_relaxed)
+#define st_set(p, v) atomic_store_explicit((p), (v), memory_order_relaxed)
+
 static uint64_t st_seed_value;
 static const char *st_prog = "stress";
 static atomic_ulong st_violations;
