@@ -160,7 +160,7 @@ static void *refill(struct ar__depot *d, struct ar__pool_cache *c, int k)
 void *ar__pool_alloc(size_t size)
 {
     int k = class_of(size);
-    ar__sched_t *s = ar__tls_sched;
+    ar__sched_t *s = ar__current_sched();
     if (k < 0) return ar__malloc(size);
     if (!s) return ar__malloc(class_size[k]);
     struct ar__pool_cache *c = &s->cache;
@@ -176,7 +176,7 @@ void *ar__pool_alloc(size_t size)
 void ar__pool_free(void *p, size_t size)
 {
     int k = class_of(size);
-    ar__sched_t *s = ar__tls_sched;
+    ar__sched_t *s = ar__current_sched();
     if (!p) return;
     if (k < 0 || !s) {
         ar__free(p);

@@ -148,7 +148,7 @@ int ar_call(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *req, size_t 
         if (ar_pid_eq(to, ar__proc_pid(p))) return AR_EDEADLK;
         return call_in_proc(p, to, tag, req, len, reply, timeout_ms);
     }
-    if (ar__tls_sched && ar__tls_sched->node == node) return AR_ENOTPROC;
+    if (ar__current_sched() && ar__current_sched()->node == node) return AR_ENOTPROC;
     return call_foreign(node, to, tag, req, len, reply, timeout_ms);
 }
 

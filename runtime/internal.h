@@ -285,8 +285,12 @@ typedef struct ar__sched {
     _Atomic uint64_t n_sent, n_delivered, n_dropped, n_spawned, n_exited;
 } ar__sched_t;
 
+/* A process may park on one thread and resume on another, so a frame that spans a park
+ * must not reuse a thread-local address computed before it (compilers may, especially
+ * in -fPIC code). Read the thread's scheduler and process only through these noinline
+ * accessors; the variables themselves are touched by sched.c alone. */
 extern _Thread_local ar__sched_t *ar__tls_sched;
-ar__sched_t *ar__current_sched(void); /* noinline: a process may resume on another thread */
+ar__sched_t *ar__current_sched(void);
 /* Makes p runnable: on the calling scheduler's `next` slot when the caller is one of the
  * node's schedulers, else on the node's inject queue (waking a parked scheduler). */
 void ar__schedule(struct ar_node *node, ar_proc_t *p);

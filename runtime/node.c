@@ -33,7 +33,7 @@ ar_ref_t ar__make_ref(ar_node_t *node)
 
 static bool on_own_thread(ar_node_t *node)
 {
-    ar__sched_t *s = ar__tls_sched;
+    ar__sched_t *s = ar__current_sched();
     return s && s->node == node;
 }
 

@@ -112,7 +112,7 @@ static bool reclaim(ar_proc_t *p)
 
 ar_proc_t *ar__proc_alloc(ar_node_t *node)
 {
-    ar__sched_t *s = ar__tls_sched;
+    ar__sched_t *s = ar__current_sched();
     ar_proc_t *p = NULL;
     if (s && s->node == node && s->free_procs) {
         p = s->free_procs;
@@ -166,7 +166,7 @@ void ar__proc_release(ar_proc_t *p)
 {
     ar_node_t *node = p->node;
     if (p->serial >= SERIAL_MAX) return; /* retired: its pids must never come back */
-    ar__sched_t *s = ar__tls_sched;
+    ar__sched_t *s = ar__current_sched();
     if (s && s->node == node) {
         p->link = s->free_procs;
         s->free_procs = p;
@@ -369,7 +369,7 @@ void ar__msg_taken(ar_proc_t *p, ar__env_t *e)
     if (e->counted) atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
     atomic_store_explicit(&p->handled, atomic_load_explicit(&p->handled, memory_order_relaxed) + 1,
                           memory_order_relaxed);
-    ar__sched_t *s = ar__tls_sched;
+    ar__sched_t *s = ar__current_sched();
     if (s && s->node == p->node)
         atomic_store_explicit(&s->n_delivered,
                               atomic_load_explicit(&s->n_delivered, memory_order_relaxed) + 1,
@@ -454,7 +454,7 @@ static void teardown(ar_proc_t *p)
 
 static void count_exit(ar_node_t *node)
 {
-    ar__sched_t *s = ar__tls_sched;
+    ar__sched_t *s = ar__current_sched();
     if (s && s->node == node)
         atomic_store_explicit(&s->n_exited,
                               atomic_load_explicit(&s->n_exited, memory_order_relaxed) + 1,
@@ -498,7 +498,7 @@ static void run_init(void *arg)
 
 static void count_spawn(ar_node_t *node)
 {
-    ar__sched_t *s = ar__tls_sched;
+    ar__sched_t *s = ar__current_sched();
     if (s && s->node == node)
         atomic_store_explicit(&s->n_spawned,
                               atomic_load_explicit(&s->n_spawned, memory_order_relaxed) + 1,
@@ -635,7 +635,7 @@ static void start_foreign(ar_proc_t *p)
 void ar__proc_run(ar_proc_t *p)
 {
     if (p->parked) ar__resume(p);
-    ar__sched_t *s = ar__tls_sched;
+    ar__sched_t *s = ar__current_sched();
     p->stack = s->cur_stack;
     ar__set_current_proc(p);
     if (atomic_load_explicit(&p->flags, memory_order_relaxed) & P_STARTING) {

@@ -274,7 +274,7 @@ static void push_local(ar__sched_t *s, ar_proc_t *p)
 
 void ar__schedule(ar_node_t *node, ar_proc_t *p)
 {
-    ar__sched_t *s = ar__tls_sched;
+    ar__sched_t *s = ar__current_sched();
     if (s && s->node == node) {
         ar_proc_t *old = s->next;
         s->next = p;

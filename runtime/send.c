@@ -40,7 +40,7 @@ static ar_proc_t *calling_proc(ar_node_t *node)
 
 static void count(ar_node_t *node, int which)
 {
-    ar__sched_t *s = ar__tls_sched;
+    ar__sched_t *s = ar__current_sched();
     if (s && s->node == node) {
         _Atomic uint64_t *c = which == 0 ? &s->n_sent : &s->n_dropped;
         /* owner-only counter: a relaxed load+store, no RMW */

@@ -341,7 +341,7 @@ ar__timer_t *ar__timer_start(ar_node_t *node, int ms, ar_pid_t to, ar__env_t *e,
     uint64_t due_ns = ar__now_ns() - node->start_ns + (uint64_t)ms * 1000000u;
     t->due = (due_ns + 999999u) / 1000000u; /* never early */
     if (ref) map_insert(node->timers, t);
-    ar__sched_t *s = ar__tls_sched;
+    ar__sched_t *s = ar__current_sched();
     if (s && s->node == node) {
         t->owner = s;
         insert(s->wheel, t);
@@ -365,7 +365,7 @@ bool ar__timer_cancel(ar_node_t *node, ar__timer_t *t)
     bool won = atomic_compare_exchange_strong_explicit(&t->state, &pending, T_CANCELLED,
                                                       memory_order_acq_rel, memory_order_acquire);
     if (won) {
-        ar__sched_t *s = ar__tls_sched;
+        ar__sched_t *s = ar__current_sched();
         if (s == t->owner) {
             if (t->where == W_LINKED) retire(s->wheel, t);
             /* W_NEW: still in the insert inbox, which retires it */
