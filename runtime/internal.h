@@ -144,6 +144,7 @@ enum {
     P_FOREIGN = 1u << 3,  /* a foreign thread's call waiter, not a process */
     P_TOPLEVEL = 1u << 4, /* spawned from outside any process */
     P_OVERFLOW = 1u << 5, /* its stack overflowed: ends with "stack overflow" */
+    P_TERMINATING = 1u << 6, /* in its exit path: terminate may block; the reason is final */
 };
 
 #define MB_EMPTY ((uintptr_t)1)

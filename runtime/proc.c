@@ -201,6 +201,8 @@ static const char oom_text[] = "out of memory";
 
 void ar__proc_set_reason(ar_proc_t *p, ar_reason_t why)
 {
+    if (atomic_load_explicit(&p->flags, memory_order_relaxed) & P_TERMINATING)
+        return; /* terminate holds the final reason (and its text) */
     struct ar__proc_ext *x = ar__proc_ext(p);
     if (!x) return; /* the exit path falls back to an AR_ERROR "out of memory" */
     if (x->reason_text) ar__free(x->reason_text);
@@ -328,6 +330,7 @@ static void admit(ar_proc_t *p, ar__env_t *e)
         ar__inner_append(p, e);
         return;
     case ENV_EXIT:
+        /* during terminate a fatal signal only cuts terminate short */
         if (!(atomic_load_explicit(&p->flags, memory_order_relaxed) & P_EXITING)) {
             ar__proc_set_reason(p, e->msg.reason);
             atomic_fetch_or_explicit(&p->flags, P_EXITING, memory_order_relaxed);
@@ -468,7 +471,11 @@ void ar__proc_exit(ar_proc_t *p, ar_reason_t why)
 {
     ar_node_t *node = p->node;
     ar__set_current_proc(p);
-    atomic_fetch_or_explicit(&p->flags, P_EXITING, memory_order_relaxed);
+    /* terminate runs as the process it is (it may block); only a new fatal signal, an
+     * ar_exit_self or a crash cuts it short */
+    uint32_t fl = atomic_load_explicit(&p->flags, memory_order_relaxed);
+    atomic_store_explicit(&p->flags, (fl & ~(uint32_t)(P_EXITING | P_STOP)) | P_TERMINATING,
+                          memory_order_relaxed);
     struct term_args t = {p, why};
     struct ar__catch c;
     catch_run(&c, p->stack, run_terminate, &t); /* a crash in terminate ends only it */

@@ -658,3 +658,56 @@ Test(proc, init_blocking_in_a_call_completes_inside_spawn_from_a_process_one_sch
 {
     check_blocking_init_from_process(1);
 }
+
+/* ---- terminate runs as a normal process: it may block ------------------------------------- */
+typedef struct blocking_term {
+    ar_pid_t echo;
+    int call_rc;
+    ar_reason_t why;
+    char text[64];
+    atomic_int done;
+} blocking_term_t;
+
+static int bt_init(ar_proc_t *self, void *arg, void **state)
+{
+    (void)self;
+    *state = arg;
+    return 0;
+}
+
+static void bt_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    (void)state;
+    (void)m;
+    ar_stop(self, (ar_reason_t){AR_ERROR, "stopping with a call in terminate"});
+}
+
+static void bt_terminate(ar_proc_t *self, void *state, ar_reason_t why)
+{
+    blocking_term_t *bt = state;
+    int64_t v = 7;
+    ar_buf_t r = {0};
+    /* an ar_call parks the ending process; it must not cut terminate short */
+    bt->call_rc = ar_call(ar_node(self), bt->echo, 1, &v, sizeof v, &r, TH_WAIT_MS);
+    ar_buf_free(&r);
+    bt->why = why;
+    snprintf(bt->text, sizeof bt->text, "%s", why.text ? why.text : "");
+    atomic_store(&bt->done, 1);
+}
+static const ar_behaviour_t blocking_term_b = {"blocking_term", bt_init, bt_handle, bt_terminate};
+
+Test(proc, terminate_may_block_in_a_call_and_keeps_its_reason, .timeout = TH_TIMEOUT)
+{
+    ar_node_t *node = th_node(1);
+    static blocking_term_t bt;
+    static th_echo_state_t es;
+    bt.echo = th_spawn(node, &th_echo, &es);
+    ar_pid_t p = th_spawn(node, &blocking_term_b, &bt);
+    th_send(node, p, 1, NULL, 0);
+    th_await(atomic_load(&bt.done) == 1);
+    cr_assert_eq(bt.call_rc, 0, "call from terminate: %s", ar_err_name(bt.call_rc));
+    cr_assert_eq(bt.why.code, AR_ERROR);
+    cr_assert_str_eq(bt.text, "stopping with a call in terminate");
+    th_await(!th_proc_alive(node, p));
+    th_node_stop(node);
+}
