@@ -18,7 +18,8 @@ int ar_proc_info(ar_node_t *node, ar_pid_t pid, ar_proc_info_t *out)
     i.pid = pid;
     i.parent = parent ? (ar_pid_t){node->pid_hi, parent} : AR_PID_NONE;
     i.behaviour = b ? b->name : NULL;
-    i.mailbox_len = atomic_load_explicit(&p->queued, memory_order_relaxed);
+    i.mailbox_len = (uint32_t)(atomic_load_explicit(&p->pushed, memory_order_relaxed) -
+                               atomic_load_explicit(&p->consumed, memory_order_relaxed));
     i.handled = atomic_load_explicit(&p->handled, memory_order_relaxed);
     i.blocked = atomic_load_explicit(&p->blocked, memory_order_relaxed) != 0;
     i.trap_exit = false; /* exit trapping arrives with links (signals) */

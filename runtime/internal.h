@@ -172,7 +172,7 @@ struct ar__spawn_wait {
 struct ar_proc {
     /* --- written by senders --- */
     _Atomic uintptr_t head;       /* outer queue producer end | MB_EMPTY | MB_DEAD */
-    _Atomic uint32_t queued;      /* CAST/CALL queued and not yet handled */
+    _Atomic uint32_t pushed;      /* CAST/CALL ever queued (wraps); minus consumed = queued */
     _Atomic uint32_t mailbox_limit; /* 0: unbounded; read by senders that may be stale */
     _Atomic uint64_t pid_lo;      /* current occupant's pid (serial|index); 0 when free */
     struct ar__qnode stub;        /* the outer queue's resting node */
@@ -187,6 +187,7 @@ struct ar_proc {
     ar__stack_t *stack;           /* the stack it holds while running or parked */
     struct ar_proc *link;         /* run queue / free list link */
     _Atomic uint64_t handled;
+    _Atomic uint32_t consumed;    /* CAST/CALL taken off the mailbox; written by its consumer */
     struct ar__proc_ext *ext;     /* rarely used parts, allocated on demand */
     ar_ref_t wait_ref;            /* the blocking call waits for this ref; 0: none */
     struct ar__timer *wait_timer; /* its timeout, cancelled if the process ends waiting */
@@ -248,6 +249,7 @@ bool ar__mb_has_more(ar_proc_t *p);
 /* A push found MB_DEAD: drain as dead letters until the queue rests marked dead again. */
 void ar__mb_drain_dead(struct ar_node *node, ar_proc_t *p);
 void ar__inner_append(ar_proc_t *p, ar__env_t *e);
+void ar__consumed(ar_proc_t *p); /* a counted CAST/CALL left the mailbox */
 
 /* ---- Schedulers (sched.c) ----------------------------------------------------------- */
 struct ar__runq {

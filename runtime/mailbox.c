@@ -119,3 +119,12 @@ ar__env_t *ar__inner_take(ar_proc_t *p, bool (*pred)(ar__env_t *, void *), void 
     }
     return NULL;
 }
+
+/* A counted envelope left the mailbox. Only the queue's consumer calls this (one thread
+ * at a time, handed over with the mailbox's tag bits), so a load and a store suffice. */
+void ar__consumed(ar_proc_t *p)
+{
+    atomic_store_explicit(&p->consumed,
+                          atomic_load_explicit(&p->consumed, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}

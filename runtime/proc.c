@@ -369,7 +369,7 @@ static ar__env_t *next_msg(ar_proc_t *p)
 
 void ar__msg_taken(ar_proc_t *p, ar__env_t *e)
 {
-    if (e->counted) atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
+    if (e->counted) ar__consumed(p);
     atomic_store_explicit(&p->handled, atomic_load_explicit(&p->handled, memory_order_relaxed) + 1,
                           memory_order_relaxed);
     ar__sched_t *s = ar__current_sched();

@@ -73,7 +73,7 @@ static void reply_failure(ar_node_t *node, ar_pid_t from, ar_reply_to_t to, ar_e
 
 void ar__dead_letter(ar_node_t *node, ar_proc_t *p, ar__env_t *e)
 {
-    if (p && e->counted) atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
+    if (p && e->counted) ar__consumed(p);
     if (e->kind == ENV_MSG && e->msg.kind == AR_MSG_CALL)
         reply_failure(node, (ar_pid_t){node->pid_hi, e->to_lo}, e->msg.reply_to, AR_NOPROC);
     if (e->kind == ENV_MSG && e->msg.kind != AR_MSG_REPLY)
@@ -102,15 +102,17 @@ int ar__send_msg(ar_node_t *node, ar_pid_t to, ar_msg_kind_t kind, uint32_t tag,
         count(node, 1);
         return AR_ENOPROC;
     }
+    /* pushed shares the cache line the push itself takes; only a bounded mailbox makes
+     * senders read the consumer's counter too */
     uint32_t limit = atomic_load_explicit(&p->mailbox_limit, memory_order_relaxed);
-    uint32_t before = atomic_fetch_add_explicit(&p->queued, 1, memory_order_relaxed);
-    if (limit && before >= limit) {
-        atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
+    uint32_t before = atomic_fetch_add_explicit(&p->pushed, 1, memory_order_relaxed);
+    if (limit && before - atomic_load_explicit(&p->consumed, memory_order_relaxed) >= limit) {
+        atomic_fetch_sub_explicit(&p->pushed, 1, memory_order_relaxed);
         return AR_EAGAIN;
     }
     ar__env_t *e = ar__env_new(len);
     if (!e) {
-        atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&p->pushed, 1, memory_order_relaxed);
         return AR_ENOMEM;
     }
     if (len) memcpy(ar__env_payload(e), data, len);
