@@ -13,12 +13,23 @@ enum { TAG_START = 1, TAG_GO, TAG_MSG };
 typedef struct fi_run {
     long senders, per_sender, total;
     ar_pid_t recv;
-    /* the receiver's */
-    long count;
-    int64_t sum;
-    uint64_t t0, t1;
+    uint64_t t0;
     bench_signal_t done;
+    /* The receiver's, on a line of their own so that the senders' reads above never
+     * share a cache line with its per-message writes. */
+    _Alignas(64) long count;
+    int64_t sum;
+    uint64_t t1;
 } fi_run_t;
+
+static fi_run_t *run_new(void)
+{
+    size_t size = (sizeof(fi_run_t) + 63) / 64 * 64;
+    fi_run_t *r = aligned_alloc(64, size);
+    BENCH_CHECK(r != NULL, "out of memory");
+    memset(r, 0, size);
+    return r;
+}
 
 static int keep_arg(ar_proc_t *self, void *arg, void **state)
 {
@@ -117,8 +128,7 @@ int bench_fan_in(const bench_opts_t *o)
     long senders = o->procs > 0 ? o->procs : 1000;
     long total = senders * per_sender;
     ar_node_t *node = bench_node_start();
-    fi_run_t *warm = calloc(1, sizeof *warm), *run = calloc(1, sizeof *run);
-    BENCH_CHECK(warm != NULL && run != NULL, "out of memory");
+    fi_run_t *warm = run_new(), *run = run_new();
     if (per_sender / 10 > 0) run_once(node, warm, senders, per_sender / 10);
     uint64_t ns = run_once(node, run, senders, per_sender);
     double s = (double)ns / 1e9;

@@ -1,15 +1,23 @@
 /* arbor_bench: runs the workloads named on the command line (all of them, in order,
  * when none is named). Each prints one result line on stdout.
  *
- *   arbor_bench [-n N] [-p P] [-t MS] [WORKLOAD...]
+ *   arbor_bench [-n N] [-p P] [-t MS] [-s] [WORKLOAD...]
  *     -n N   main count (processes, round trips, hops, calls; fan_in: messages per sender)
  *     -p P   ring size / fan_in senders
  *     -t MS  gen_server_call's call timeout (-1: infinity; default 5000, gen_server's)
+ *     -s     run every workload in this process (default: each in a child process)
+ *
+ * Each workload runs in its own child process by default, as the Erlang and CAF programs
+ * each run in a fresh OS process: memory that malloc kept from one workload would
+ * otherwise make the next one's RSS readings (spawn_idle_memory's bytes_per_proc) and
+ * page-fault costs depend on the order of the run.
  */
 #include "bench_util.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static const struct {
@@ -27,7 +35,7 @@ static const struct {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: arbor_bench [-n N] [-p P] [-t MS] [WORKLOAD...]\nworkloads:");
+    fprintf(f, "usage: arbor_bench [-n N] [-p P] [-t MS] [-s] [WORKLOAD...]\nworkloads:");
     for (size_t i = 0; i < NWORKLOADS; i++) fprintf(f, " %s", workloads[i].name);
     fputc('\n', f);
 }
@@ -43,6 +51,38 @@ static long parse_long(const char *s, const char *flag)
     return v;
 }
 
+/* Runs workload i, in a child process unless inline; 0 on success. */
+static int run(int i, const bench_opts_t *o, bool in_process)
+{
+    if (in_process) return workloads[i].run(o);
+    fflush(stdout); /* nothing buffered may be written twice */
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("arbor_bench: fork");
+        return 1;
+    }
+    if (pid == 0) {
+        int rc = workloads[i].run(o);
+        fflush(stdout);
+        _exit(rc == 0 ? 0 : 1);
+    }
+    int status;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) {
+            perror("arbor_bench: waitpid");
+            return 1;
+        }
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
+    if (WIFSIGNALED(status))
+        fprintf(stderr, "arbor_bench: %s died of signal %d\n", workloads[i].name, WTERMSIG(status));
+    else
+        fprintf(stderr, "arbor_bench: %s failed (status %d)\n", workloads[i].name,
+                WEXITSTATUS(status));
+    return 1;
+}
+
 static int find(const char *name)
 {
     for (size_t i = 0; i < NWORKLOADS; i++)
@@ -53,8 +93,9 @@ static int find(const char *name)
 int main(int argc, char **argv)
 {
     bench_opts_t o = {0};
+    bool in_process = false;
     int c;
-    while ((c = getopt(argc, argv, "n:p:t:h")) != -1) {
+    while ((c = getopt(argc, argv, "n:p:t:sh")) != -1) {
         switch (c) {
         case 'n': o.n = parse_long(optarg, "-n"); break;
         case 'p': o.procs = parse_long(optarg, "-p"); break;
@@ -62,6 +103,7 @@ int main(int argc, char **argv)
             o.call_timeout_ms = (int)parse_long(optarg, "-t");
             o.call_timeout_set = true;
             break;
+        case 's': in_process = true; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -78,12 +120,12 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    /* A failed workload is reported and the others still run. */
+    int failed = 0;
     if (optind == argc) {
-        for (size_t i = 0; i < NWORKLOADS; i++)
-            if (workloads[i].run(&o) != 0) return 1;
+        for (size_t i = 0; i < NWORKLOADS; i++) failed |= run((int)i, &o, in_process);
     } else {
-        for (int i = optind; i < argc; i++)
-            if (workloads[find(argv[i])].run(&o) != 0) return 1;
+        for (int i = optind; i < argc; i++) failed |= run(find(argv[i]), &o, in_process);
     }
-    return 0;
+    return failed ? 1 : 0;
 }

@@ -267,6 +267,7 @@ typedef struct ar__sched {
     ar_proc_t *next;            /* the process woken last by this scheduler: runs next */
     unsigned next_streak;       /* consecutive runs from `next` (fairness bound) */
     unsigned ticks;             /* loop iterations, for periodic checks */
+    bool long_turn;             /* a turn ran out of time: do the periodic checks now */
     struct ar__pool_cache cache;
     ar__stack_t *stacks;        /* local free stacks */
     unsigned nstacks;

@@ -23,6 +23,9 @@
 /* Messages handled per turn before others get the scheduler: large enough to amortise
  * the turn, small enough that a flooded process cannot hold a scheduler for long. */
 #define BATCH 64
+/* A turn also ends once it has run this long (checked every 8 messages, so a turn of a
+ * few quick messages never reads the clock): slow handlers cannot starve the rest. */
+#define TURN_NS 1000000u
 /* A slot whose serial reaches this is retired for the rest of the node's life. */
 #define SERIAL_MAX 0xFFFFFFF0u
 /* Free slots a scheduler keeps before it hands a batch to the global list. */
@@ -386,8 +389,18 @@ static void handle_batch(void *arg)
     ar_proc_t *p = arg;
     ar__proc_fetch(p);
     const ar_behaviour_t *b = atomic_load_explicit(&p->b, memory_order_relaxed);
+    uint64_t t0 = 0;
     for (int i = 0; i < BATCH; i++) {
         if (atomic_load_explicit(&p->flags, memory_order_relaxed) & (P_STOP | P_EXITING)) return;
+        if ((i & 7) == 7) {
+            uint64_t now = ar__now_ns();
+            if (!t0)
+                t0 = now;
+            else if (now - t0 > TURN_NS) {
+                ar__current_sched()->long_turn = true; /* look at timers next */
+                return;
+            }
+        }
         ar__env_t *e = next_msg(p);
         if (!e) return;
         ar__msg_taken(p, e);

@@ -353,7 +353,8 @@ static ar_proc_t *find_work_slow(ar__sched_t *s)
 static ar_proc_t *find_work(ar__sched_t *s)
 {
     ar_proc_t *p;
-    if ((++s->ticks & PERIODIC_MASK) == 0) {
+    if ((++s->ticks & PERIODIC_MASK) == 0 || s->long_turn) {
+        s->long_turn = false;
         ar__wheel_run(s);
         if ((p = inject_pop(s->node)) != NULL) { /* foreign work is never starved */
             if (s->next) {

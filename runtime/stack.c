@@ -171,6 +171,11 @@ void ar__stack_prepare(ar__stack_t *st, void (*fn)(void *), void *arg)
 {
     extern void ar__ctx_entry(void);
     ar__stack_unpoison_below(st, st->base + st->size);
+#ifdef AR_TSAN
+    /* a fresh fiber: the old one's shadow stack still holds the abandoned frames */
+    if (st->san_fiber) __tsan_destroy_fiber(st->san_fiber);
+    st->san_fiber = __tsan_create_fiber(0);
+#endif
     uint64_t *sp = (uint64_t *)(((uintptr_t)(st->base + st->size)) & ~(uintptr_t)15);
     *--sp = (uint64_t)(uintptr_t)ar__ctx_entry; /* returned into; leaves sp 16-aligned */
     *--sp = 0;                                   /* rbp: ends frame-pointer backtraces */

@@ -11,6 +11,8 @@
  *          outcome is fine, but a reply that lost the race must never be seen;
  *   LATE   a short caller timeout; the replier replies only once the caller has seen
  *          AR_ETIMEDOUT, so the reply is late for sure.
+ * Hog processes keep the schedulers busy, so a woken caller often waits in a run queue
+ * while its reply and its timeout both land: the case a late reply must survive.
  * Invariants: every answer is the right one for that very request (a late reply showing
  * up in a later call would carry another seq); NOW/THREAD/PROC/CHAIN calls never time out;
  * LATE calls always return AR_ETIMEDOUT; ar_reply always returns 0 (also when late); a
@@ -27,8 +29,10 @@
 #define N_CLIENTS (N_TCLIENTS + N_PCLIENTS)
 #define CALLS_PER (ST_TSAN ? 120 : 400)
 #define BURST_MAX 8
+#define N_HOGS 2
+#define HOG_SPIN_US 300
 
-enum { TAG_CALL = 1, TAG_DEFER, TAG_GO, TAG_MORE };
+enum { TAG_CALL = 1, TAG_DEFER, TAG_GO, TAG_MORE, TAG_HOG };
 enum { M_NOW, M_THREAD, M_PROC, M_CHAIN, M_RACE, M_LATE, M_MODES };
 static const char *const mode_name[M_MODES] = {"now", "thread", "proc", "chain", "race", "late"};
 
@@ -53,6 +57,8 @@ typedef struct client {
     uint32_t seq, done_calls;
     uint64_t ok[M_MODES], timedout[M_MODES];
     uint8_t mode_of[CALLS_PER], timed_out[CALLS_PER]; /* per seq, for diagnostics */
+    _Atomic uint32_t progress; /* calls done, and the mode of the one under way */
+    _Atomic uint32_t in_mode;
 } client_t;
 
 static ar_node_t *g_node;
@@ -316,6 +322,7 @@ static void one_call(ar_proc_t *self, client_t *c, uint32_t mode)
         q.delay_us = (uint32_t)st_below(&c->rng, 500);
     }
     ar_pid_t srv = g_server[st_below(&c->rng, N_SERVERS)];
+    st_set(&c->in_mode, mode);
     ar_buf_t r = {0};
     int rc = ar_call(g_node, srv, TAG_CALL, &q, sizeof q, &r, timeout);
     if (rc == 0) {
@@ -344,6 +351,21 @@ static void one_call(ar_proc_t *self, client_t *c, uint32_t mode)
                      mode_name[mode], timeout, ar_err_name(rc));
     }
     c->done_calls++;
+    st_set(&c->progress, c->done_calls);
+}
+
+static void hang_report(void)
+{
+    for (uint32_t i = 0; i < N_CLIENTS; i++) {
+        uint32_t n = st_get(&g_clients[i].progress);
+        if (n < CALLS_PER)
+            fprintf(stderr, "  client %u (%s): %u calls done, now in a %s call\n", i,
+                    i < N_TCLIENTS ? "thread" : "process", n,
+                    mode_name[st_get(&g_clients[i].in_mode) % M_MODES]);
+    }
+    pthread_mutex_lock(&g_jobs_lock);
+    fprintf(stderr, "  replier: %zu jobs queued\n", g_njobs);
+    pthread_mutex_unlock(&g_jobs_lock);
 }
 
 static void client_finish(ar_proc_t *self, client_t *c)
@@ -399,6 +421,23 @@ static void pclient_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
 
 static const ar_behaviour_t pclient_b = {"calls_client", pclient_init, pclient_handle, NULL};
 
+/* Burns its scheduler for a while, parks for a millisecond, and again, until the clients
+ * are done. */
+static void hog_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    (void)state;
+    (void)m;
+    while (atomic_load_explicit(&g_clients_done, memory_order_relaxed) != N_CLIENTS) {
+        uint64_t until = st_now_ns() + HOG_SPIN_US * 1000u;
+        while (st_now_ns() < until) {
+        }
+        int rc = ar_sleep(self, 1);
+        if (rc != 0) st_fail("hog: ar_sleep returned %s", ar_err_name(rc));
+    }
+}
+
+static const ar_behaviour_t hog_b = {"calls_hog", NULL, hog_handle, NULL};
+
 /* Spawns process clients from a process (so their init's call runs on its stack). */
 static void spawner_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
 {
@@ -424,6 +463,7 @@ static const ar_behaviour_t spawner_b = {"calls_spawner", NULL, spawner_handle, 
 int main(int argc, char **argv)
 {
     st_begin("stress_calls", argc, argv);
+    st_hang_report = hang_report;
     uint64_t t0 = st_now_ms();
     g_node = st_node_start(2);
     pthread_t replier;
@@ -436,6 +476,12 @@ int main(int argc, char **argv)
     for (uint32_t i = 0; i < N_CLIENTS; i++) {
         g_clients[i].id = i;
         g_clients[i].rng = st_rng_for(300 + i);
+    }
+
+    for (int i = 0; i < N_HOGS; i++) {
+        ar_pid_t hog;
+        ST_EXPECT_RC(ar_spawn(g_node, &hog_b, NULL, NULL, &hog), 0, "ar_spawn(hog)");
+        ST_EXPECT_RC(ar_send(g_node, hog, TAG_HOG, NULL, 0), 0, "ar_send(hog)");
     }
 
     pthread_t th[N_TCLIENTS];

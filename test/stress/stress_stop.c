@@ -155,9 +155,15 @@ static uint32_t random_kind(st_rng_t *rng)
 
 /* ---- the processes --------------------------------------------------------------------- */
 typedef struct pstate {
+    uint64_t magic; /* proves terminate got the state init stored */
     rec_t *rec;
     st_rng_t rng;
 } pstate_t;
+
+static uint64_t magic_of(const rec_t *r)
+{
+    return st_mix64(0x5707u + r->idx + g_round * 1000003u);
+}
 
 static bool match_none(const ar_msg_t *m, void *ud)
 {
@@ -172,6 +178,7 @@ static int proc_init(ar_proc_t *self, void *arg, void **state)
     pstate_t *ps = malloc(sizeof *ps);
     if (ps == NULL) return AR_ENOMEM;
     ps->rec = r;
+    ps->magic = magic_of(r);
     ps->rng = st_rng_for(g_round * 1000003u + r->idx);
     *state = ps;
     ar_pid_t me = ar_self(self);
@@ -322,6 +329,9 @@ static void proc_terminate(ar_proc_t *self, void *state, ar_reason_t why)
 {
     (void)self;
     pstate_t *ps = state;
+    if (ps == NULL || ps->rec == NULL || ps->rec >= g_recs + MAX_RECS || ps->rec < g_recs
+        || ps->magic != magic_of(ps->rec))
+        st_fail("round %" PRIu64 ": terminate got a state that init did not store", g_round);
     rec_t *r = ps->rec;
     uint32_t n = atomic_fetch_add_explicit(&r->terminated, 1, memory_order_relaxed);
     ST_CHECK(n == 0, "round %" PRIu64 ": terminate ran %u times for record %u (%s)", g_round,

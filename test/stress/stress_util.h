@@ -48,6 +48,8 @@
 #define st_set(p, v) atomic_store_explicit((p), (v), memory_order_relaxed)
 
 static uint64_t st_seed_value;
+/* Optional: prints what the program was waiting for, before a hang is reported. */
+static void (*st_hang_report)(void);
 static const char *st_prog = "stress";
 static atomic_ulong st_violations;
 
@@ -122,7 +124,10 @@ static inline void __attribute__((format(printf, 1, 2))) st_violation(const char
     do {                                                                                \
         uint64_t st_dl_ = st_now_ms() + ST_WAIT_MS;                                     \
         while (!(cond)) {                                                               \
-            if (st_now_ms() > st_dl_) st_fail("timed out waiting for: " __VA_ARGS__);   \
+            if (st_now_ms() > st_dl_) {                                                 \
+                if (st_hang_report) st_hang_report();                                   \
+                st_fail("timed out waiting for: " __VA_ARGS__);                         \
+            }                                                                           \
             st_nap_us(200);                                                             \
         }                                                                               \
     } while (0)
@@ -175,6 +180,7 @@ static inline void *st_watchdog_main(void *arg)
 {
     uint64_t deadline = st_now_ms() + (uint64_t)(uintptr_t)arg * 1000u;
     while (st_now_ms() < deadline) st_nap_us(100000);
+    if (st_hang_report) st_hang_report();
     st_fail("watchdog: still running after %u s (a hang or a lost event)",
             (unsigned)(uintptr_t)arg);
 }
