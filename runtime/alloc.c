@@ -68,7 +68,7 @@ _Noreturn void ar__panic(const char *file, int line, const char *fmt, ...)
 static const size_t class_size[AR__POOL_CLASSES] = {128, 192, 256, 384, 512, 1024, 2048, 4096};
 /* A cache holds at most CACHE_MAX blocks per class: enough for a burst of sends between
  * two turns, small enough that an idle scheduler does not hoard memory. */
-#define CACHE_MAX 512
+#define CACHE_MAX 512 /* the inline fast path in internal.h knows this bound */
 #define BATCH 256
 /* The depot keeps at most this many batches per class; beyond, blocks go back to libc. */
 #define DEPOT_MAX 64
@@ -157,10 +157,12 @@ static void *refill(struct ar__depot *d, struct ar__pool_cache *c, int k)
     return batch;
 }
 
-void *ar__pool_alloc(size_t size)
+void *ar__pool_alloc(size_t size) { return ar__pool_alloc_on(ar__current_sched(), size); }
+void ar__pool_free(void *p, size_t size) { ar__pool_free_on(ar__current_sched(), p, size); }
+
+void *ar__pool_alloc_slow(ar__sched_t *s, size_t size)
 {
     int k = class_of(size);
-    ar__sched_t *s = ar__current_sched();
     if (k < 0) return ar__malloc(size);
     if (!s) return ar__malloc(class_size[k]);
     struct ar__pool_cache *c = &s->cache;
@@ -173,10 +175,9 @@ void *ar__pool_alloc(size_t size)
     return refill(&s->node->depot, c, k);
 }
 
-void ar__pool_free(void *p, size_t size)
+void ar__pool_free_slow(ar__sched_t *s, void *p, size_t size)
 {
     int k = class_of(size);
-    ar__sched_t *s = ar__current_sched();
     if (!p) return;
     if (k < 0 || !s) {
         ar__free(p);

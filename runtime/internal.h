@@ -64,6 +64,10 @@ struct ar__depot {
 };
 void *ar__pool_alloc(size_t size);
 void ar__pool_free(void *p, size_t size);
+/* The same with the calling thread's scheduler already at hand (NULL: none). */
+void *ar__pool_alloc_slow(struct ar__sched *s, size_t size);
+void ar__pool_free_slow(struct ar__sched *s, void *p, size_t size);
+#define AR__POOL_SMALL 128 /* size of the smallest class: most envelopes */
 void ar__pool_cache_flush(struct ar__depot *d, struct ar__pool_cache *c);
 void ar__depot_init(struct ar__depot *d);
 void ar__depot_destroy(struct ar__depot *d);
@@ -92,6 +96,7 @@ typedef struct ar__env {
 
 static inline void *ar__env_payload(ar__env_t *e) { return (void *)(e + 1); }
 ar__env_t *ar__env_new(size_t len);
+ar__env_t *ar__env_new_on(struct ar__sched *s, size_t len);
 void ar__env_free(ar__env_t *e);
 /* Pushes e to the process at pid (local). Returns 0, or AR_ENOPROC when the pid is dead
  * (e is then disposed of as dead letter). */
@@ -106,7 +111,13 @@ void ar__reply_failure(struct ar_node *node, ar_pid_t from, ar_reply_to_t to,
                        ar_exit_code_t why);
 
 /* ---- Stacks and contexts (stack.c, ctx_*.S) ---------------------------------------- */
-struct ar__catch; /* an unwind point on a handler stack (proc.c) */
+/* An unwind point on a handler stack: crashes longjmp to the innermost one. Each loop
+ * stack has one at its bottom (for handlers); init and terminate push their own. */
+struct ar__catch {
+    struct ar__catch *prev;
+    struct ar__stack *st;
+    void *jb[5];
+};
 typedef struct ar__stack {
     struct ar__stack *next_free;
     char *base;   /* lowest usable byte (the guard page, if any, is just below) */
@@ -145,6 +156,7 @@ enum {
     P_TOPLEVEL = 1u << 4, /* spawned from outside any process */
     P_OVERFLOW = 1u << 5, /* its stack overflowed: ends with "stack overflow" */
     P_TERMINATING = 1u << 6, /* in its exit path: terminate may block; the reason is final */
+    P_REASON_LOST = 1u << 7, /* its reason's text could not be copied (out of memory) */
 };
 
 #define MB_EMPTY ((uintptr_t)1)
@@ -197,13 +209,13 @@ struct ar_proc {
     _Atomic uint32_t flags;       /* P_*; atomic for introspection */
     _Atomic uint8_t blocked;      /* parked in call, receive or sleep */
     uint8_t parked;               /* its context is saved on its stack */
+    uint8_t reason_code;          /* why it ends (ar_exit_code_t); text, if any, in ext */
     uint8_t trap_exit;
 };
 
 /* Rare per-process data: exit reason, owned timers, pending asks, spawn handshake. */
 struct ar__proc_ext {
-    ar_reason_t reason;          /* why it ends (text owned here) */
-    char *reason_text;
+    char *reason_text;           /* why it ends, when there is a text */
     ar_ref_t *timers;            /* refs of timers it set (cancelled at exit) */
     size_t ntimers, timers_cap, timers_live_hint;
     struct ar__ask *asks;        /* outstanding ar_ask refs */
@@ -217,7 +229,7 @@ struct ar__ask {
 
 struct ar__proc_ext *ar__proc_ext(ar_proc_t *p); /* NULL on OOM */
 ar_proc_t *ar__proc_lookup(struct ar_node *node, ar_pid_t pid); /* live or NULL (racy) */
-ar_pid_t ar__proc_pid(const ar_proc_t *p);
+static inline ar_pid_t ar__proc_pid(const struct ar_proc *p);
 ar_proc_t *ar__proc_alloc(struct ar_node *node);   /* a free slot with a fresh serial */
 void ar__proc_release(ar_proc_t *p);               /* slot back to the free lists */
 /* Runs the exit path of p (terminate, timers, dead-mark, release). */
@@ -232,6 +244,7 @@ void ar__proc_fetch(ar_proc_t *p);
 /* Unlinks and returns the first inner envelope for which pred holds; NULL if none. */
 ar__env_t *ar__inner_take(ar_proc_t *p, bool (*pred)(ar__env_t *, void *), void *ud);
 _Noreturn void ar__proc_unwind(ar_proc_t *p);
+void ar__proc_crashed(void); /* the loop's catch frame caught the running process */
 void ar__proc_table_destroy(struct ar_node *node);
 int ar__proc_table_init(struct ar_node *node);
 
@@ -310,6 +323,28 @@ int ar__sched_start(struct ar_node *node);
 void ar__sched_stop(struct ar_node *node);
 void ar__sched_wake_all(struct ar_node *node);
 void ar__sched_wake(ar__sched_t *s);
+
+/* The pools' fast paths: the smallest class from the scheduler's own cache. */
+static inline void *ar__pool_alloc_on(ar__sched_t *s, size_t size)
+{
+    if (s && size <= AR__POOL_SMALL && s->cache.free[0]) {
+        void *b = s->cache.free[0];
+        s->cache.free[0] = *(void **)b;
+        s->cache.count[0]--;
+        return b;
+    }
+    return ar__pool_alloc_slow(s, size);
+}
+static inline void ar__pool_free_on(ar__sched_t *s, void *p, size_t size)
+{
+    if (p && s && size <= AR__POOL_SMALL && s->cache.count[0] < 512) {
+        *(void **)p = s->cache.free[0];
+        s->cache.free[0] = p;
+        s->cache.count[0]++;
+        return;
+    }
+    ar__pool_free_slow(s, p, size);
+}
 
 /* ---- Timers (timer.c) --------------------------------------------------------------- */
 typedef struct ar__timer ar__timer_t;
@@ -390,5 +425,10 @@ bool ar__timeout_ok(int timeout_ms);
 /* ---- I/O thread (loop.c) ------------------------------------------------------------ */
 int ar__loop_start(struct ar_node *node);
 void ar__loop_stop(struct ar_node *node);
+
+static inline ar_pid_t ar__proc_pid(const ar_proc_t *p)
+{
+    return (ar_pid_t){p->node->pid_hi, atomic_load_explicit(&p->pid_lo, memory_order_relaxed)};
+}
 
 #endif

@@ -31,12 +31,6 @@
 /* Free slots a scheduler keeps before it hands a batch to the global list. */
 #define LOCAL_FREE_MAX 512
 
-struct ar__catch {
-    struct ar__catch *prev;
-    ar__stack_t *st;
-    void *jb[5];
-};
-
 /* ---- table ---- */
 int ar__proc_table_init(ar_node_t *node)
 {
@@ -76,10 +70,6 @@ ar_proc_t *ar__proc_lookup(ar_node_t *node, ar_pid_t pid)
     return p;
 }
 
-ar_pid_t ar__proc_pid(const ar_proc_t *p)
-{
-    return (ar_pid_t){p->node->pid_hi, atomic_load_explicit(&p->pid_lo, memory_order_relaxed)};
-}
 
 /* A never-used slot (table lock held). */
 static ar_proc_t *fresh_slot(ar_node_t *node)
@@ -156,6 +146,7 @@ ar_proc_t *ar__proc_alloc(ar_node_t *node)
     p->wait_ref = 0;
     p->wait_timer = NULL;
     p->handling = NULL;
+    p->reason_code = AR_NORMAL;
     p->parked = 0;
     p->trap_exit = 0;
     atomic_store_explicit(&p->mailbox_limit, 0, memory_order_relaxed);
@@ -204,25 +195,29 @@ static const char oom_text[] = "out of memory";
 
 void ar__proc_set_reason(ar_proc_t *p, ar_reason_t why)
 {
-    if (atomic_load_explicit(&p->flags, memory_order_relaxed) & P_TERMINATING)
-        return; /* terminate holds the final reason (and its text) */
+    uint32_t fl = atomic_load_explicit(&p->flags, memory_order_relaxed);
+    if (fl & P_TERMINATING) return; /* terminate holds the final reason (and its text) */
+    p->reason_code = (uint8_t)why.code;
+    atomic_fetch_and_explicit(&p->flags, ~(uint32_t)P_REASON_LOST, memory_order_relaxed);
+    if (p->ext && p->ext->reason_text) {
+        ar__free(p->ext->reason_text);
+        p->ext->reason_text = NULL;
+    }
+    if (!why.text) return; /* the common case needs no allocation */
     struct ar__proc_ext *x = ar__proc_ext(p);
-    if (!x) return; /* the exit path falls back to an AR_ERROR "out of memory" */
-    if (x->reason_text) ar__free(x->reason_text);
-    x->reason_text = why.text ? ar__strdup(why.text) : NULL;
-    x->reason.code = why.code;
-    x->reason.text = x->reason_text ? x->reason_text : (why.text ? oom_text : NULL);
+    if (!x || !(x->reason_text = ar__strdup(why.text)))
+        atomic_fetch_or_explicit(&p->flags, P_REASON_LOST, memory_order_relaxed);
 }
 
 static ar_reason_t reason_of(ar_proc_t *p)
 {
     uint32_t fl = atomic_load_explicit(&p->flags, memory_order_relaxed);
     if (fl & P_OVERFLOW) {
-        ar_reason_t r = {AR_ERROR, "stack overflow"};
-        ar__proc_set_reason(p, r);
+        ar__proc_set_reason(p, (ar_reason_t){AR_ERROR, "stack overflow"});
+        fl = atomic_load_explicit(&p->flags, memory_order_relaxed);
     }
-    if (p->ext) return p->ext->reason;
-    return (ar_reason_t){AR_ERROR, oom_text};
+    if (fl & P_REASON_LOST) return (ar_reason_t){(ar_exit_code_t)p->reason_code, oom_text};
+    return (ar_reason_t){(ar_exit_code_t)p->reason_code, p->ext ? p->ext->reason_text : NULL};
 }
 
 /* ---- unwinding ---- */
@@ -308,11 +303,13 @@ static struct ar__ask *take_ask(ar_proc_t *p, ar_ref_t ref)
     return NULL;
 }
 
-static void admit(ar_proc_t *p, ar__env_t *e)
+/* Acts on a fetched envelope: returns it if it is for the process to see (a message, or
+ * the wake-up its wait expects), else disposes of it and returns NULL. */
+static ar__env_t *admit(ar_proc_t *p, ar__env_t *e)
 {
     if (e->to_lo != atomic_load_explicit(&p->pid_lo, memory_order_relaxed)) {
         ar__dead_letter(p->node, p, e); /* sent to an earlier occupant of the slot */
-        return;
+        return NULL;
     }
     switch (e->kind) {
     case ENV_MSG:
@@ -326,12 +323,10 @@ static void admit(ar_proc_t *p, ar__env_t *e)
                 ar__free(a);
             }
         }
-        ar__inner_append(p, e);
-        return;
+        return e;
     case ENV_WAKE:
         if (e->msg.ref != p->wait_ref) break;
-        ar__inner_append(p, e);
-        return;
+        return e;
     case ENV_EXIT:
         /* during terminate a fatal signal only cuts terminate short */
         if (!(atomic_load_explicit(&p->flags, memory_order_relaxed) & P_EXITING)) {
@@ -343,12 +338,14 @@ static void admit(ar_proc_t *p, ar__env_t *e)
         break;
     }
     ar__env_free(e);
+    return NULL;
 }
 
 void ar__proc_fetch(ar_proc_t *p)
 {
     ar__env_t *e;
-    while ((e = ar__mb_pop(p)) != NULL) admit(p, e);
+    while ((e = ar__mb_pop(p)) != NULL)
+        if ((e = admit(p, e)) != NULL) ar__inner_append(p, e);
 }
 
 /* The next message for the handler: inner queue first, then the outer queue. */
@@ -365,7 +362,7 @@ static ar__env_t *next_msg(ar_proc_t *p)
         }
         e = ar__mb_pop(p);
         if (!e) return NULL;
-        admit(p, e);
+        if ((e = admit(p, e)) != NULL) ar__inner_append(p, e);
         if (atomic_load_explicit(&p->flags, memory_order_relaxed) & P_EXITING) return NULL;
     }
 }
@@ -384,10 +381,23 @@ void ar__msg_taken(ar_proc_t *p, ar__env_t *e)
         atomic_fetch_add_explicit(&p->node->n_delivered, 1, memory_order_relaxed);
 }
 
-static void handle_batch(void *arg)
+static void handle_batch(ar_proc_t *p)
 {
-    ar_proc_t *p = arg;
-    ar__proc_fetch(p);
+    /* Signals act as fetched, before any message of the turn is handled: with more than
+     * one envelope waiting, fetch them all first. A lone message goes straight to the
+     * handler, without a trip through the inner queue. */
+    ar__env_t *first = NULL;
+    if (!p->inner_head) {
+        ar__env_t *e = ar__mb_pop(p);
+        if (e) first = admit(p, e);
+        if (ar__mb_has_more(p)) {
+            if (first) ar__inner_append(p, first);
+            first = NULL;
+            ar__proc_fetch(p);
+        }
+    } else {
+        ar__proc_fetch(p);
+    }
     const ar_behaviour_t *b = atomic_load_explicit(&p->b, memory_order_relaxed);
     uint64_t t0 = 0;
     for (int i = 0; i < BATCH; i++) {
@@ -401,13 +411,18 @@ static void handle_batch(void *arg)
                 return;
             }
         }
-        ar__env_t *e = next_msg(p);
+        ar__env_t *e = first ? first : next_msg(p);
+        first = NULL;
         if (!e) return;
+        if (e->kind != ENV_MSG) { /* a wake-up whose wait is over */
+            ar__env_free(e);
+            continue;
+        }
         ar__msg_taken(p, e);
         p->handling = e;
         b->handle(p, p->state, &e->msg);
         p->handling = NULL;
-        ar__env_free(e);
+        ar__env_free(e); /* the scheduler is read afresh: the handler may have moved us */
     }
 }
 
@@ -663,11 +678,20 @@ void ar__proc_run(ar_proc_t *p)
         ar__set_current_proc(NULL);
         return;
     }
-    struct ar__catch c;
-    catch_run(&c, p->stack, handle_batch, p);
+    /* a crash in a handler unwinds to the catch frame of the loop on this stack, which
+     * calls ar__proc_crashed */
+    handle_batch(p);
     if (atomic_load_explicit(&p->flags, memory_order_relaxed) & (P_STOP | P_EXITING))
         ar__proc_exit(p, reason_of(p));
     else
         end_turn(p);
     ar__set_current_proc(NULL);
+}
+
+void ar__proc_crashed(void)
+{
+    ar_proc_t *p = ar__current_proc();
+    if (!p) ar__panic(__FILE__, __LINE__, "a loop caught a crash of no process");
+    ar__stack_unpoison_below(p->stack, __builtin_frame_address(0));
+    ar__proc_exit(p, reason_of(p));
 }

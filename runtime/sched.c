@@ -404,6 +404,16 @@ static void loop_entry(void *arg)
 {
     (void)arg;
     after_switch();
+    /* one catch frame for every handler this loop will run on this stack */
+    struct ar__catch c;
+    ar__stack_t *st = ar__current_sched()->cur_stack;
+    c.st = st;
+    c.prev = NULL;
+    st->catch_top = &c;
+    if (__builtin_setjmp(c.jb) != 0) {
+        ar__proc_crashed();
+        ar__set_current_proc(NULL);
+    }
     for (;;) {
         ar__sched_t *s = ar__current_sched();
         ar_proc_t *p = find_work(s);

@@ -13,15 +13,28 @@
 
 #include <string.h>
 
-ar__env_t *ar__env_new(size_t len)
+ar__env_t *ar__env_new_on(ar__sched_t *s, size_t len)
 {
-    ar__env_t *e = ar__pool_alloc(sizeof *e + len);
+    ar__env_t *e = ar__pool_alloc_on(s, sizeof *e + len);
     if (!e) return NULL;
-    memset(e, 0, sizeof *e);
+    /* field by field: a memset of the header costs more than the message itself */
+    e->to_lo = 0;
+    e->kind = ENV_MSG;
+    e->sync_reply = 0;
+    e->counted = 0;
+    e->msg.kind = AR_MSG_CAST;
+    e->msg.tag = 0;
+    e->msg.from = AR_PID_NONE;
+    e->msg.ref = 0;
+    e->msg.reason = (ar_reason_t){AR_NORMAL, NULL};
+    e->msg.reply_to = (ar_reply_to_t){AR_PID_NONE, 0};
     e->msg.data = ar__env_payload(e);
     e->msg.len = len;
+    e->msg.event = NULL;
     return e;
 }
+
+ar__env_t *ar__env_new(size_t len) { return ar__env_new_on(ar__current_sched(), len); }
 
 void ar__env_free(ar__env_t *e)
 {
@@ -38,9 +51,8 @@ static ar_proc_t *calling_proc(ar_node_t *node)
                : NULL;
 }
 
-static void count(ar_node_t *node, int which)
+static void count_on(ar__sched_t *s, ar_node_t *node, int which)
 {
-    ar__sched_t *s = ar__current_sched();
     if (s && s->node == node) {
         _Atomic uint64_t *c = which == 0 ? &s->n_sent : &s->n_dropped;
         /* owner-only counter: a relaxed load+store, no RMW */
@@ -51,6 +63,8 @@ static void count(ar_node_t *node, int which)
                                   memory_order_relaxed);
     }
 }
+
+static void count(ar_node_t *node, int which) { count_on(ar__current_sched(), node, which); }
 
 int ar__check_payload(ar_node_t *node, const void *data, size_t len)
 {
@@ -110,12 +124,16 @@ int ar__send_msg(ar_node_t *node, ar_pid_t to, ar_msg_kind_t kind, uint32_t tag,
         atomic_fetch_sub_explicit(&p->pushed, 1, memory_order_relaxed);
         return AR_EAGAIN;
     }
-    ar__env_t *e = ar__env_new(len);
+    ar__sched_t *s = ar__current_sched(); /* no park in here: safe to keep */
+    ar__env_t *e = ar__env_new_on(s, len);
     if (!e) {
         atomic_fetch_sub_explicit(&p->pushed, 1, memory_order_relaxed);
         return AR_ENOMEM;
     }
-    if (len) memcpy(ar__env_payload(e), data, len);
+    if (len == sizeof(uint64_t))
+        memcpy(ar__env_payload(e), data, sizeof(uint64_t)); /* the common small term: inline */
+    else if (len)
+        memcpy(ar__env_payload(e), data, len);
     e->counted = 1;
     e->msg.kind = kind;
     e->msg.tag = tag;
@@ -123,7 +141,7 @@ int ar__send_msg(ar_node_t *node, ar_pid_t to, ar_msg_kind_t kind, uint32_t tag,
     ar_proc_t *self = calling_proc(node);
     e->msg.from = self ? ar__proc_pid(self) : AR_PID_NONE;
     e->to_lo = to.lo;
-    count(node, 0);
+    count_on(s, node, 0);
     ar__after_push(node, p, ar__mb_push(p, e));
     return 0;
 }

@@ -61,12 +61,40 @@ uint64_t ar__now_ns(void)
 
 uint64_t ar__now_ms(const ar_node_t *node) { return (ar__now_ns() - node->start_ns) / 1000000u; }
 
+/* Timeouts of LONG_MS or more are dated with the coarse clock (a few ns instead of some
+ * twenty) plus its resolution, so they never fire early and are late by at most that
+ * resolution (a few ms: under 4% of such a timeout). Short ones use the precise clock. */
+#define LONG_MS 100
+static uint64_t coarse_res_ns;
+static pthread_once_t coarse_once = PTHREAD_ONCE_INIT;
+static void coarse_init(void)
+{
+    struct timespec r;
+    coarse_res_ns = clock_getres(CLOCK_MONOTONIC_COARSE, &r) == 0
+                        ? (uint64_t)r.tv_sec * 1000000000ull + (uint64_t)r.tv_nsec
+                        : 0;
+}
+
+static uint64_t due_ms(const ar_node_t *node, int ms)
+{
+    uint64_t now;
+    if (ms >= LONG_MS && coarse_res_ns && coarse_res_ns < 50000000u) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+        now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + coarse_res_ns;
+    } else {
+        now = ar__now_ns();
+    }
+    uint64_t due_ns = now - node->start_ns + (uint64_t)ms * 1000000u;
+    return (due_ns + 999999u) / 1000000u; /* never early */
+}
+
 static void put(ar__timer_t *t)
 {
     /* acq_rel: the last holder sees every other holder's writes before freeing */
     if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1) {
         ar__env_free(t->env);
-        ar__free(t);
+        ar__pool_free(t, sizeof *t);
     }
 }
 
@@ -232,6 +260,7 @@ void ar__wheel_destroy(ar__sched_t *s)
 /* ---- user-timer map ---- */
 int ar__timers_init(ar_node_t *node)
 {
+    pthread_once(&coarse_once, coarse_init);
     struct ar__timers *m = ar__calloc(1, sizeof *m);
     if (!m) return AR_ENOMEM;
     m->nbuckets = 64;
@@ -331,15 +360,15 @@ static void timer_map_remove(ar_node_t *node, ar__timer_t *t)
 /* ---- starting and cancelling ---- */
 ar__timer_t *ar__timer_start(ar_node_t *node, int ms, ar_pid_t to, ar__env_t *e, ar_ref_t ref)
 {
-    ar__timer_t *t = ar__calloc(1, sizeof *t);
+    ar__timer_t *t = ar__pool_alloc(sizeof *t);
     if (!t) return NULL;
+    memset(t, 0, sizeof *t);
     atomic_init(&t->refs, 2); /* holder + wheel */
     atomic_init(&t->state, T_PENDING);
     t->to = to;
     t->env = e;
     t->ref = ref;
-    uint64_t due_ns = ar__now_ns() - node->start_ns + (uint64_t)ms * 1000000u;
-    t->due = (due_ns + 999999u) / 1000000u; /* never early */
+    t->due = due_ms(node, ms);
     if (ref) map_insert(node->timers, t);
     ar__sched_t *s = ar__current_sched();
     if (s && s->node == node) {
