@@ -98,6 +98,7 @@ static inline void *ar__env_payload(ar__env_t *e) { return (void *)(e + 1); }
 ar__env_t *ar__env_new(size_t len);
 ar__env_t *ar__env_new_on(struct ar__sched *s, size_t len);
 void ar__env_free(ar__env_t *e);
+static inline void ar__env_free_on(struct ar__sched *s, ar__env_t *e);
 /* Pushes e to the process at pid (local). Returns 0, or AR_ENOPROC when the pid is dead
  * (e is then disposed of as dead letter). */
 int ar__deliver(struct ar_node *node, ar_pid_t to, ar__env_t *e);
@@ -236,6 +237,7 @@ void ar__proc_release(ar_proc_t *p);               /* slot back to the free list
 void ar__proc_exit(ar_proc_t *p, ar_reason_t why);
 void ar__proc_set_reason(ar_proc_t *p, ar_reason_t why);
 void ar__msg_taken(ar_proc_t *p, ar__env_t *e); /* counts a message handed out */
+void ar__msg_taken_on(struct ar__sched *s, ar_proc_t *p, ar__env_t *e);
 /* Runs a turn of p on the current scheduler. */
 void ar__proc_run(ar_proc_t *p);
 /* Fetches the outer queue into the inner queue, acting on signals; returns false if the
@@ -311,8 +313,10 @@ ar__sched_t *ar__current_sched(void);
 /* Makes p runnable: on the calling scheduler's `next` slot when the caller is one of the
  * node's schedulers, else on the node's inject queue (waking a parked scheduler). */
 void ar__schedule(struct ar_node *node, ar_proc_t *p);
+void ar__schedule_on(ar__sched_t *s, struct ar_node *node, ar_proc_t *p); /* s: the caller's */
 /* After a push reported MB_EMPTY/MB_DEAD bits: schedule, wake a foreign waiter, or drain. */
 void ar__after_push(struct ar_node *node, ar_proc_t *p, uintptr_t bits);
+void ar__after_push_on(ar__sched_t *s, struct ar_node *node, ar_proc_t *p, uintptr_t bits);
 /* Parks the calling process until its mailbox gets something (or it must exit). */
 void ar__park(ar_proc_t *p);
 _Noreturn void ar__resume(ar_proc_t *p);
@@ -425,6 +429,11 @@ bool ar__timeout_ok(int timeout_ms);
 /* ---- I/O thread (loop.c) ------------------------------------------------------------ */
 int ar__loop_start(struct ar_node *node);
 void ar__loop_stop(struct ar_node *node);
+
+static inline void ar__env_free_on(ar__sched_t *s, ar__env_t *e)
+{
+    ar__pool_free_on(s, e, sizeof *e + e->msg.len);
+}
 
 static inline ar_pid_t ar__proc_pid(const ar_proc_t *p)
 {

@@ -367,12 +367,13 @@ static ar__env_t *next_msg(ar_proc_t *p)
     }
 }
 
-void ar__msg_taken(ar_proc_t *p, ar__env_t *e)
+void ar__msg_taken(ar_proc_t *p, ar__env_t *e) { ar__msg_taken_on(ar__current_sched(), p, e); }
+
+void ar__msg_taken_on(ar__sched_t *s, ar_proc_t *p, ar__env_t *e)
 {
     if (e->counted) ar__consumed(p);
     atomic_store_explicit(&p->handled, atomic_load_explicit(&p->handled, memory_order_relaxed) + 1,
                           memory_order_relaxed);
-    ar__sched_t *s = ar__current_sched();
     if (s && s->node == p->node)
         atomic_store_explicit(&s->n_delivered,
                               atomic_load_explicit(&s->n_delivered, memory_order_relaxed) + 1,
@@ -381,7 +382,7 @@ void ar__msg_taken(ar_proc_t *p, ar__env_t *e)
         atomic_fetch_add_explicit(&p->node->n_delivered, 1, memory_order_relaxed);
 }
 
-static void handle_batch(ar_proc_t *p)
+static void handle_batch(ar_proc_t *p, ar__sched_t *s)
 {
     /* Signals act as fetched, before any message of the turn is handled: with more than
      * one envelope waiting, fetch them all first. A lone message goes straight to the
@@ -407,7 +408,7 @@ static void handle_batch(ar_proc_t *p)
             if (!t0)
                 t0 = now;
             else if (now - t0 > TURN_NS) {
-                ar__current_sched()->long_turn = true; /* look at timers next */
+                s->long_turn = true; /* look at timers next */
                 return;
             }
         }
@@ -418,11 +419,12 @@ static void handle_batch(ar_proc_t *p)
             ar__env_free(e);
             continue;
         }
-        ar__msg_taken(p, e);
+        ar__msg_taken_on(s, p, e);
         p->handling = e;
         b->handle(p, p->state, &e->msg);
         p->handling = NULL;
-        ar__env_free(e); /* the scheduler is read afresh: the handler may have moved us */
+        s = ar__current_sched(); /* afresh: the handler may have parked and moved threads */
+        ar__env_free_on(s, e);
     }
 }
 
@@ -680,7 +682,7 @@ void ar__proc_run(ar_proc_t *p)
     }
     /* a crash in a handler unwinds to the catch frame of the loop on this stack, which
      * calls ar__proc_crashed */
-    handle_batch(p);
+    handle_batch(p, s);
     if (atomic_load_explicit(&p->flags, memory_order_relaxed) & (P_STOP | P_EXITING))
         ar__proc_exit(p, reason_of(p));
     else

@@ -272,9 +272,10 @@ static void push_local(ar__sched_t *s, ar_proc_t *p)
     notify(s->node);
 }
 
-void ar__schedule(ar_node_t *node, ar_proc_t *p)
+void ar__schedule(ar_node_t *node, ar_proc_t *p) { ar__schedule_on(ar__current_sched(), node, p); }
+
+void ar__schedule_on(ar__sched_t *s, ar_node_t *node, ar_proc_t *p)
 {
-    ar__sched_t *s = ar__current_sched();
     if (s && s->node == node) {
         ar_proc_t *old = s->next;
         s->next = p;
@@ -296,6 +297,11 @@ void ar__requeue(ar_proc_t *p)
 
 void ar__after_push(ar_node_t *node, ar_proc_t *p, uintptr_t bits)
 {
+    if (bits) ar__after_push_on(ar__current_sched(), node, p, bits);
+}
+
+void ar__after_push_on(ar__sched_t *s, ar_node_t *node, ar_proc_t *p, uintptr_t bits)
+{
     if (!bits) return;
     if (bits & MB_DEAD) {
         ar__mb_drain_dead(node, p);
@@ -305,7 +311,7 @@ void ar__after_push(ar_node_t *node, ar_proc_t *p, uintptr_t bits)
         ar__sem_post((ar__sem_t *)p->state);
         return;
     }
-    ar__schedule(node, p);
+    ar__schedule_on(s, node, p);
 }
 
 /* ---- the loop ---- */

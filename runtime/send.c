@@ -142,7 +142,7 @@ int ar__send_msg(ar_node_t *node, ar_pid_t to, ar_msg_kind_t kind, uint32_t tag,
     e->msg.from = self ? ar__proc_pid(self) : AR_PID_NONE;
     e->to_lo = to.lo;
     count_on(s, node, 0);
-    ar__after_push(node, p, ar__mb_push(p, e));
+    ar__after_push_on(s, node, p, ar__mb_push(p, e));
     return 0;
 }
 
