@@ -128,6 +128,7 @@ typedef struct ar__stack {
     void *sp;     /* saved stack pointer while switched out */
     struct ar__catch *catch_top;
     void *san_fiber;   /* TSan fiber of this stack */
+    unsigned san_uses; /* reuses since the fiber was made */
 } ar__stack_t;
 
 /* ctx_*.S: saves the callee-saved registers on the current stack, stores the stack

@@ -52,6 +52,7 @@
 #define GUARDED_MAX 16384
 #define CANARY 0x6172626f72737463ull /* "arborstc" */
 #define CANARY_WORDS 8
+#define TSAN_REUSES 64
 
 static _Atomic long guarded_live;
 static size_t page_size;
@@ -172,9 +173,14 @@ void ar__stack_prepare(ar__stack_t *st, void (*fn)(void *), void *arg)
     extern void ar__ctx_entry(void);
     ar__stack_unpoison_below(st, st->base + st->size);
 #ifdef AR_TSAN
-    /* a fresh fiber: the old one's shadow stack still holds the abandoned frames */
-    if (st->san_fiber) __tsan_destroy_fiber(st->san_fiber);
-    st->san_fiber = __tsan_create_fiber(0);
+    /* Each reuse leaves the abandoned loop frames of its last use on the fiber's shadow
+     * stack, which TSan caps at 65536 frames; a new fiber is costly (TSan allocates a
+     * thread state for it), so renew it every TSAN_REUSES reuses: a few hundred frames. */
+    if (++st->san_uses >= TSAN_REUSES) {
+        __tsan_destroy_fiber(st->san_fiber);
+        st->san_fiber = __tsan_create_fiber(0);
+        st->san_uses = 0;
+    }
 #endif
     uint64_t *sp = (uint64_t *)(((uintptr_t)(st->base + st->size)) & ~(uintptr_t)15);
     *--sp = (uint64_t)(uintptr_t)ar__ctx_entry; /* returned into; leaves sp 16-aligned */

@@ -362,11 +362,15 @@ static const ar_behaviour_t proc_b = {"stop_proc", proc_init, proc_handle, proc_
 static void *foreign_thread(void *arg)
 {
     st_rng_t rng = st_rng_for(g_round * 7919u + (uintptr_t)arg);
+    bool refused = false;
     /* acquire: pairs with the guard's release; after it, the node is off limits */
     while (!atomic_load_explicit(&g_threads_quit, memory_order_acquire)) {
         /* Spawns are refused (AR_ECLOSED) once the stop begins; sends go on until the
-         * guard says so. */
-        if (st_chance(&rng, 20)) spawn_kind(random_kind(&rng), false, NULL);
+         * guard says so. After the first refusal a thread spawns no more: each attempt
+         * takes a record, and a slow stop (TSan) would otherwise use them all up. */
+        if (!refused && st_chance(&rng, 20) &&
+            spawn_kind(random_kind(&rng), false, NULL) == AR_ECLOSED)
+            refused = true;
         ar_pid_t to;
         if (random_peer(&rng, false, &to)) {
             int rc = ar_send(g_node, to, TAG_PING, NULL, 0);
