@@ -356,6 +356,8 @@ typedef struct ar__timer ar__timer_t;
 /* Arms a timer delivering e to `to` after ms (owner: the process it belongs to, or 0). */
 ar__timer_t *ar__timer_start(struct ar_node *node, int ms, ar_pid_t to, ar__env_t *e,
                              ar_ref_t ref);
+/* Arms a wait's timeout: an ENV_WAKE carrying wake_ref, made only if it fires. */
+ar__timer_t *ar__timer_start_wake(struct ar_node *node, int ms, ar_pid_t to, ar_ref_t wake_ref);
 /* true if it was pending and will never fire; false if it fired or was cancelled. */
 bool ar__timer_cancel(struct ar_node *node, ar__timer_t *t);
 int ar__wheel_init(ar__sched_t *s);

@@ -27,12 +27,7 @@ ar__env_t *ar__wait(ar_proc_t *p, bool (*pred)(ar__env_t *, void *), void *ud)
 /* Arms a wake-up for p's current wait (p->wait_ref) after ms; NULL on out of memory. */
 ar__timer_t *ar__wake_after(ar_proc_t *p, int ms)
 {
-    ar__env_t *w = ar__env_new(0);
-    if (!w) return NULL;
-    w->kind = ENV_WAKE;
-    w->msg.ref = p->wait_ref;
-    ar__timer_t *t = ar__timer_start(p->node, ms, ar__proc_pid(p), w, 0);
-    if (!t) ar__env_free(w);
+    ar__timer_t *t = ar__timer_start_wake(p->node, ms, ar__proc_pid(p), p->wait_ref);
     p->wait_timer = t;
     return t;
 }

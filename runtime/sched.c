@@ -160,22 +160,26 @@ static ar_proc_t *steal_any(ar__sched_t *s)
 }
 
 /* ---- parking ---- */
-static bool unpark_self(ar__sched_t *s)
+/* Takes s off the idle list if it is there (idle_lock held); true if it was. */
+static bool take_idle(ar__sched_t *s)
 {
     ar_node_t *node = s->node;
-    bool was = false;
-    pthread_mutex_lock(&node->idle_lock);
-    if (s->parked) {
-        for (unsigned i = 0; i < node->nidle; i++)
-            if (node->idle[i] == s) {
-                node->idle[i] = node->idle[--node->nidle];
-                break;
-            }
-        s->parked = false;
-        atomic_fetch_sub_explicit(&node->nparked, 1, memory_order_seq_cst);
-        was = true;
-    }
-    pthread_mutex_unlock(&node->idle_lock);
+    if (!s->parked) return false;
+    for (unsigned i = 0; i < node->nidle; i++)
+        if (node->idle[i] == s) {
+            node->idle[i] = node->idle[--node->nidle];
+            break;
+        }
+    s->parked = false;
+    atomic_fetch_sub_explicit(&node->nparked, 1, memory_order_seq_cst);
+    return true;
+}
+
+static bool unpark_self(ar__sched_t *s)
+{
+    pthread_mutex_lock(&s->node->idle_lock);
+    bool was = take_idle(s);
+    pthread_mutex_unlock(&s->node->idle_lock);
     return was;
 }
 
@@ -194,20 +198,9 @@ static void wake_one(ar_node_t *node)
 
 void ar__sched_wake(ar__sched_t *s)
 {
-    ar_node_t *node = s->node;
-    bool post = false;
-    pthread_mutex_lock(&node->idle_lock);
-    if (s->parked) {
-        for (unsigned i = 0; i < node->nidle; i++)
-            if (node->idle[i] == s) {
-                node->idle[i] = node->idle[--node->nidle];
-                break;
-            }
-        s->parked = false;
-        atomic_fetch_sub_explicit(&node->nparked, 1, memory_order_seq_cst);
-        post = true;
-    }
-    pthread_mutex_unlock(&node->idle_lock);
+    pthread_mutex_lock(&s->node->idle_lock);
+    bool post = take_idle(s);
+    pthread_mutex_unlock(&s->node->idle_lock);
     if (post) ar__sem_post(&s->sem);
 }
 
@@ -519,12 +512,9 @@ void ar__sched_stop(ar_node_t *node)
     for (unsigned i = 0; i < node->nsched; i++) {
         ar__sched_t *s = node->sched[i];
         if (!s || !s->started) continue;
-        /* a scheduler between its checks and its sem_wait misses a single wake: repeat */
-        while (pthread_tryjoin_np(s->thread, NULL) == EBUSY) {
-            ar__sched_wake(s);
-            struct timespec ts = {0, 1000000};
-            nanosleep(&ts, NULL);
-        }
+        /* no lost wake-up: one that parks after ar__sched_wake sees shutdown on its
+         * re-check (the idle lock orders the two) */
+        pthread_join(s->thread, NULL);
         s->started = false;
     }
 }

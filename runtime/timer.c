@@ -34,7 +34,8 @@ struct ar__timer {
     ar__sched_t *owner;
     ar_pid_t to;
     ar__env_t *env;
-    ar_ref_t ref; /* user timers: the map key; 0 otherwise */
+    ar_ref_t ref;      /* user timers: the map key; 0 otherwise */
+    ar_ref_t wake_ref; /* a wait's timeout: an ENV_WAKE with this ref, made when it fires */
 };
 
 #define L0 256
@@ -154,6 +155,19 @@ static void timer_map_remove(ar_node_t *node, ar__timer_t *t);
 static void fire(ar_node_t *node, struct ar__wheel *w, ar__timer_t *t)
 {
     int pending = T_PENDING;
+    if (!t->env && t->wake_ref && atomic_load_explicit(&t->state, memory_order_relaxed) == T_PENDING) {
+        /* a wait's timeout: its envelope is made only now, as most waits end sooner */
+        ar__env_t *e = ar__env_new(0);
+        if (!e) { /* out of memory: try again in a millisecond rather than lose it */
+            ar__list_remove(&t->link);
+            t->due = w->cur + 1;
+            link_timer(w, t);
+            return;
+        }
+        e->kind = ENV_WAKE;
+        e->msg.ref = t->wake_ref;
+        t->env = e;
+    }
     ar__list_remove(&t->link);
     w->count--;
     t->where = W_RETIRED;
@@ -358,7 +372,21 @@ static void timer_map_remove(ar_node_t *node, ar__timer_t *t)
 }
 
 /* ---- starting and cancelling ---- */
+static ar__timer_t *start(ar_node_t *node, int ms, ar_pid_t to, ar__env_t *e, ar_ref_t ref,
+                          ar_ref_t wake_ref);
+
 ar__timer_t *ar__timer_start(ar_node_t *node, int ms, ar_pid_t to, ar__env_t *e, ar_ref_t ref)
+{
+    return start(node, ms, to, e, ref, 0);
+}
+
+ar__timer_t *ar__timer_start_wake(ar_node_t *node, int ms, ar_pid_t to, ar_ref_t wake_ref)
+{
+    return start(node, ms, to, NULL, 0, wake_ref);
+}
+
+static ar__timer_t *start(ar_node_t *node, int ms, ar_pid_t to, ar__env_t *e, ar_ref_t ref,
+                          ar_ref_t wake_ref)
 {
     ar__timer_t *t = ar__pool_alloc(sizeof *t);
     if (!t) return NULL;
@@ -368,6 +396,7 @@ ar__timer_t *ar__timer_start(ar_node_t *node, int ms, ar_pid_t to, ar__env_t *e,
     t->to = to;
     t->env = e;
     t->ref = ref;
+    t->wake_ref = wake_ref;
     t->due = due_ms(node, ms);
     if (ref) map_insert(node->timers, t);
     ar__sched_t *s = ar__current_sched();
