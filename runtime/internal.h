@@ -102,6 +102,9 @@ static inline void ar__env_free_on(struct ar__sched *s, ar__env_t *e);
 /* Pushes e to the process at pid (local). Returns 0, or AR_ENOPROC when the pid is dead
  * (e is then disposed of as dead letter). */
 int ar__deliver(struct ar_node *node, ar_pid_t to, ar__env_t *e);
+/* The same for a signal (an envelope that acts when fetched, e.g. ENV_EXIT): counted, so
+ * the target fetches its whole queue before handling more messages. */
+int ar__deliver_signal(struct ar_node *node, ar_pid_t to, ar__env_t *e);
 /* Answers an envelope whose target is dead: drops it, failing calls with AR_NOPROC.
  * p: the struct it was queued in (its `queued` count is given back), or NULL. */
 void ar__dead_letter(struct ar_node *node, struct ar_proc *p, ar__env_t *e);
@@ -190,7 +193,8 @@ struct ar_proc {
     _Atomic uint32_t mailbox_limit; /* 0: unbounded; read by senders that may be stale */
     _Atomic uint64_t pid_lo;      /* current occupant's pid (serial|index); 0 when free */
     struct ar__qnode stub;        /* the outer queue's resting node */
-    char pad_[AR__CACHE_LINE - 32];
+    _Atomic uint32_t signals;     /* signals (not messages) ever pushed (wraps) */
+    char pad_[AR__CACHE_LINE - 36];
     /* --- owner only (the thread running the process), unless atomic --- */
     struct ar__qnode *tail;       /* outer queue consumer end */
     ar__env_t *inner_head, *inner_tail; /* fetched, not yet handled, in arrival order */
@@ -202,6 +206,7 @@ struct ar_proc {
     struct ar_proc *link;         /* run queue / free list link */
     _Atomic uint64_t handled;
     _Atomic uint32_t consumed;    /* CAST/CALL taken off the mailbox; written by its consumer */
+    uint32_t signals_seen;        /* signals its consumer has fetched: != signals: some wait */
     struct ar__proc_ext *ext;     /* rarely used parts, allocated on demand */
     ar_ref_t wait_ref;            /* the blocking call waits for this ref; 0: none */
     struct ar__timer *wait_timer; /* its timeout, cancelled if the process ends waiting */

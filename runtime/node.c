@@ -210,7 +210,7 @@ static void send_exit(ar_node_t *node, ar_pid_t pid, ar_exit_code_t code)
     if (!e) return; /* retried on the next pass */
     e->kind = ENV_EXIT;
     e->msg.reason = AR_REASON(code);
-    ar__deliver(node, pid, e);
+    ar__deliver_signal(node, pid, e);
 }
 
 /* Signals every live process; returns how many. */

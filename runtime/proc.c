@@ -328,6 +328,7 @@ static ar__env_t *admit(ar_proc_t *p, ar__env_t *e)
         if (e->msg.ref != p->wait_ref) break;
         return e;
     case ENV_EXIT:
+        p->signals_seen++;
         /* during terminate a fatal signal only cuts terminate short */
         if (!(atomic_load_explicit(&p->flags, memory_order_relaxed) & P_EXITING)) {
             ar__proc_set_reason(p, e->msg.reason);
@@ -348,7 +349,8 @@ void ar__proc_fetch(ar_proc_t *p)
         if ((e = admit(p, e)) != NULL) ar__inner_append(p, e);
 }
 
-/* The next message for the handler: inner queue first, then the outer queue. */
+/* The next message for the handler: inner queue first, then straight off the outer
+ * queue (a message popped there never goes through the inner queue). */
 static ar__env_t *next_msg(ar_proc_t *p)
 {
     for (;;) {
@@ -362,7 +364,10 @@ static ar__env_t *next_msg(ar_proc_t *p)
         }
         e = ar__mb_pop(p);
         if (!e) return NULL;
-        if ((e = admit(p, e)) != NULL) ar__inner_append(p, e);
+        if ((e = admit(p, e)) != NULL) {
+            if (e->kind == ENV_MSG) return e;
+            ar__env_free(e);
+        }
         if (atomic_load_explicit(&p->flags, memory_order_relaxed) & P_EXITING) return NULL;
     }
 }
@@ -384,21 +389,11 @@ void ar__msg_taken_on(ar__sched_t *s, ar_proc_t *p, ar__env_t *e)
 
 static void handle_batch(ar_proc_t *p, ar__sched_t *s)
 {
-    /* Signals act as fetched, before any message of the turn is handled: with more than
-     * one envelope waiting, fetch them all first. A lone message goes straight to the
-     * handler, without a trip through the inner queue. */
-    ar__env_t *first = NULL;
-    if (!p->inner_head) {
-        ar__env_t *e = ar__mb_pop(p);
-        if (e) first = admit(p, e);
-        if (ar__mb_has_more(p)) {
-            if (first) ar__inner_append(p, first);
-            first = NULL;
-            ar__proc_fetch(p);
-        }
-    } else {
-        ar__proc_fetch(p);
-    }
+    /* Signals act as fetched, before any message of the turn is handled: when one is
+     * waiting (the count says so), fetch the whole queue first. Otherwise take messages
+     * one at a time: a long backlog is walked once, not fetched and then walked again. */
+    if (atomic_load_explicit(&p->signals, memory_order_acquire) != p->signals_seen)
+        ar__proc_fetch(p); /* acquire: pairs with ar__deliver_signal's increment */
     const ar_behaviour_t *b = atomic_load_explicit(&p->b, memory_order_relaxed);
     uint64_t t0 = 0;
     for (int i = 0; i < BATCH; i++) {
@@ -412,8 +407,7 @@ static void handle_batch(ar_proc_t *p, ar__sched_t *s)
                 return;
             }
         }
-        ar__env_t *e = first ? first : next_msg(p);
-        first = NULL;
+        ar__env_t *e = next_msg(p);
         if (!e) return;
         if (e->kind != ENV_MSG) { /* a wake-up whose wait is over */
             ar__env_free(e);

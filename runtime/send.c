@@ -88,6 +88,7 @@ static void reply_failure(ar_node_t *node, ar_pid_t from, ar_reply_to_t to, ar_e
 void ar__dead_letter(ar_node_t *node, ar_proc_t *p, ar__env_t *e)
 {
     if (p && e->counted) ar__consumed(p);
+    if (p && e->kind == ENV_EXIT) p->signals_seen++; /* its consumer's count, like consumed */
     if (e->kind == ENV_MSG && e->msg.kind == AR_MSG_CALL)
         reply_failure(node, (ar_pid_t){node->pid_hi, e->to_lo}, e->msg.reply_to, AR_NOPROC);
     if (e->kind == ENV_MSG && e->msg.kind != AR_MSG_REPLY)
@@ -103,6 +104,21 @@ int ar__deliver(ar_node_t *node, ar_pid_t to, ar__env_t *e)
         return AR_ENOPROC;
     }
     e->to_lo = to.lo;
+    ar__after_push(node, p, ar__mb_push(p, e));
+    return 0;
+}
+
+int ar__deliver_signal(ar_node_t *node, ar_pid_t to, ar__env_t *e)
+{
+    ar_proc_t *p = ar__proc_lookup(node, to);
+    if (!p) {
+        ar__dead_letter(node, NULL, e);
+        return AR_ENOPROC;
+    }
+    e->to_lo = to.lo;
+    /* release, before the push: a consumer that sees the count fetches everything, and
+     * finds this signal or a push still in progress */
+    atomic_fetch_add_explicit(&p->signals, 1, memory_order_release);
     ar__after_push(node, p, ar__mb_push(p, e));
     return 0;
 }
