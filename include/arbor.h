@@ -187,10 +187,10 @@ typedef struct ar_behaviour {
     void (*terminate)(ar_proc_t *self, void *state, ar_reason_t why); /* optional */
 } ar_behaviour_t;
 typedef struct ar_spawn_opts {
-    bool link; /* link to the calling process */
+    bool link;            /* link to the calling process (AR_ENOTSUP until links land) */
     bool trap_exit;
     size_t mailbox_limit; /* 0: unbounded; else ar_send fails with AR_EAGAIN */
-    const char *name;     /* register atomically with the spawn */
+    const char *name;     /* register atomically (AR_ENOTSUP until names land) */
 } ar_spawn_opts_t;
 
 /* Starts a process running behaviour b. init (optional) runs in the new process's own
@@ -272,7 +272,10 @@ typedef struct ar_node_stats {
     size_t processes;
     uint64_t spawned, exited, sent, delivered, dropped;
 } ar_node_stats_t;
-/* Node-wide counters: sent counts accepted sends, dropped the ones to dead pids. */
+/* Node-wide counters. sent: CASTs and CALLs accepted (ar_send, ar_call, ar_ask);
+ * delivered: messages handed to a handler or ar_receive (replies and timer messages
+ * included); dropped: messages addressed to processes that are gone (sends, calls,
+ * timers); processes: alive now. */
 AR_EXTERN void ar_node_stats(ar_node_t *node, ar_node_stats_t *out);
 
 #ifdef __cplusplus
