@@ -81,7 +81,6 @@ enum ar__env_kind {
     ENV_MSG,      /* a message for the handler: CAST, CALL, REPLY, TIMER */
     ENV_EXIT,     /* an exit signal: acts when fetched */
     ENV_WAKE,     /* internal: ends an ar_sleep / a call timeout (msg.ref says which) */
-    ENV_INIT,     /* internal: run init (spawn from a foreign thread) */
 };
 
 typedef struct ar__env {
@@ -224,7 +223,7 @@ struct ar_proc {
 struct ar__proc_ext {
     char *reason_text;           /* why it ends, when there is a text */
     ar_ref_t *timers;            /* refs of timers it set (cancelled at exit) */
-    size_t ntimers, timers_cap, timers_live_hint;
+    size_t ntimers, timers_cap;
     struct ar__ask *asks;        /* outstanding ar_ask refs */
     struct ar__spawn_wait *spawn_wait; /* foreign spawn: whom to tell init's result */
 };
@@ -331,7 +330,6 @@ void ar__set_current_proc(ar_proc_t *p);
 void ar__sched_free(struct ar_node *node);
 int ar__sched_start(struct ar_node *node);
 void ar__sched_stop(struct ar_node *node);
-void ar__sched_wake_all(struct ar_node *node);
 void ar__sched_wake(ar__sched_t *s);
 
 /* The pools' fast paths: the smallest class from the scheduler's own cache. */

@@ -204,11 +204,6 @@ void ar__sched_wake(ar__sched_t *s)
     if (post) ar__sem_post(&s->sem);
 }
 
-void ar__sched_wake_all(ar_node_t *node)
-{
-    for (unsigned i = 0; i < node->nsched; i++) ar__sched_wake(node->sched[i]);
-}
-
 /* Work was made stealable: wake a parked scheduler unless one is already looking.
  * seq_cst read-modify-write of nparked, as park()'s increment: the two are totally
  * ordered, so either we see the parker counted, or its increment acquires ours and its
