@@ -2,7 +2,7 @@
  * control word go on the current stack; the stack pointer goes to *save_sp (rdi); the
  * same frame is popped from new_sp (rsi). A fresh stack's first frame (stack.c) "returns"
  * into ar__ctx_entry, which calls fn(arg) from r13 and r12. */
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(AR_CTX_UCONTEXT)
     .text
     .globl ar__ctx_switch
     .hidden ar__ctx_switch

@@ -21,6 +21,10 @@
 
 #include <pthread.h>
 #include <semaphore.h>
+#if !defined(__x86_64__) || defined(AR_CTX_UCONTEXT)
+#define AR__CTX_UCONTEXT 1 /* no hand-written switch for this CPU: ucontext (ctx_*.S) */
+#include <ucontext.h>
+#endif
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,6 +132,11 @@ typedef struct ar__stack {
     void *map;    /* the mapping, or NULL when from the heap (unguarded, canary) */
     size_t map_len;
     void *sp;     /* saved stack pointer while switched out */
+#ifdef AR__CTX_UCONTEXT
+    ucontext_t uc; /* the saved context, in the portable fallback */
+    void (*entry_fn)(void *);
+    void *entry_arg;
+#endif
     struct ar__catch *catch_top;
     void *san_fiber;   /* TSan fiber of this stack */
     unsigned san_uses; /* reuses since the fiber was made */
@@ -142,9 +151,10 @@ void ar__stack_put(struct ar__sched *s, ar__stack_t *st);
 void ar__stack_destroy(ar__stack_t *st);
 void ar__stack_check_canary(ar__stack_t *st);
 void ar__stack_unpoison_below(ar__stack_t *st, const void *addr);
-/* Switches from the running stack (saving into *from_sp) to `to`, with the sanitizer
- * fiber annotations; ar__switch_done runs first thing on the other side. */
-void ar__switch(void **from_sp, ar__stack_t *to);
+/* Switches from the running stack `from` (its context saved there; NULL: abandoned for
+ * good) to `to`, with the sanitizer fiber annotations; ar__switch_done runs first thing
+ * on the other side. */
+void ar__switch(ar__stack_t *from, ar__stack_t *to);
 void ar__switch_done(struct ar__sched *s);
 void ar__switch_native_init(struct ar__sched *s);
 int ar__stack_signals_init(void);

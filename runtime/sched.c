@@ -387,10 +387,9 @@ static void after_switch(void)
 
 static _Noreturn void leave_to_native(ar__sched_t *s)
 {
-    void *junk;
     s->release_stack = s->cur_stack;
     s->cur_stack = NULL;
-    ar__switch(&junk, &s->native);
+    ar__switch(NULL, &s->native);
     ar__panic(__FILE__, __LINE__, "a scheduler came back from leaving");
 }
 
@@ -429,7 +428,7 @@ void ar__park(ar_proc_t *p)
     atomic_store_explicit(&p->blocked, 1, memory_order_relaxed);
     s->park_proc = p;
     s->cur_stack = fresh;
-    ar__switch(&mine->sp, fresh);
+    ar__switch(mine, fresh);
     /* resumed, perhaps on another scheduler */
     after_switch();
     p->parked = 0;
@@ -441,10 +440,9 @@ void ar__park(ar_proc_t *p)
 _Noreturn void ar__resume(ar_proc_t *p)
 {
     ar__sched_t *s = ar__current_sched();
-    void *junk;
     s->release_stack = s->cur_stack;
     s->cur_stack = p->stack;
-    ar__switch(&junk, p->stack);
+    ar__switch(NULL, p->stack);
     ar__panic(__FILE__, __LINE__, "an abandoned loop was resumed");
 }
 
@@ -458,7 +456,7 @@ static void *sched_main(void *arg)
     if (!st) ar__panic(__FILE__, __LINE__, "no memory for a scheduler's first stack");
     ar__stack_prepare(st, loop_entry, NULL);
     s->cur_stack = st;
-    ar__switch(&s->native.sp, st);
+    ar__switch(&s->native, st);
     after_switch(); /* returns the last loop stack to the pool */
     ar__sched_altstack_destroy(s);
     ar__tls_sched = NULL;

@@ -12,6 +12,10 @@
  * of silently corrupting a neighbour. Enough processes blocked at once to need those is
  * rare; the guarded pool serves everything else.
  *
+ * Switching: a few lines of assembly per CPU (ctx_x86_64.S); elsewhere, or with
+ * -DAR_CTX_UCONTEXT, the portable ucontext fallback (correct, but each switch costs a
+ * system call for the signal mask).
+ *
  * Overflow: gcc's -fstack-clash-protection makes every frame touch its pages in order, so
  * running off a guarded stack faults on the guard page. The SIGSEGV handler runs on the
  * scheduler's alternate signal stack, sees the fault in the running stack's guard page,
@@ -168,9 +172,18 @@ void ar__stack_unpoison_below(ar__stack_t *st, const void *addr)
 #endif
 }
 
+#ifdef AR__CTX_UCONTEXT
+/* The portable fallback's first frame: makecontext passes no pointer portably, so the
+ * entry reads it from the stack the scheduler is switching to. */
+static void uc_entry(void)
+{
+    ar__stack_t *st = ar__current_sched()->cur_stack;
+    st->entry_fn(st->entry_arg);
+}
+#endif
+
 void ar__stack_prepare(ar__stack_t *st, void (*fn)(void *), void *arg)
 {
-    extern void ar__ctx_entry(void);
     ar__stack_unpoison_below(st, st->base + st->size);
 #ifdef AR_TSAN
     /* Each reuse leaves the abandoned loop frames of its last use on the fiber's shadow
@@ -182,6 +195,17 @@ void ar__stack_prepare(ar__stack_t *st, void (*fn)(void *), void *arg)
         st->san_uses = 0;
     }
 #endif
+    st->catch_top = NULL;
+#ifdef AR__CTX_UCONTEXT
+    getcontext(&st->uc);
+    st->uc.uc_stack.ss_sp = st->base;
+    st->uc.uc_stack.ss_size = st->size;
+    st->uc.uc_link = NULL;
+    st->entry_fn = fn;
+    st->entry_arg = arg;
+    makecontext(&st->uc, uc_entry, 0);
+#else
+    extern void ar__ctx_entry(void);
     uint64_t *sp = (uint64_t *)(((uintptr_t)(st->base + st->size)) & ~(uintptr_t)15);
     *--sp = (uint64_t)(uintptr_t)ar__ctx_entry; /* returned into; leaves sp 16-aligned */
     *--sp = 0;                                   /* rbp: ends frame-pointer backtraces */
@@ -192,7 +216,7 @@ void ar__stack_prepare(ar__stack_t *st, void (*fn)(void *), void *arg)
     *--sp = 0;                                   /* r15 */
     *--sp = 0x1F80ull | (0x037Full << 32);       /* default MXCSR and x87 control word */
     st->sp = sp;
-    st->catch_top = NULL;
+#endif
 }
 
 void ar__switch_native_init(ar__sched_t *s)
@@ -214,7 +238,7 @@ void ar__switch_native_init(ar__sched_t *s)
 #endif
 }
 
-void ar__switch(void **from_sp, ar__stack_t *to)
+void ar__switch(ar__stack_t *from, ar__stack_t *to)
 {
     ar__sched_t *s = ar__current_sched();
     if (s->cur_stack && s->cur_stack != to) ar__stack_check_canary(s->cur_stack);
@@ -225,7 +249,13 @@ void ar__switch(void **from_sp, ar__stack_t *to)
     __tsan_switch_to_fiber(to->san_fiber, 0);
 #endif
     (void)s;
-    ar__ctx_switch(from_sp, to->sp);
+#ifdef AR__CTX_UCONTEXT
+    static _Thread_local ucontext_t abandoned; /* a context never resumed */
+    swapcontext(from ? &from->uc : &abandoned, &to->uc);
+#else
+    void *junk;
+    ar__ctx_switch(from ? &from->sp : &junk, to->sp);
+#endif
 }
 
 void ar__switch_done(ar__sched_t *s)
