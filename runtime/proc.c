@@ -7,10 +7,13 @@
  * so a pid is never reused while the node runs. Free slots wait on per-scheduler lists
  * (batched to a global list) and are recycled only once their mailbox rests marked dead.
  *
- * A turn (ar__proc_run): fetch the outer queue (signals act as fetched), then handle up
- * to BATCH messages, then give up the queue or requeue. Crashes (ar_exit_self, AR_FAIL,
- * stack overflow) unwind to a catch frame at the bottom of the turn; ar_spawn sets its
- * own catch frame around a child's init, which runs on the spawner's stack.
+ * A turn (ar__proc_run): if a signal waits (signal senders count them), fetch the whole
+ * outer queue first, so signals act before any message is handled; then handle up to
+ * BATCH messages (or TURN_NS of them), taking them straight off the outer queue when the
+ * inner one is empty; then give up the queue or requeue. Crashes (ar_exit_self, AR_FAIL,
+ * stack overflow) unwind to the catch frame at the bottom of the loop's stack (see
+ * sched.c); ar_spawn sets its own catch frame around a child's init, which runs on the
+ * spawner's stack, and the exit path one around terminate.
  *
  * Exit path: terminate (once, caught), cancel timers and asks, unpublish the pid, answer
  * whatever is queued as dead letters and mark the mailbox dead, return the slot.
