@@ -34,19 +34,17 @@ void ar_node_stats(ar_node_t *node, ar_node_stats_t *out)
 {
     if (!node || !out) return;
     ar_node_stats_t st;
-    st.spawned = atomic_load_explicit(&node->n_spawned, memory_order_relaxed);
-    st.exited = atomic_load_explicit(&node->n_exited, memory_order_relaxed);
-    st.sent = atomic_load_explicit(&node->n_sent, memory_order_relaxed);
-    st.delivered = atomic_load_explicit(&node->n_delivered, memory_order_relaxed);
-    st.dropped = atomic_load_explicit(&node->n_dropped, memory_order_relaxed);
-    for (unsigned k = 0; k < node->nsched; k++) {
-        ar__sched_t *s = node->sched[k];
-        st.spawned += atomic_load_explicit(&s->n_spawned, memory_order_relaxed);
-        st.exited += atomic_load_explicit(&s->n_exited, memory_order_relaxed);
-        st.sent += atomic_load_explicit(&s->n_sent, memory_order_relaxed);
-        st.delivered += atomic_load_explicit(&s->n_delivered, memory_order_relaxed);
-        st.dropped += atomic_load_explicit(&s->n_dropped, memory_order_relaxed);
+    uint64_t c[AR__NCOUNTS];
+    for (int k = 0; k < AR__NCOUNTS; k++) {
+        c[k] = atomic_load_explicit(&node->counts[k], memory_order_relaxed);
+        for (unsigned i = 0; i < node->nsched; i++)
+            c[k] += atomic_load_explicit(&node->sched[i]->counts[k], memory_order_relaxed);
     }
+    st.sent = c[AR__SENT];
+    st.delivered = c[AR__DELIVERED];
+    st.dropped = c[AR__DROPPED];
+    st.spawned = c[AR__SPAWNED];
+    st.exited = c[AR__EXITED];
     st.processes = (size_t)atomic_load_explicit(&node->live, memory_order_relaxed);
     *out = st;
 }

@@ -290,6 +290,9 @@ struct ar__runq {
 };
 
 struct ar__wheel;
+/* Node counters (ar_node_stats): each scheduler counts its own share with plain relaxed
+ * stores; foreign threads add to the node's share atomically. */
+enum { AR__SENT, AR__DELIVERED, AR__DROPPED, AR__SPAWNED, AR__EXITED, AR__NCOUNTS };
 typedef struct ar__sched {
     struct ar__runq rq;
     struct ar_node *node;
@@ -315,8 +318,7 @@ typedef struct ar__sched {
     pthread_t thread;
     void *altstack;
     void *san_native_fiber;
-    /* counters, written by the owner (relaxed), read by ar_node_stats */
-    _Atomic uint64_t n_sent, n_delivered, n_dropped, n_spawned, n_exited;
+    _Atomic uint64_t counts[AR__NCOUNTS]; /* the owner's share of the node's counters */
 } ar__sched_t;
 
 /* A process may park on one thread and resume on another, so a frame that spans a park
@@ -425,8 +427,7 @@ struct ar_node {
     pthread_mutex_t exit_lock;
     pthread_cond_t exit_cond;
     _Atomic int exit_waiters;
-    /* counters of foreign threads */
-    _Atomic uint64_t n_sent, n_dropped, n_spawned, n_exited, n_delivered;
+    _Atomic uint64_t counts[AR__NCOUNTS]; /* foreign threads' share of the counters */
     _Atomic uint64_t live;      /* processes alive */
     struct ar__timers *timers;
     struct ar__loop *loop;
@@ -445,6 +446,16 @@ bool ar__timeout_ok(int timeout_ms);
 /* ---- I/O thread (loop.c) ------------------------------------------------------------ */
 int ar__loop_start(struct ar_node *node);
 void ar__loop_stop(struct ar_node *node);
+
+static inline void ar__count(ar__sched_t *s, struct ar_node *node, int which)
+{
+    if (s && s->node == node) /* owner-only: a load and a store, no read-modify-write */
+        atomic_store_explicit(&s->counts[which],
+                              atomic_load_explicit(&s->counts[which], memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(&node->counts[which], 1, memory_order_relaxed);
+}
 
 static inline void ar__env_free_on(ar__sched_t *s, ar__env_t *e)
 {

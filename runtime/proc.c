@@ -382,12 +382,7 @@ void ar__msg_taken_on(ar__sched_t *s, ar_proc_t *p, ar__env_t *e)
     if (e->counted) ar__consumed(p);
     atomic_store_explicit(&p->handled, atomic_load_explicit(&p->handled, memory_order_relaxed) + 1,
                           memory_order_relaxed);
-    if (s && s->node == p->node)
-        atomic_store_explicit(&s->n_delivered,
-                              atomic_load_explicit(&s->n_delivered, memory_order_relaxed) + 1,
-                              memory_order_relaxed);
-    else
-        atomic_fetch_add_explicit(&p->node->n_delivered, 1, memory_order_relaxed);
+    ar__count(s, p->node, AR__DELIVERED);
 }
 
 static void handle_batch(ar_proc_t *p, ar__sched_t *s)
@@ -482,18 +477,6 @@ static void teardown(ar_proc_t *p)
     ar__proc_release(p);
 }
 
-static void count_exit(ar_node_t *node)
-{
-    ar__sched_t *s = ar__current_sched();
-    if (s && s->node == node)
-        atomic_store_explicit(&s->n_exited,
-                              atomic_load_explicit(&s->n_exited, memory_order_relaxed) + 1,
-                              memory_order_relaxed);
-    else
-        atomic_fetch_add_explicit(&node->n_exited, 1, memory_order_relaxed);
-    atomic_fetch_sub_explicit(&node->live, 1, memory_order_relaxed);
-}
-
 void ar__proc_exit(ar_proc_t *p, ar_reason_t why)
 {
     ar_node_t *node = p->node;
@@ -507,7 +490,8 @@ void ar__proc_exit(ar_proc_t *p, ar_reason_t why)
     struct ar__catch c;
     catch_run(&c, p->stack, run_terminate, &t); /* a crash in terminate ends only it */
     teardown(p);
-    count_exit(node);
+    ar__count(ar__current_sched(), node, AR__EXITED);
+    atomic_fetch_sub_explicit(&node->live, 1, memory_order_relaxed);
     ar__set_current_proc(NULL);
     ar__note_exit(node);
 }
@@ -530,17 +514,6 @@ static void run_init(void *arg)
     ia->rc = b->init ? b->init(ia->p, ia->arg, &ia->p->state) : 0;
 }
 
-static void count_spawn(ar_node_t *node)
-{
-    ar__sched_t *s = ar__current_sched();
-    if (s && s->node == node)
-        atomic_store_explicit(&s->n_spawned,
-                              atomic_load_explicit(&s->n_spawned, memory_order_relaxed) + 1,
-                              memory_order_relaxed);
-    else
-        atomic_fetch_add_explicit(&node->n_spawned, 1, memory_order_relaxed);
-}
-
 /* Runs init in the new process's context; on success the process lives on (or ends at
  * once after ar_stop in init); on failure nothing of it is left. Returns init's result,
  * or AR_ENOPROC if init crashed. */
@@ -557,7 +530,7 @@ static int start(ar_proc_t *p, void *arg)
         atomic_fetch_sub_explicit(&p->node->live, 1, memory_order_relaxed);
         return rc;
     }
-    count_spawn(p->node); /* before it can be counted as exited */
+    ar__count(ar__current_sched(), p->node, AR__SPAWNED); /* before it can exit */
     if (atomic_load_explicit(&p->flags, memory_order_relaxed) & (P_STOP | P_EXITING))
         ar__proc_exit(p, reason_of(p));
     else

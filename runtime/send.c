@@ -51,20 +51,6 @@ static ar_proc_t *calling_proc(ar_node_t *node)
                : NULL;
 }
 
-static void count_on(ar__sched_t *s, ar_node_t *node, int which)
-{
-    if (s && s->node == node) {
-        _Atomic uint64_t *c = which == 0 ? &s->n_sent : &s->n_dropped;
-        /* owner-only counter: a relaxed load+store, no RMW */
-        atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
-                              memory_order_relaxed);
-    } else {
-        atomic_fetch_add_explicit(which == 0 ? &node->n_sent : &node->n_dropped, 1,
-                                  memory_order_relaxed);
-    }
-}
-
-static void count(ar_node_t *node, int which) { count_on(ar__current_sched(), node, which); }
 
 int ar__check_payload(ar_node_t *node, const void *data, size_t len)
 {
@@ -92,23 +78,11 @@ void ar__dead_letter(ar_node_t *node, ar_proc_t *p, ar__env_t *e)
     if (e->kind == ENV_MSG && e->msg.kind == AR_MSG_CALL)
         reply_failure(node, (ar_pid_t){node->pid_hi, e->to_lo}, e->msg.reply_to, AR_NOPROC);
     if (e->kind == ENV_MSG && e->msg.kind != AR_MSG_REPLY)
-        count(node, 1); /* a message for a process that is gone (replies: see ar_reply) */
+        ar__count(ar__current_sched(), node, AR__DROPPED); /* its target is gone */
     ar__env_free(e);
 }
 
-int ar__deliver(ar_node_t *node, ar_pid_t to, ar__env_t *e)
-{
-    ar_proc_t *p = ar__proc_lookup(node, to);
-    if (!p) {
-        ar__dead_letter(node, NULL, e);
-        return AR_ENOPROC;
-    }
-    e->to_lo = to.lo;
-    ar__after_push(node, p, ar__mb_push(p, e));
-    return 0;
-}
-
-int ar__deliver_signal(ar_node_t *node, ar_pid_t to, ar__env_t *e)
+static int deliver(ar_node_t *node, ar_pid_t to, ar__env_t *e, bool signal)
 {
     ar_proc_t *p = ar__proc_lookup(node, to);
     if (!p) {
@@ -118,9 +92,16 @@ int ar__deliver_signal(ar_node_t *node, ar_pid_t to, ar__env_t *e)
     e->to_lo = to.lo;
     /* release, before the push: a consumer that sees the count fetches everything, and
      * finds this signal or a push still in progress */
-    atomic_fetch_add_explicit(&p->signals, 1, memory_order_release);
+    if (signal) atomic_fetch_add_explicit(&p->signals, 1, memory_order_release);
     ar__after_push(node, p, ar__mb_push(p, e));
     return 0;
+}
+
+int ar__deliver(ar_node_t *node, ar_pid_t to, ar__env_t *e) { return deliver(node, to, e, false); }
+
+int ar__deliver_signal(ar_node_t *node, ar_pid_t to, ar__env_t *e)
+{
+    return deliver(node, to, e, true);
 }
 
 /* Sends a CAST or CALL: checks the mailbox limit, copies the payload, pushes. */
@@ -129,7 +110,7 @@ int ar__send_msg(ar_node_t *node, ar_pid_t to, ar_msg_kind_t kind, uint32_t tag,
 {
     ar_proc_t *p = ar__proc_lookup(node, to);
     if (!p) {
-        count(node, 1);
+        ar__count(ar__current_sched(), node, AR__DROPPED);
         return AR_ENOPROC;
     }
     /* pushed shares the cache line the push itself takes; only a bounded mailbox makes
@@ -157,7 +138,7 @@ int ar__send_msg(ar_node_t *node, ar_pid_t to, ar_msg_kind_t kind, uint32_t tag,
     ar_proc_t *self = calling_proc(node);
     e->msg.from = self ? ar__proc_pid(self) : AR_PID_NONE;
     e->to_lo = to.lo;
-    count_on(s, node, 0);
+    ar__count(s, node, AR__SENT);
     ar__after_push_on(s, node, p, ar__mb_push(p, e));
     return 0;
 }
