@@ -9,7 +9,7 @@
  *
  * A turn (ar__proc_run): if a signal waits (signal senders count them), fetch the whole
  * outer queue first, so signals act before any message is handled; then handle up to
- * BATCH messages (or TURN_NS of them), taking them straight off the outer queue when the
+ * BATCH messages (BATCH_LONG with a long backlog), or TURN_NS of them, taking them straight off the outer queue when the
  * inner one is empty; then give up the queue or requeue. Crashes (ar_exit_self, AR_FAIL,
  * stack overflow) unwind to the catch frame at the bottom of the loop's stack (see
  * sched.c); ar_spawn sets its own catch frame around a child's init, which runs on the
@@ -26,6 +26,10 @@
 /* Messages handled per turn before others get the scheduler: large enough to amortise
  * the turn, small enough that a flooded process cannot hold a scheduler for long. */
 #define BATCH 64
+/* A process with a longer backlog than that handles up to BATCH_LONG per turn: draining
+ * in long turns costs fewer requeues and keeps its loop hot, and TURN_NS still bounds
+ * how long the others wait. */
+#define BATCH_LONG 4096
 /* A turn also ends once it has run this long (checked every 8 messages, so a turn of a
  * few quick messages never reads the clock): slow handlers cannot starve the rest. */
 #define TURN_NS 1000000u
@@ -393,8 +397,11 @@ static void handle_batch(ar_proc_t *p, ar__sched_t *s)
     if (atomic_load_explicit(&p->signals, memory_order_acquire) != p->signals_seen)
         ar__proc_fetch(p); /* acquire: pairs with ar__deliver_signal's increment */
     const ar_behaviour_t *b = atomic_load_explicit(&p->b, memory_order_relaxed);
+    uint32_t backlog = atomic_load_explicit(&p->pushed, memory_order_relaxed) -
+                       atomic_load_explicit(&p->consumed, memory_order_relaxed);
+    int batch = backlog > BATCH ? BATCH_LONG : BATCH;
     uint64_t t0 = 0;
-    for (int i = 0; i < BATCH; i++) {
+    for (int i = 0; i < batch; i++) {
         if (atomic_load_explicit(&p->flags, memory_order_relaxed) & (P_STOP | P_EXITING)) return;
         if ((i & 7) == 7) {
             uint64_t now = ar__now_ns();
