@@ -2,7 +2,8 @@
  * when none is named). Each prints one result line on stdout.
  *
  *   arbor_bench [-n N] [-p P] [-t MS] [-s] [WORKLOAD...]
- *     -n N   main count (processes, round trips, hops, calls; fan_in: messages per sender)
+ *     -n N   main count (processes, round trips, hops, calls; fan_in: messages per sender;
+ *            link_chain_exit: chain length)
  *     -p P   ring size / fan_in senders
  *     -t MS  gen_server_call's call timeout (-1: infinity; default 5000, gen_server's)
  *     -s     run every workload in this process (default: each in a child process)
@@ -20,6 +21,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* Workloads of links and monitors. */
+int bench_spawn_exit_monitor(const bench_opts_t *o);
+int bench_link_chain_exit(const bench_opts_t *o);
+
 static const struct {
     const char *name;
     int (*run)(const bench_opts_t *o);
@@ -30,6 +35,8 @@ static const struct {
     {"ring", bench_ring},
     {"fan_in", bench_fan_in},
     {"gen_server_call", bench_gen_server_call},
+    {"spawn_exit_monitor", bench_spawn_exit_monitor},
+    {"link_chain_exit", bench_link_chain_exit},
 };
 #define NWORKLOADS (sizeof workloads / sizeof workloads[0])
 

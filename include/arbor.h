@@ -187,7 +187,7 @@ typedef struct ar_behaviour {
     void (*terminate)(ar_proc_t *self, void *state, ar_reason_t why); /* optional */
 } ar_behaviour_t;
 typedef struct ar_spawn_opts {
-    bool link;            /* link to the calling process (AR_ENOTSUP until links land) */
+    bool link;            /* link to the calling process, atomically (AR_ENOTPROC outside) */
     bool trap_exit;
     size_t mailbox_limit; /* 0: unbounded; else ar_send fails with AR_EAGAIN */
     const char *name;     /* register atomically (AR_ENOTSUP until names land) */
@@ -256,6 +256,27 @@ AR_EXTERN _Noreturn void ar__assert_fail(ar_proc_t *self, const char *file, int 
     do {                                                                           \
         if (!(cond)) ar__assert_fail((self), __FILE__, __LINE__, #cond);           \
     } while (0)
+
+/* ---- Links, monitors, exit signals (Erlang's rules: see README) ------------------------ */
+/* Sends an exit signal to target from the calling process (or from no process). A dead
+ * target: 0, nothing happens. AR_KILL kills it (reason AR_KILLED) even if it traps exits.
+ * AR_EINVAL for a NULL node. */
+AR_EXTERN int ar_exit(ar_node_t *node, ar_pid_t target, ar_reason_t why);
+/* Links the calling process and other (both ways, once per pair). Linking to oneself does
+ * nothing. AR_ENOPROC (nothing changes) if other is dead. */
+AR_EXTERN int ar_link(ar_proc_t *self, ar_pid_t other);
+/* Removes the link; afterwards it cannot affect the caller (an AR_MSG_EXIT already in the
+ * mailbox stays). 0 also when there was no link. */
+AR_EXTERN int ar_unlink(ar_proc_t *self, ar_pid_t other);
+/* Monitors target: exactly one AR_MSG_DOWN with m->ref == *ref follows when it ends (at
+ * once, with AR_NOPROC, if it is already dead), unless demonitored first. */
+AR_EXTERN int ar_monitor(ar_proc_t *self, ar_pid_t target, ar_ref_t *ref);
+/* Removes a monitor: no DOWN for ref is added afterwards; with flush, one already in the
+ * mailbox is removed too. An unknown or fired ref: 0. */
+AR_EXTERN int ar_demonitor(ar_proc_t *self, ar_ref_t ref, bool flush);
+/* Turns exit trapping on or off; returns the old value (false for a NULL self). While
+ * trapping, exit signals (but AR_KILL from ar_exit) arrive as AR_MSG_EXIT messages. */
+AR_EXTERN bool ar_trap_exit(ar_proc_t *self, bool on);
 
 /* ---- Introspection ----------------------------------------------------------------- */
 typedef struct ar_proc_info {

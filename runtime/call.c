@@ -34,6 +34,15 @@ static bool call_pred(ar__env_t *e, void *arg)
            e->msg.ref == ref;
 }
 
+/* The target took the CALL and owes an answer until told otherwise: unless it answered
+ * itself (or is gone), tell it the call is over, so its death no longer concerns us. */
+static void release_target(ar_node_t *node, ar_pid_t self, ar_pid_t to, ar_ref_t ref,
+                           ar__env_t *e)
+{
+    if (e->kind == ENV_MSG && (e->flags & ENVF_RELEASED)) return;
+    ar__signal_send(node, ENV_CALL_DONE, self, to, ref, AR_REASON(AR_NORMAL), 0);
+}
+
 /* Turns a reply envelope into the call's result. */
 static int finish(ar__env_t *e, ar_buf_t *reply)
 {
@@ -70,6 +79,7 @@ static int call_in_proc(ar_proc_t *p, ar_pid_t to, uint32_t tag, const void *req
     }
     ar__env_t *e = ar__wait(p, call_pred, &ref);
     ar__wait_done(p, t);
+    release_target(node, ar__proc_pid(p), to, ref, e);
     /* A reply fetched together with the timeout's wake-up (or a second reply) must not
      * outlive the call: nothing for this ref reaches the handler. */
     ar__env_t *extra;
@@ -123,6 +133,11 @@ static int call_foreign(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *
         if (!got) rc = AR_ETIMEDOUT;
     }
     w->wait_ref = 0;
+    if (got || rc == AR_ETIMEDOUT) {
+        /* a timed-out call is over too: tell the target (the wake-up is a stand-in) */
+        ar__env_t stand_in = {.kind = ENV_WAKE};
+        release_target(node, (ar_pid_t){node->pid_hi, lo}, to, ref, got ? got : &stand_in);
+    }
     if (got) rc = finish(got, reply);
     /* retire the waiter: later replies find it dead and are dropped */
     atomic_store_explicit(&w->pid_lo, 0, memory_order_release);
@@ -169,6 +184,7 @@ int ar_ask(ar_proc_t *self, ar_pid_t to, uint32_t tag, const void *req, size_t l
     ar_ref_t ref = ar__make_ref(node); /* even: an ask */
     ar_pid_t me = ar__proc_pid(self);
     a->ref = ref;
+    a->to = to;
     if (timeout_ms != AR_INFINITY) {
         ar__env_t *te = ar__env_new(0);
         if (!te) {

@@ -22,7 +22,10 @@ int ar_proc_info(ar_node_t *node, ar_pid_t pid, ar_proc_info_t *out)
                                atomic_load_explicit(&p->consumed, memory_order_relaxed));
     i.handled = atomic_load_explicit(&p->handled, memory_order_relaxed);
     i.blocked = atomic_load_explicit(&p->blocked, memory_order_relaxed) != 0;
-    i.trap_exit = false; /* exit trapping arrives with links (signals) */
+    i.trap_exit = atomic_load_explicit(&p->trap_exit, memory_order_relaxed) != 0;
+    i.links = atomic_load_explicit(&p->nlinks, memory_order_relaxed);
+    i.monitors = atomic_load_explicit(&p->nmonitors, memory_order_relaxed);
+    i.monitored_by = atomic_load_explicit(&p->nmonitored_by, memory_order_relaxed);
     /* still the same process: the snapshot is not a mix of two occupants of the slot */
     if (atomic_load_explicit(&p->pid_lo, memory_order_acquire) != pid.lo || (fl & P_FOREIGN))
         return AR_ENOPROC;

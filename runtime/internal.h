@@ -44,6 +44,16 @@
 _Noreturn void ar__panic(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* ---- Key/value sets (set.c): owner-only, O(1) ------------------------------------------ */
+typedef struct ar__set {
+    uint64_t *k, *v; /* k[i] == 0: empty slot */
+    uint32_t cap, n;
+} ar__set_t;
+int ar__set_put(ar__set_t *s, uint64_t key, uint64_t val); /* key != 0; AR_ENOMEM */
+bool ar__set_get(const ar__set_t *s, uint64_t key, uint64_t *val);
+bool ar__set_del(ar__set_t *s, uint64_t key, uint64_t *val);
+void ar__set_free(ar__set_t *s);
+
 /* ---- Allocation (alloc.c) ---------------------------------------------------------- */
 void *ar__malloc(size_t n);
 void *ar__calloc(size_t n, size_t size);
@@ -82,9 +92,20 @@ struct ar__qnode {
 };
 
 enum ar__env_kind {
-    ENV_MSG,      /* a message for the handler: CAST, CALL, REPLY, TIMER */
-    ENV_EXIT,     /* an exit signal: acts when fetched */
-    ENV_WAKE,     /* internal: ends an ar_sleep / a call timeout (msg.ref says which) */
+    ENV_MSG,       /* a message for the handler: CAST, CALL, REPLY, TIMER (and EXIT, DOWN
+                      once a signal turned into one) */
+    ENV_EXIT,      /* an exit signal (ENVF_LINK: through a link): acts when fetched */
+    ENV_WAKE,      /* internal: ends an ar_sleep / a call timeout (msg.ref says which) */
+    ENV_LINK,      /* from links with the target */
+    ENV_UNLINK,    /* from removes its link */
+    ENV_MONITOR,   /* from monitors the target under msg.ref */
+    ENV_DEMONITOR, /* from's monitor msg.ref is gone */
+    ENV_DOWN,      /* from ended; for the monitor msg.ref (becomes AR_MSG_DOWN) */
+    ENV_CALL_DONE, /* the call msg.ref needs no answer from the target any more */
+};
+enum {
+    ENVF_LINK = 1u << 0,     /* ENV_EXIT: sent through a link */
+    ENVF_RELEASED = 1u << 1, /* REPLY: the target itself answered; nothing to release */
 };
 
 typedef struct ar__env {
@@ -92,7 +113,9 @@ typedef struct ar__env {
     uint64_t to_lo;     /* the pid this was sent to: a reused slot drops stale envelopes */
     uint8_t kind;       /* enum ar__env_kind */
     uint8_t sync_reply; /* a REPLY for an ar_call (dropped unless that call still waits) */
-    uint8_t counted;    /* a CAST/CALL counted in the target's `queued` */
+    uint8_t counted;    /* a CAST/CALL counted in the target's `pushed` */
+    uint8_t flags;      /* ENVF_* */
+    uint32_t cap;       /* payload bytes allocated (msg.len may say less) */
     ar_msg_t msg;
     /* payload bytes follow */
 } ar__env_t;
@@ -226,12 +249,18 @@ struct ar_proc {
     _Atomic uint8_t blocked;      /* parked in call, receive or sleep */
     uint8_t parked;               /* its context is saved on its stack */
     uint8_t reason_code;          /* why it ends (ar_exit_code_t); text, if any, in ext */
-    uint8_t trap_exit;
+    _Atomic uint8_t trap_exit;
+    /* sizes of its link and monitor sets, mirrored for ar_proc_info (other threads) */
+    _Atomic uint32_t nlinks, nmonitors, nmonitored_by;
 };
 
 /* Rare per-process data: exit reason, owned timers, pending asks, spawn handshake. */
 struct ar__proc_ext {
     char *reason_text;           /* why it ends, when there is a text */
+    ar__set_t links;             /* pid lo of each linked process */
+    ar__set_t monitors;          /* monitors it holds: ref -> target pid lo */
+    ar__set_t monitored_by;      /* monitors on it: ref -> watcher pid lo */
+    ar__set_t calls;             /* CALLs it took and has not answered: ref -> caller lo */
     ar_ref_t *timers;            /* refs of timers it set (cancelled at exit) */
     size_t ntimers, timers_cap;
     struct ar__ask *asks;        /* outstanding ar_ask refs */
@@ -239,11 +268,13 @@ struct ar__proc_ext {
 };
 struct ar__ask {
     struct ar__ask *next;
+    ar_pid_t to; /* told when the answer came from elsewhere (ENV_CALL_DONE) */
     ar_ref_t ref;
     struct ar__timer *timer;
 };
 
 struct ar__proc_ext *ar__proc_ext(ar_proc_t *p); /* NULL on OOM */
+void ar__proc_count_sets(ar_proc_t *p); /* mirrors the set sizes for ar_proc_info */
 ar_proc_t *ar__proc_lookup(struct ar_node *node, ar_pid_t pid); /* live or NULL (racy) */
 static inline ar_pid_t ar__proc_pid(const struct ar_proc *p);
 ar_proc_t *ar__proc_alloc(struct ar_node *node);   /* a free slot with a fresh serial */
@@ -280,6 +311,21 @@ bool ar__mb_has_more(ar_proc_t *p);
 void ar__mb_drain_dead(struct ar_node *node, ar_proc_t *p);
 void ar__inner_append(ar_proc_t *p, ar__env_t *e);
 void ar__consumed(ar_proc_t *p); /* a counted CAST/CALL left the mailbox */
+
+/* ---- Signals (signal.c) -------------------------------------------------------------- */
+/* Acts on a fetched signal envelope (ENV_EXIT .. ENV_CALL_DONE): returns it turned into a
+ * message (AR_MSG_EXIT, AR_MSG_DOWN) for the process to see, or NULL (consumed). */
+ar__env_t *ar__signal_admit(ar_proc_t *p, ar__env_t *e);
+/* Answers a signal that reached a dead process (a LINK gets an exit, a MONITOR a DOWN). */
+void ar__signal_dead_letter(struct ar_node *node, ar__env_t *e);
+/* The exit path's signals: EXIT to links, DOWN to monitors, failed replies to outstanding
+ * calls (started) or quiet removal (a failed start). p's pid is already unpublished. */
+void ar__signal_exit(ar_proc_t *p, ar_pid_t self, ar_reason_t why, bool started);
+/* A CALL was taken by the process (handle or receive): it now owes the answer. */
+void ar__signal_call_taken(ar_proc_t *p, ar__env_t *e);
+/* Sends kind from `from` to `to` with ref and reason (text copied); 0 or AR_ENOPROC. */
+int ar__signal_send(struct ar_node *node, int kind, ar_pid_t from, ar_pid_t to, ar_ref_t ref,
+                    ar_reason_t why, uint8_t flags);
 
 /* ---- Schedulers (sched.c) ----------------------------------------------------------- */
 struct ar__runq {
@@ -459,7 +505,7 @@ static inline void ar__count(ar__sched_t *s, struct ar_node *node, int which)
 
 static inline void ar__env_free_on(ar__sched_t *s, ar__env_t *e)
 {
-    ar__pool_free_on(s, e, sizeof *e + e->msg.len);
+    ar__pool_free_on(s, e, sizeof *e + e->cap);
 }
 
 static inline ar_pid_t ar__proc_pid(const ar_proc_t *p)

@@ -74,6 +74,7 @@ int ar_node_start(const ar_node_config_t *cfg_in, ar_node_t **out)
     if (cfg.schedulers > MAX_SCHEDULERS) return AR_EINVAL;
     if (cfg.name && (strlen(cfg.name) == 0 || strlen(cfg.name) >= AR_NAME_MAX)) return AR_EINVAL;
     if (cfg.stack_size && cfg.stack_size < 16 * 1024) return AR_EINVAL;
+    if (cfg.max_message_bytes > UINT32_MAX - 1024) return AR_EINVAL; /* envelope sizes */
 
     ar_node_t *node = ar__calloc(1, sizeof *node);
     if (!node) return AR_ENOMEM;

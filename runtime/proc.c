@@ -155,7 +155,10 @@ ar_proc_t *ar__proc_alloc(ar_node_t *node)
     p->handling = NULL;
     p->reason_code = AR_NORMAL;
     p->parked = 0;
-    p->trap_exit = 0;
+    atomic_store_explicit(&p->trap_exit, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->nlinks, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->nmonitors, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->nmonitored_by, 0, memory_order_relaxed);
     atomic_store_explicit(&p->mailbox_limit, 0, memory_order_relaxed);
     atomic_store_explicit(&p->handled, 0, memory_order_relaxed);
     atomic_store_explicit(&p->blocked, 0, memory_order_relaxed);
@@ -195,6 +198,14 @@ struct ar__proc_ext *ar__proc_ext(ar_proc_t *p)
 {
     if (!p->ext) p->ext = ar__calloc(1, sizeof *p->ext);
     return p->ext;
+}
+
+void ar__proc_count_sets(ar_proc_t *p)
+{
+    struct ar__proc_ext *x = p->ext;
+    atomic_store_explicit(&p->nlinks, x ? x->links.n : 0, memory_order_relaxed);
+    atomic_store_explicit(&p->nmonitors, x ? x->monitors.n : 0, memory_order_relaxed);
+    atomic_store_explicit(&p->nmonitored_by, x ? x->monitored_by.n : 0, memory_order_relaxed);
 }
 
 /* ---- reasons ---- */
@@ -327,6 +338,9 @@ static ar__env_t *admit(ar_proc_t *p, ar__env_t *e)
                 struct ar__ask *a = take_ask(p, e->msg.ref);
                 if (!a) break; /* the ask was answered already (timeout): drop */
                 if (a->timer) ar__timer_cancel(p->node, a->timer);
+                if (!(e->flags & ENVF_RELEASED)) /* the target may still owe it */
+                    ar__signal_send(p->node, ENV_CALL_DONE, ar__proc_pid(p), a->to, a->ref,
+                                    AR_REASON(AR_NORMAL), 0);
                 ar__free(a);
             }
         }
@@ -334,16 +348,12 @@ static ar__env_t *admit(ar_proc_t *p, ar__env_t *e)
     case ENV_WAKE:
         if (e->msg.ref != p->wait_ref) break;
         return e;
-    case ENV_EXIT:
-        p->signals_seen++;
-        /* during terminate a fatal signal only cuts terminate short */
-        if (!(atomic_load_explicit(&p->flags, memory_order_relaxed) & P_EXITING)) {
-            ar__proc_set_reason(p, e->msg.reason);
-            atomic_fetch_or_explicit(&p->flags, P_EXITING, memory_order_relaxed);
-        }
+    default: { /* a signal: links, monitors, exits */
+        ar__env_t *m = ar__signal_admit(p, e);
+        ar__proc_count_sets(p);
+        if (m) return m;
         break;
-    default:
-        break;
+    }
     }
     ar__env_free(e);
     return NULL;
@@ -384,6 +394,7 @@ void ar__msg_taken(ar_proc_t *p, ar__env_t *e) { ar__msg_taken_on(ar__current_sc
 void ar__msg_taken_on(ar__sched_t *s, ar_proc_t *p, ar__env_t *e)
 {
     if (e->counted) ar__consumed(p);
+    if (e->msg.kind == AR_MSG_CALL) ar__signal_call_taken(p, e);
     atomic_store_explicit(&p->handled, atomic_load_explicit(&p->handled, memory_order_relaxed) + 1,
                           memory_order_relaxed);
     ar__count(s, p->node, AR__DELIVERED);
@@ -451,9 +462,10 @@ static void free_inner(ar_proc_t *p)
 }
 
 /* Everything but terminate: what a failed start and an exit share. */
-static void teardown(ar_proc_t *p)
+static void teardown(ar_proc_t *p, ar_reason_t why, bool started)
 {
     ar_node_t *node = p->node;
+    ar_pid_t self = ar__proc_pid(p);
     if (p->handling) {
         ar__env_free(p->handling);
         p->handling = NULL;
@@ -466,6 +478,9 @@ static void teardown(ar_proc_t *p)
     p->wait_ref = 0;
     /* unpublish: from here lookups fail; senders that got in before are answered below */
     atomic_store_explicit(&p->pid_lo, 0, memory_order_release);
+    /* then tell links, monitors and callers: whoever learns of the death sees it dead */
+    ar__signal_exit(p, self, why, started);
+    ar__proc_count_sets(p);
     free_inner(p);
     ar__mb_drain_dead(node, p);
     if (p->ext) {
@@ -496,7 +511,7 @@ void ar__proc_exit(ar_proc_t *p, ar_reason_t why)
     struct term_args t = {p, why};
     struct ar__catch c;
     catch_run(&c, p->stack, run_terminate, &t); /* a crash in terminate ends only it */
-    teardown(p);
+    teardown(p, why, true);
     ar__count(ar__current_sched(), node, AR__EXITED);
     atomic_fetch_sub_explicit(&node->live, 1, memory_order_relaxed);
     ar__set_current_proc(NULL);
@@ -533,7 +548,7 @@ static int start(ar_proc_t *p, void *arg)
     ar__set_current_proc(p); /* init may have parked and resumed on another thread */
     int rc = crashed ? AR_ENOPROC : (ia.rc < 0 ? ia.rc : 0);
     if (rc < 0) {
-        teardown(p);
+        teardown(p, AR_REASON(AR_NOPROC), false);
         atomic_fetch_sub_explicit(&p->node->live, 1, memory_order_relaxed);
         return rc;
     }
@@ -571,6 +586,23 @@ static int note_toplevel(ar_node_t *node, uint64_t lo)
     return 0;
 }
 
+/* spawn with .link: both halves are set before the child runs a line, so a child that
+ * dies at once still signals its parent. The child is not running yet: its half is ours
+ * to write. */
+static int link_both(ar_proc_t *parent, ar_proc_t *child)
+{
+    struct ar__proc_ext *px = ar__proc_ext(parent), *cx = ar__proc_ext(child);
+    uint64_t clo = atomic_load_explicit(&child->pid_lo, memory_order_relaxed);
+    if (!px || !cx || ar__set_put(&px->links, clo, 0) != 0) return AR_ENOMEM;
+    if (ar__set_put(&cx->links, atomic_load_explicit(&parent->pid_lo, memory_order_relaxed), 0)) {
+        ar__set_del(&px->links, clo, NULL);
+        return AR_ENOMEM;
+    }
+    ar__proc_count_sets(parent);
+    ar__proc_count_sets(child);
+    return 0;
+}
+
 int ar_spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_spawn_opts_t *opts,
              ar_pid_t *out)
 {
@@ -581,7 +613,7 @@ int ar_spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_spawn
         parent = NULL;
     if (opts) {
         if (opts->link && !parent) return AR_ENOTPROC;
-        if (opts->link || opts->name) return AR_ENOTSUP; /* links and names: not yet */
+        if (opts->name) return AR_ENOTSUP; /* names: not yet */
         if (opts->mailbox_limit > UINT32_MAX) return AR_EINVAL;
     }
     if (atomic_load_explicit(&node->stopping, memory_order_acquire)) return AR_ECLOSED;
@@ -593,7 +625,7 @@ int ar_spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_spawn
     if (opts) {
         atomic_store_explicit(&p->mailbox_limit, (uint32_t)opts->mailbox_limit,
                               memory_order_relaxed);
-        p->trap_exit = opts->trap_exit;
+        atomic_store_explicit(&p->trap_exit, opts->trap_exit, memory_order_relaxed);
     }
     if (!parent) atomic_fetch_or_explicit(&p->flags, P_TOPLEVEL, memory_order_relaxed);
     uint64_t lo = AR__PID_LO(p->index, p->serial);
@@ -604,15 +636,25 @@ int ar_spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_spawn
 
     int rc;
     if (parent) {
+        bool link = opts && opts->link;
+        if (link && (rc = link_both(parent, p)) != 0) {
+            teardown(p, AR_REASON(AR_NOPROC), false);
+            atomic_fetch_sub_explicit(&node->live, 1, memory_order_relaxed);
+            return rc;
+        }
         /* init runs right here, on the spawner's stack, as the child */
         p->stack = parent->stack;
         rc = start(p, arg);
         ar__set_current_proc(parent);
+        if (rc < 0 && link) { /* a failed start leaves no link (and sends no exit) */
+            ar__set_del(&parent->ext->links, lo, NULL);
+            ar__proc_count_sets(parent);
+        }
     } else {
         struct ar__spawn_wait w;
         struct ar__proc_ext *x = ar__proc_ext(p);
         if (!x) {
-            teardown(p);
+            teardown(p, AR_REASON(AR_NOPROC), false);
             atomic_fetch_sub_explicit(&node->live, 1, memory_order_relaxed);
             return AR_ENOMEM;
         }

@@ -22,6 +22,8 @@ ar__env_t *ar__env_new_on(ar__sched_t *s, size_t len)
     e->kind = ENV_MSG;
     e->sync_reply = 0;
     e->counted = 0;
+    e->flags = 0;
+    e->cap = (uint32_t)len;
     e->msg.kind = AR_MSG_CAST;
     e->msg.tag = 0;
     e->msg.from = AR_PID_NONE;
@@ -38,7 +40,7 @@ ar__env_t *ar__env_new(size_t len) { return ar__env_new_on(ar__current_sched(), 
 
 void ar__env_free(ar__env_t *e)
 {
-    if (e) ar__pool_free(e, sizeof *e + e->msg.len);
+    if (e) ar__pool_free(e, sizeof *e + e->cap);
 }
 
 /* The process whose code runs on this thread, if it belongs to node. */
@@ -68,11 +70,13 @@ static void reply_failure(ar_node_t *node, ar_pid_t from, ar_reply_to_t to, ar_e
     r->msg.from = from;
     r->msg.reason = AR_REASON(why);
     r->sync_reply = (uint8_t)(to.ref & 1);
+    r->flags = ENVF_RELEASED; /* nothing is owed by a process that is gone */
     ar__deliver(node, to.pid, r);
 }
 
 void ar__dead_letter(ar_node_t *node, ar_proc_t *p, ar__env_t *e)
 {
+    if (e->kind == ENV_LINK || e->kind == ENV_MONITOR) ar__signal_dead_letter(node, e);
     if (p && e->counted) ar__consumed(p);
     if (p && e->kind == ENV_EXIT) p->signals_seen++; /* its consumer's count, like consumed */
     if (e->kind == ENV_MSG && e->msg.kind == AR_MSG_CALL)
@@ -165,6 +169,9 @@ int ar_reply(ar_node_t *node, ar_reply_to_t to, const void *data, size_t len)
     e->sync_reply = (uint8_t)(to.ref & 1);
     ar_proc_t *self = calling_proc(node);
     e->msg.from = self ? ar__proc_pid(self) : AR_PID_NONE;
+    /* the process that took the call answers it: it owes nothing more */
+    if (self && self->ext && ar__set_del(&self->ext->calls, to.ref, NULL))
+        e->flags = ENVF_RELEASED;
     ar__deliver(node, to.pid, e); /* a caller that is gone is no error of the replier's */
     return 0;
 }
