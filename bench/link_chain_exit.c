@@ -197,9 +197,18 @@ static uint64_t run_once(ar_node_t *node, lc_run_t *run, long n)
     if (n > 2)
         BENCH_CHECK(links_of(node, run->pids[n / 2], "middle") == 2,
                     "link_chain_exit: a middle process does not have 2 links");
+    /* The monitor reaches the last one as a signal: wait (bounded) until it is in place,
+     * so that its DOWN carries the chain's reason rather than AR_NOPROC. */
     ar_proc_info_t info;
-    rc = ar_proc_info(node, run->last, &info);
-    BENCH_CHECK(rc == 0 && info.monitored_by == 1, "link_chain_exit: last not monitored once");
+    uint64_t deadline = bench_now_ns() + 30ull * 1000000000u;
+    for (;;) {
+        rc = ar_proc_info(node, run->last, &info);
+        BENCH_CHECK(rc == 0, "link_chain_exit: ar_proc_info(last): %s", BENCH_ERR(rc));
+        if (info.monitored_by == 1) break;
+        BENCH_CHECK(info.monitored_by == 0 && bench_now_ns() < deadline,
+                    "link_chain_exit: last monitored by %zu, want 1", info.monitored_by);
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    }
     BENCH_CHECK(atomic_load(&run->ended) == 0, "link_chain_exit: a chain process ended early");
 
     rc = ar_send(node, obs, TAG_GO, NULL, 0);

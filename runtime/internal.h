@@ -106,6 +106,8 @@ enum ar__env_kind {
 enum {
     ENVF_LINK = 1u << 0,     /* ENV_EXIT: sent through a link */
     ENVF_RELEASED = 1u << 1, /* REPLY: the target itself answered; nothing to release */
+    ENVF_STOP = 1u << 2,     /* ENV_EXIT from ar_node_stop: ends the process even if it
+                                traps exits (terminate runs: a supervisor stops its tree) */
 };
 
 typedef struct ar__env {

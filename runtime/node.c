@@ -205,13 +205,11 @@ static bool none_alive(ar_node_t *node, void *arg)
     return atomic_load_explicit(&node->live, memory_order_acquire) == 0;
 }
 
+/* The node's stop request: ends the process with code even if it traps exits, running
+ * its terminate (retried on the next pass if there is no memory for it). */
 static void send_exit(ar_node_t *node, ar_pid_t pid, ar_exit_code_t code)
 {
-    ar__env_t *e = ar__env_new(0);
-    if (!e) return; /* retried on the next pass */
-    e->kind = ENV_EXIT;
-    e->msg.reason = AR_REASON(code);
-    ar__deliver_signal(node, pid, e);
+    ar__signal_send(node, ENV_EXIT, AR_PID_NONE, pid, 0, AR_REASON(code), ENVF_STOP);
 }
 
 /* Signals every live process; returns how many. */

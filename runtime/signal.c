@@ -71,6 +71,10 @@ static ar__env_t *exit_arrives(ar_proc_t *p, ar__env_t *e)
         doom(p, AR_REASON(AR_KILLED)); /* untrappable */
         return NULL;
     }
+    if (e->flags & ENVF_STOP) { /* the node is stopping: trapping or not */
+        doom(p, why);
+        return NULL;
+    }
     if (!atomic_load_explicit(&p->trap_exit, memory_order_relaxed)) {
         if (why.code == AR_NORMAL && !ar_pid_eq(e->msg.from, self)) return NULL;
         doom(p, why);
