@@ -136,6 +136,9 @@ int ar__deliver_signal(struct ar_node *node, ar_pid_t to, ar__env_t *e);
 /* Answers an envelope whose target is dead: drops it, failing calls with AR_NOPROC.
  * p: the struct it was queued in (its `queued` count is given back), or NULL. */
 void ar__dead_letter(struct ar_node *node, struct ar_proc *p, ar__env_t *e);
+/* The same from a process's own exit path: what it had queued is answered with why. */
+void ar__dead_letter_why(struct ar_node *node, struct ar_proc *p, ar__env_t *e,
+                         ar_reason_t why);
 int ar__check_payload(struct ar_node *node, const void *data, size_t len);
 int ar__send_msg(struct ar_node *node, ar_pid_t to, ar_msg_kind_t kind, uint32_t tag,
                  const void *data, size_t len, ar_reply_to_t reply_to);
@@ -318,8 +321,9 @@ void ar__consumed(ar_proc_t *p); /* a counted CAST/CALL left the mailbox */
 /* Acts on a fetched signal envelope (ENV_EXIT .. ENV_CALL_DONE): returns it turned into a
  * message (AR_MSG_EXIT, AR_MSG_DOWN) for the process to see, or NULL (consumed). */
 ar__env_t *ar__signal_admit(ar_proc_t *p, ar__env_t *e);
-/* Answers a signal that reached a dead process (a LINK gets an exit, a MONITOR a DOWN). */
-void ar__signal_dead_letter(struct ar_node *node, ar__env_t *e);
+/* Answers a signal that reached a dead process (a LINK gets an exit, a MONITOR a DOWN),
+ * with why: the process's exit reason while it is ending, AR_NOPROC once it is gone. */
+void ar__signal_dead_letter(struct ar_node *node, ar__env_t *e, ar_reason_t why);
 /* The exit path's signals: EXIT to links, DOWN to monitors, failed replies to outstanding
  * calls (started) or quiet removal (a failed start). p's pid is already unpublished. */
 void ar__signal_exit(ar_proc_t *p, ar_pid_t self, ar_reason_t why, bool started);

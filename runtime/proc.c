@@ -450,15 +450,19 @@ static void run_terminate(void *arg)
     if (b->terminate) b->terminate(t->p, t->p->state, t->why);
 }
 
-static void free_inner(ar_proc_t *p)
+/* Answers what the ending process still has queued, with its exit reason: a LINK or
+ * MONITOR that arrived while it lived learns how it ended, a CALL it never took fails
+ * with that reason. What arrives after the mailbox is marked dead gets AR_NOPROC. */
+static void answer_queued(ar_proc_t *p, ar_reason_t why)
 {
     ar__env_t *e = p->inner_head;
     while (e) {
         ar__env_t *n = (ar__env_t *)atomic_load_explicit(&e->q.next, memory_order_relaxed);
-        ar__dead_letter(p->node, p, e);
+        ar__dead_letter_why(p->node, p, e, why);
         e = n;
     }
     p->inner_head = p->inner_tail = NULL;
+    while ((e = ar__mb_pop(p)) != NULL) ar__dead_letter_why(p->node, p, e, why);
 }
 
 /* Everything but terminate: what a failed start and an exit share. */
@@ -481,7 +485,7 @@ static void teardown(ar_proc_t *p, ar_reason_t why, bool started)
     /* then tell links, monitors and callers: whoever learns of the death sees it dead */
     ar__signal_exit(p, self, why, started);
     ar__proc_count_sets(p);
-    free_inner(p);
+    answer_queued(p, started ? why : AR_REASON(AR_NOPROC));
     ar__mb_drain_dead(node, p);
     if (p->ext) {
         struct ar__ask *a = p->ext->asks;

@@ -76,11 +76,17 @@ static void reply_failure(ar_node_t *node, ar_pid_t from, ar_reply_to_t to, ar_e
 
 void ar__dead_letter(ar_node_t *node, ar_proc_t *p, ar__env_t *e)
 {
-    if (e->kind == ENV_LINK || e->kind == ENV_MONITOR) ar__signal_dead_letter(node, e);
+    ar__dead_letter_why(node, p, e, AR_REASON(AR_NOPROC));
+}
+
+void ar__dead_letter_why(ar_node_t *node, ar_proc_t *p, ar__env_t *e, ar_reason_t why)
+{
+    if (e->kind == ENV_LINK || e->kind == ENV_MONITOR) ar__signal_dead_letter(node, e, why);
     if (p && e->counted) ar__consumed(p);
     if (p && e->kind == ENV_EXIT) p->signals_seen++; /* its consumer's count, like consumed */
-    if (e->kind == ENV_MSG && e->msg.kind == AR_MSG_CALL)
-        reply_failure(node, (ar_pid_t){node->pid_hi, e->to_lo}, e->msg.reply_to, AR_NOPROC);
+    if (e->kind == ENV_MSG && e->msg.kind == AR_MSG_CALL) /* a failed call never says normal */
+        reply_failure(node, (ar_pid_t){node->pid_hi, e->to_lo}, e->msg.reply_to,
+                      why.code == AR_NORMAL ? AR_NOPROC : why.code);
     if (e->kind == ENV_MSG && e->msg.kind != AR_MSG_REPLY)
         ar__count(ar__current_sched(), node, AR__DROPPED); /* its target is gone */
     ar__env_free(e);

@@ -116,13 +116,13 @@ ar__env_t *ar__signal_admit(ar_proc_t *p, ar__env_t *e)
     return NULL; /* consumed: the caller frees it */
 }
 
-void ar__signal_dead_letter(ar_node_t *node, ar__env_t *e)
+void ar__signal_dead_letter(ar_node_t *node, ar__env_t *e, ar_reason_t why)
 {
     ar_pid_t dead = local(node, e->to_lo);
-    if (e->kind == ENV_LINK) /* the linker learns the link is to a dead process */
-        ar__signal_send(node, ENV_EXIT, dead, e->msg.from, 0, AR_REASON(AR_NOPROC), ENVF_LINK);
+    if (e->kind == ENV_LINK) /* the linker learns how its partner ended */
+        ar__signal_send(node, ENV_EXIT, dead, e->msg.from, 0, why, ENVF_LINK);
     else if (e->kind == ENV_MONITOR)
-        ar__signal_send(node, ENV_DOWN, dead, e->msg.from, e->msg.ref, AR_REASON(AR_NOPROC), 0);
+        ar__signal_send(node, ENV_DOWN, dead, e->msg.from, e->msg.ref, why, 0);
 }
 
 void ar__signal_call_taken(ar_proc_t *p, ar__env_t *e)

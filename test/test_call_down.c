@@ -456,3 +456,30 @@ Test(call_down, call_and_ask_to_a_dead_pid_fail_at_once, .timeout = TH_TIMEOUT)
     assert_kind(c, 2, AR_MSG_TIMER, TAG_MARKER);
     th_node_stop(node);
 }
+
+Test(call_down, ask_to_a_target_that_dies_before_handling_it_replies_with_its_reason,
+     .timeout = TH_TIMEOUT)
+{
+    ar_node_t *node = th_node(2);
+    server_t *s;
+    ar_pid_t srv = spawn_server(node, &s);
+    th_send(node, srv, TAG_BLOCK, NULL, 0);
+    th_await(th_proc_blocked(node, srv));
+    ar_pid_t cl;
+    caller_t *c = new_caller(node, &cl);
+    /* The CALL waits in the parked server's mailbox when the server is ended. */
+    run(node, cl, c, ACT_ASK,
+        (cmd_t){.pid = srv, .tag = TAG_ECHO, .timeout_ms = 400, .marker_ms = 800});
+    cr_assert_eq(c->rc, 0, "ar_ask: %s", ar_err_name(c->rc));
+    cr_assert_eq(ar_exit(node, srv, AR_REASON(AR_SHUTDOWN)), 0);
+    th_await(atomic_load(&s->ended) == 1);
+    cr_assert_eq(atomic_load(&s->calls), 0, "the asked CALL was handled");
+    th_await(th_log_len(&c->log) >= 1);
+    assert_kind(c, 0, AR_MSG_REPLY, 0);
+    cr_assert_eq(c->log.e[0].ref, c->ref);
+    cr_assert_eq(c->log.e[0].code, AR_SHUTDOWN, "reply reason %s",
+                 ar_exit_code_name(c->log.e[0].code));
+    th_await(th_log_len(&c->log) == 2);
+    assert_kind(c, 1, AR_MSG_TIMER, TAG_MARKER);
+    th_node_stop(node);
+}

@@ -35,6 +35,7 @@ enum {
     CAST_RECEIVE,          /* ar_receive nothing, timeout n */
     CAST_SLEEP,            /* ar_sleep(n) */
     CAST_MONITOR_SELF,     /* monitor self, then a marker to self */
+    CAST_SPIN_THEN_STOP,   /* busy until go, then ar_stop(code) */
 };
 
 typedef struct cmd {
@@ -183,6 +184,12 @@ static void agent_action(ar_proc_t *self, agent_t *a, const ar_msg_t *m, const c
         while (!atomic_load(&a->go)) {
         }
         ar_trap_exit(self, c->flag);
+        break;
+    case CAST_SPIN_THEN_STOP:
+        atomic_store(&a->spinning, 1);
+        while (!atomic_load(&a->go)) {
+        }
+        ar_stop(self, AR_REASON((ar_exit_code_t)c->code));
         break;
     case CAST_HOLD_DEMONITOR: {
         a->rc = ar_monitor(self, c->pid, &a->ref);
@@ -1160,5 +1167,93 @@ Test(signal, exit_to_a_dead_pid_is_a_no_op_and_null_node_is_einval, .timeout = T
     cr_assert_eq(atomic_load(&dead->log.terminates), 1);
     cr_assert_eq(th_stats(node).exited, s0.exited);
     cr_assert_eq(ar_exit(NULL, dp, AR_REASON(AR_KILL)), AR_EINVAL);
+    th_node_stop(node);
+}
+
+/* The link and the monitor are made while the target is busy in a handler, so their
+ * signals are still queued when it ends: it was alive when ar_link / ar_monitor returned,
+ * so its real reason comes back, as for any link or monitor. */
+static void check_busy_target_end(ar_exit_code_t code)
+{
+    ar_node_t *node = th_node(2);
+    agent_t *plain = new_agent(), *trapping = new_agent(), *b = new_agent();
+    ar_pid_t p = spawn_agent(node, plain, false);
+    ar_pid_t t = spawn_agent(node, trapping, true);
+    ar_pid_t bp = spawn_agent(node, b, false);
+    act(node, bp, CAST_SPIN_THEN_STOP, (cmd_t){.code = (int)code});
+    th_await(atomic_load(&b->spinning) == 1);
+    do_link(node, p, bp);
+    do_link(node, t, bp);
+    ar_ref_t rp = do_monitor(node, p, bp);
+    ar_ref_t rt = do_monitor(node, t, bp);
+    atomic_store(&b->go, 1);
+    assert_ended(b, code, NULL);
+
+    if (code == AR_NORMAL) {
+        /* The non-trapping one ignores a normal end: only the DOWN. */
+        th_await(th_log_len(&plain->log) >= 1 || atomic_load(&plain->log.terminates) == 1);
+        cr_assert_eq(atomic_load(&plain->log.terminates), 0,
+                     "a normal end killed a linked process (%s)",
+                     ar_exit_code_name(plain->log.why));
+        assert_down(plain, 0, bp, rp, code);
+        assert_alive(node, p, plain);
+        cr_assert_eq(th_log_len(&plain->log), 1);
+    } else {
+        assert_ended(plain, code, NULL);
+    }
+    /* The trapping one: the EXIT and the DOWN carry the real reason. */
+    th_await(th_log_len(&trapping->log) >= 2);
+    size_t ex = entry(trapping, 0)->kind == AR_MSG_EXIT ? 0 : 1;
+    assert_exit(trapping, ex, bp, code);
+    assert_down(trapping, 1 - ex, bp, rt, code);
+    (void)th_sync(node, t);
+    cr_assert_eq(th_log_len(&trapping->log), 2);
+    th_node_stop(node);
+}
+
+Test(signal, busy_target_ending_normally_with_link_and_monitor_queued_sends_normal,
+     .timeout = TH_TIMEOUT)
+{
+    check_busy_target_end(AR_NORMAL);
+}
+
+Test(signal, busy_target_ending_with_shutdown_with_link_and_monitor_queued_sends_shutdown,
+     .timeout = TH_TIMEOUT)
+{
+    check_busy_target_end(AR_SHUTDOWN);
+}
+
+Test(signal, exit_signal_text_is_copied_and_kept, .timeout = TH_TIMEOUT)
+{
+    ar_node_t *node = th_node(2);
+    agent_t *plain = new_agent(), *trapping = new_agent();
+    ar_pid_t p = spawn_agent(node, plain, false);
+    ar_pid_t t = spawn_agent(node, trapping, true);
+    char text[32] = "custom reason";
+    cr_assert_eq(ar_exit(node, t, (ar_reason_t){AR_ERROR, text}), 0);
+    cr_assert_eq(ar_exit(node, p, (ar_reason_t){AR_ERROR, text}), 0);
+    memset(text, 'Z', sizeof text - 1); /* the runtime keeps its own copy */
+    assert_ended(plain, AR_ERROR, "custom reason");
+    th_await(th_log_len(&trapping->log) == 1);
+    assert_exit(trapping, 0, AR_PID_NONE, AR_ERROR);
+    cr_assert_str_eq(trapping->text[0], "custom reason");
+    assert_alive(node, t, trapping);
+    th_node_stop(node);
+}
+
+Test(signal, exit_to_self_with_an_error_ends_the_process_unless_trapping,
+     .timeout = TH_TIMEOUT)
+{
+    ar_node_t *node = th_node(2);
+    agent_t *plain = new_agent(), *trapping = new_agent();
+    ar_pid_t p = spawn_agent(node, plain, false);
+    ar_pid_t t = spawn_agent(node, trapping, true);
+    act(node, p, CAST_EXIT_SELF, (cmd_t){.code = AR_SHUTDOWN});
+    act(node, t, CAST_EXIT_SELF, (cmd_t){.code = AR_SHUTDOWN});
+    assert_ended(plain, AR_SHUTDOWN, NULL);
+    th_await(th_log_len(&trapping->log) == 2);
+    assert_exit(trapping, 0, t, AR_SHUTDOWN);
+    assert_marker(trapping, 1);
+    assert_alive(node, t, trapping);
     th_node_stop(node);
 }
