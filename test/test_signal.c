@@ -1257,3 +1257,65 @@ Test(signal, exit_to_self_with_an_error_ends_the_process_unless_trapping,
     assert_alive(node, t, trapping);
     th_node_stop(node);
 }
+
+/* ---- many links and monitors on one process --------------------------------------------- */
+enum { MANY = 100000 };
+static atomic_long many_ended, many_downs, many_started;
+static ar_pid_t many_hub;
+
+static int many_init(ar_proc_t *self, void *arg, void **state)
+{
+    (void)self;
+    *state = arg;
+    atomic_fetch_add(&many_started, 1);
+    return 0;
+}
+static void many_terminate(ar_proc_t *self, void *state, ar_reason_t why)
+{
+    (void)self;
+    (void)state;
+    if (why.code == AR_SHUTDOWN) atomic_fetch_add(&many_ended, 1);
+}
+static void watcher_of_hub(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    (void)state;
+    ar_ref_t ref;
+    if (m->kind == AR_MSG_CAST) ar_monitor(self, many_hub, &ref);
+    else if (m->kind == AR_MSG_DOWN && m->reason.code == AR_SHUTDOWN) atomic_fetch_add(&many_downs, 1);
+}
+static const ar_behaviour_t many_watcher_b = {"many_watcher", many_init, watcher_of_hub, NULL};
+static const ar_behaviour_t many_child_b = {"many_child", many_init, th_echo_handle, many_terminate};
+
+/* A supervisor-like parent of 100k linked children: its end takes every child down. */
+static void parent_of_many(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    (void)state;
+    if (m->kind != AR_MSG_CAST) return;
+    ar_spawn_opts_t o = {.link = true};
+    for (int i = 0; i < MANY; i++)
+        if (ar_spawn(ar_node(self), &many_child_b, NULL, &o, NULL) != 0) return;
+    ar_stop(self, AR_REASON(AR_SHUTDOWN));
+}
+static const ar_behaviour_t parent_of_many_b = {"parent_of_many", NULL, parent_of_many, NULL};
+
+Test(signal, a_process_with_100k_links_takes_them_all_down_when_it_ends, .timeout = TH_TIMEOUT)
+{
+    ar_node_t *node = th_node(2);
+    ar_pid_t parent = th_spawn(node, &parent_of_many_b, NULL);
+    th_send(node, parent, 1, NULL, 0);
+    th_await(atomic_load(&many_started) == MANY);
+    th_await(atomic_load(&many_ended) == MANY); /* every child got the parent's shutdown */
+    th_await(th_stats(node).processes == 0);
+    th_node_stop(node);
+}
+
+Test(signal, a_process_monitored_by_100k_others_sends_each_one_down, .timeout = TH_TIMEOUT)
+{
+    ar_node_t *node = th_node(2);
+    many_hub = th_spawn(node, &th_echo, NULL);
+    for (int i = 0; i < MANY; i++) th_send(node, th_spawn(node, &many_watcher_b, NULL), 1, NULL, 0);
+    th_await(info_of(node, many_hub).monitored_by == MANY);
+    cr_assert_eq(ar_exit(node, many_hub, AR_REASON(AR_SHUTDOWN)), 0);
+    th_await(atomic_load(&many_downs) == MANY);
+    th_node_stop(node);
+}
