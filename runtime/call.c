@@ -139,8 +139,14 @@ static int call_foreign(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *
         release_target(node, (ar_pid_t){node->pid_hi, lo}, to, ref, got ? got : &stand_in);
     }
     if (got) rc = finish(got, reply);
-    /* retire the waiter: later replies find it dead and are dropped */
+    /* retire the waiter: later replies find it dead and are dropped; anyone who linked to
+     * or monitored its pid (it is visible in reply_to) learns it is gone */
     atomic_store_explicit(&w->pid_lo, 0, memory_order_release);
+    if (w->ext) {
+        ar__signal_exit(w, (ar_pid_t){node->pid_hi, lo}, AR_REASON(AR_NOPROC), true);
+        ar__free(w->ext);
+        w->ext = NULL;
+    }
     ar__env_t *e;
     while ((e = ar__inner_take(w, any_env, NULL)) != NULL)
         ar__dead_letter(node, w, e);

@@ -1319,3 +1319,37 @@ Test(signal, a_process_monitored_by_100k_others_sends_each_one_down, .timeout = 
     th_await(atomic_load(&many_downs) == MANY);
     th_node_stop(node);
 }
+
+/* A foreign thread's call has a pid (reply_to.pid) that a process may link to or monitor:
+ * when the call ends, the link and the monitor fire like any other (and nothing leaks). */
+static atomic_int waiter_exit, waiter_down;
+static void links_callers(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    (void)state;
+    ar_ref_t ref;
+    if (m->kind == AR_MSG_CALL) {
+        ar_trap_exit(self, true);
+        ar_link(self, m->reply_to.pid);
+        ar_monitor(self, m->reply_to.pid, &ref);
+        ar_reply(ar_node(self), m->reply_to, NULL, 0);
+    } else if (m->kind == AR_MSG_EXIT && m->reason.code == AR_NOPROC) {
+        atomic_fetch_add(&waiter_exit, 1);
+    } else if (m->kind == AR_MSG_DOWN && m->reason.code == AR_NOPROC) {
+        atomic_fetch_add(&waiter_down, 1);
+    }
+}
+static const ar_behaviour_t links_callers_b = {"links_callers", NULL, links_callers, NULL};
+
+Test(signal, link_and_monitor_on_a_foreign_call_fire_when_the_call_ends, .timeout = TH_TIMEOUT)
+{
+    ar_node_t *node = th_node(2);
+    ar_pid_t p = th_spawn(node, &links_callers_b, NULL);
+    for (int i = 0; i < 3; i++) {
+        ar_buf_t r = {0};
+        cr_assert_eq(ar_call(node, p, 1, NULL, 0, &r, TH_WAIT_MS), 0);
+        ar_buf_free(&r);
+    }
+    th_await(atomic_load(&waiter_exit) == 3 && atomic_load(&waiter_down) == 3);
+    th_await(info_of(node, p).links == 0 && info_of(node, p).monitors == 0);
+    th_node_stop(node);
+}
