@@ -34,12 +34,12 @@ static bool call_pred(ar__env_t *e, void *arg)
            e->msg.ref == ref;
 }
 
-/* The target took the CALL and owes an answer until told otherwise: unless it answered
- * itself (or is gone), tell it the call is over, so its death no longer concerns us. */
+/* The target may have taken the CALL and owe an answer: unless its answer says it is
+ * settled (it answered itself, or it is gone), tell it the call is over. */
 static void release_target(ar_node_t *node, ar_pid_t self, ar_pid_t to, ar_ref_t ref,
-                           ar__env_t *e)
+                           const ar__env_t *answer)
 {
-    if (e->kind == ENV_MSG && (e->flags & ENVF_RELEASED)) return;
+    if (answer && answer->kind == ENV_MSG && (answer->flags & ENVF_RELEASED)) return;
     ar__signal_send(node, ENV_CALL_DONE, self, to, ref, AR_REASON(AR_NORMAL), 0);
 }
 
@@ -133,11 +133,8 @@ static int call_foreign(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *
         if (!got) rc = AR_ETIMEDOUT;
     }
     w->wait_ref = 0;
-    if (got || rc == AR_ETIMEDOUT) {
-        /* a timed-out call is over too: tell the target (the wake-up is a stand-in) */
-        ar__env_t stand_in = {.kind = ENV_WAKE};
-        release_target(node, (ar_pid_t){node->pid_hi, lo}, to, ref, got ? got : &stand_in);
-    }
+    if (got || rc == AR_ETIMEDOUT) /* a timed-out call is over too */
+        release_target(node, (ar_pid_t){node->pid_hi, lo}, to, ref, got);
     if (got) rc = finish(got, reply);
     /* retire the waiter: later replies find it dead and are dropped; anyone who linked to
      * or monitored its pid (it is visible in reply_to) learns it is gone */
