@@ -6,8 +6,8 @@
  * - A stateless teller passes customers' requests on to the account, calling it from
  *   inside its own handler. It crashes (AR_FAIL) on a bad deposit slip: it holds nothing
  *   worth keeping, so it lets it crash, and the account is untouched.
- * - The teller's terminate callback reports its exit to an observer process, which
- *   answers main's "await exit" call (another deferred reply).
+ * - An observer process monitors the teller; the DOWN tells it how the teller ended,
+ *   and it answers main's "await exit" call with that (another deferred reply).
  *
  * Requests and replies are msgpack, packed and unpacked with msgpack-c. main checks every
  * answer and exits non-zero if anything is unexpected: `make demo` is a smoke test too.
@@ -27,8 +27,8 @@ enum {                   /* message tags */
     TAG_BALANCE,         /* CALL -> reply */
     TAG_STATEMENT,       /* CALL -> reply at the month end, with the interest paid */
     TAG_MONTH_END,       /* TIMER the account sets for itself */
-    TAG_EXIT_REPORT,     /* CAST to the observer: an exit report */
     TAG_AWAIT_EXIT,      /* CALL to the observer -> the next exit report */
+    TAG_WATCH,           /* CALL to the observer: monitor this pid, then answer */
 };
 
 #define MONTH_MS 50       /* a month, for the demo */
@@ -342,7 +342,7 @@ static const ar_behaviour_t account_behaviour = {
 /* ---- The teller -------------------------------------------------------------------- */
 
 struct teller_args { /* outlives the teller: its state is this pointer */
-    ar_pid_t account, observer;
+    ar_pid_t account;
 };
 
 static int teller_init(ar_proc_t *self, void *arg, void **state)
@@ -382,27 +382,10 @@ static void teller_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
     ar_buf_free(&reply);
 }
 
-/* Reports how the teller ended to the observer (links and monitors will do this). */
-static void teller_terminate(ar_proc_t *self, void *state, ar_reason_t why)
-{
-    const struct teller_args *t = state;
-    struct exit_report e;
-    msgpack_sbuffer sb;
-
-    ar_pid_format(ar_self(self), e.pid, sizeof e.pid);
-    snprintf(e.reason, sizeof e.reason, "%s", ar_exit_code_name(why.code));
-    snprintf(e.text, sizeof e.text, "%s", why.text ? why.text : "");
-    msgpack_sbuffer_init(&sb);
-    pack_report(&sb, &e);
-    ar_send(ar_node(self), t->observer, TAG_EXIT_REPORT, sb.data, sb.size);
-    msgpack_sbuffer_destroy(&sb);
-}
-
 static const ar_behaviour_t teller_behaviour = {
     .name = "teller",
     .init = teller_init,
     .handle = teller_handle,
-    .terminate = teller_terminate,
 };
 
 /* ---- The observer: hands exit reports to whoever awaits one ------------------------ */
@@ -420,20 +403,40 @@ static int observer_init(ar_proc_t *self, void *arg, void **state)
     return 0;
 }
 
+/* Keeps an exit report for the next AWAIT_EXIT call, or answers the one waiting. */
+static void observer_report(ar_proc_t *self, struct observer *o, const void *data, size_t len)
+{
+    if (len > sizeof o->report) return;
+    if (o->waiting) {
+        ar_reply(ar_node(self), o->waiter, data, len);
+        o->waiting = false;
+    } else {
+        memcpy(o->report, data, len);
+        o->len = len;
+        o->have_report = true;
+    }
+}
+
 static void observer_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
 {
     struct observer *o = state;
 
-    if (m->kind == AR_MSG_CAST && m->tag == TAG_EXIT_REPORT &&
-        m->len <= sizeof o->report) {
-        if (o->waiting) {
-            ar_reply(ar_node(self), o->waiter, m->data, m->len);
-            o->waiting = false;
-        } else {
-            memcpy(o->report, m->data, m->len);
-            o->len = m->len;
-            o->have_report = true;
-        }
+    if (m->kind == AR_MSG_CALL && m->tag == TAG_WATCH && m->len == sizeof(ar_pid_t)) {
+        ar_pid_t pid;
+        ar_ref_t ref;
+        memcpy(&pid, m->data, sizeof pid);
+        int rc = ar_monitor(self, pid, &ref); /* one DOWN when it ends, however it ends */
+        ar_reply(ar_node(self), m->reply_to, &rc, sizeof rc);
+    } else if (m->kind == AR_MSG_DOWN) {
+        struct exit_report e;
+        msgpack_sbuffer sb;
+        ar_pid_format(m->from, e.pid, sizeof e.pid);
+        snprintf(e.reason, sizeof e.reason, "%s", ar_exit_code_name(m->reason.code));
+        snprintf(e.text, sizeof e.text, "%s", m->reason.text ? m->reason.text : "");
+        msgpack_sbuffer_init(&sb);
+        pack_report(&sb, &e);
+        observer_report(self, o, sb.data, sb.size);
+        msgpack_sbuffer_destroy(&sb);
     } else if (m->kind == AR_MSG_CALL && m->tag == TAG_AWAIT_EXIT) {
         if (o->have_report) {
             ar_reply(ar_node(self), m->reply_to, o->report, o->len);
@@ -521,19 +524,6 @@ static void expect(const char *what, int rc, const struct reply *r, bool ok,
     check(rc == 0 && r->ok == ok && r->balance == balance, what);
 }
 
-/* The teller's report is sent from its terminate callback, so it may still be finishing
- * its exit when main reads the report: poll ar_proc_info, for two seconds at most. */
-static int wait_gone(ar_node_t *node, ar_pid_t pid)
-{
-    ar_proc_info_t info;
-    int rc = ar_proc_info(node, pid, &info);
-    for (int i = 0; i < 2000 && rc == 0; i++) {
-        nanosleep(&(struct timespec){0, 1000000}, NULL);
-        rc = ar_proc_info(node, pid, &info);
-    }
-    return rc;
-}
-
 int main(void)
 {
     ar_node_config_t cfg;
@@ -582,11 +572,20 @@ int main(void)
     /* A teller in front of the account, and an observer to hear of the teller's end. */
     rc = ar_spawn(node, &observer_behaviour, &observer_state, NULL, &observer);
     check(rc == 0, "spawn observer");
-    teller_args = (struct teller_args){.account = account, .observer = observer};
+    teller_args = (struct teller_args){.account = account};
     rc = ar_spawn(node, &teller_behaviour, &teller_args, NULL, &teller);
     check(rc == 0, "spawn teller");
     ar_pid_format(teller, pid, sizeof pid);
     printf("\nteller %s passes requests on to the account\n", pid);
+    {
+        ar_buf_t watch;
+        int mrc = -1;
+        rc = ar_call(node, observer, TAG_WATCH, &teller, sizeof teller, &watch, CALL_MS);
+        if (rc == 0 && watch.len == sizeof mrc) memcpy(&mrc, watch.data, sizeof mrc);
+        if (rc == 0) ar_buf_free(&watch);
+        printf("  %-28s %s\n", "observer monitors it", ar_err_name(mrc));
+        check(rc == 0 && mrc == 0, "the observer monitors the teller");
+    }
     rc = bank_call(node, teller, TAG_DEPOSIT, 2500, &r);
     expect("deposit 25.00 via teller", rc, &r, true, 14500);
     rc = bank_call(node, teller, TAG_WITHDRAW, 20000, &r);
@@ -624,7 +623,8 @@ int main(void)
               "the teller crashed with AR_ERROR and the AR_FAIL text");
         ar_buf_free(&reply);
     }
-    rc = wait_gone(node, teller);
+    /* a process is dead by the time its DOWN is seen */
+    rc = ar_proc_info(node, teller, &(ar_proc_info_t){0});
     printf("  %-28s %s\n", "ar_proc_info(teller)", ar_err_name(rc));
     check(rc == AR_ENOPROC, "ar_proc_info of the dead teller");
     rc = bank_call(node, teller, TAG_BALANCE, 0, &r);
