@@ -278,6 +278,64 @@ AR_EXTERN int ar_demonitor(ar_proc_t *self, ar_ref_t ref, bool flush);
  * trapping, exit signals (but AR_KILL from ar_exit) arrive as AR_MSG_EXIT messages. */
 AR_EXTERN bool ar_trap_exit(ar_proc_t *self, bool on);
 
+/* ---- Supervisors (supervisors/, written on this API alone) ------------------------- */
+typedef enum { AR_ONE_FOR_ONE, AR_ONE_FOR_ALL, AR_REST_FOR_ONE, AR_SIMPLE_ONE_FOR_ONE } ar_strategy_t;
+typedef enum { AR_PERMANENT, AR_TRANSIENT, AR_TEMPORARY } ar_restart_t;
+typedef enum {
+    AR_AUTO_SHUTDOWN_NEVER,
+    AR_AUTO_SHUTDOWN_ANY,
+    AR_AUTO_SHUTDOWN_ALL
+} ar_auto_shutdown_t;
+#define AR_SHUTDOWN_BRUTAL (-1)   /* kill at once */
+#define AR_SHUTDOWN_INFINITY (-2) /* wait for as long as it takes */
+#define AR_NO_RESTARTS (-1)       /* intensity: the first restart gives up */
+typedef enum { AR_WORKER, AR_SUPERVISOR } ar_child_type_t;
+typedef struct ar_child_spec { /* zero fields take OTP's defaults */
+    const char *id;
+    const ar_behaviour_t *behaviour;
+    void *arg;            /* a nested supervisor: &ar_supervisor, &spec */
+    ar_restart_t restart; /* AR_PERMANENT */
+    int shutdown_ms;      /* 0: 5000 for workers, infinity for supervisors */
+    ar_child_type_t type; /* children of &ar_supervisor are supervisors */
+    bool significant;
+} ar_child_spec_t;
+typedef struct ar_sup_spec {
+    ar_strategy_t strategy;
+    int intensity, period_ms; /* 0: defaults 1 and 5000, as OTP */
+    ar_auto_shutdown_t auto_shutdown;
+    int backoff_min_ms, backoff_max_ms; /* 0, 0: restart at once, as OTP */
+    const ar_child_spec_t *children;
+    size_t nchildren;
+} ar_sup_spec_t;
+AR_EXTERN extern const ar_behaviour_t ar_supervisor; /* arg: const ar_sup_spec_t * */
+/* Starts a supervisor (its children in order). AR_EINVAL for an invalid spec, before
+ * anything starts; a child's start error as is, with nothing left behind. */
+AR_EXTERN int ar_sup_start(ar_node_t *node, const ar_sup_spec_t *spec,
+                           const ar_spawn_opts_t *o, ar_pid_t *out);
+/* Stops its children in reverse order, then the supervisor ends with AR_SHUTDOWN. */
+AR_EXTERN int ar_sup_stop(ar_node_t *node, ar_pid_t sup, int timeout_ms);
+AR_EXTERN int ar_sup_start_child(ar_node_t *node, ar_pid_t sup, const ar_child_spec_t *spec,
+                                 void *arg, ar_pid_t *child);
+AR_EXTERN int ar_sup_terminate_child(ar_node_t *node, ar_pid_t sup, const char *id,
+                                     ar_pid_t child);
+AR_EXTERN int ar_sup_restart_child(ar_node_t *node, ar_pid_t sup, const char *id,
+                                   ar_pid_t *child);
+AR_EXTERN int ar_sup_delete_child(ar_node_t *node, ar_pid_t sup, const char *id);
+typedef struct ar_child_info {
+    char id[AR_NAME_MAX];
+    ar_pid_t pid; /* AR_PID_NONE: stopped */
+    bool restarting;
+    ar_restart_t restart;
+    ar_child_type_t type;
+} ar_child_info_t;
+/* Fills up to cap entries in start order; *n is how many there are. */
+AR_EXTERN int ar_sup_which_children(ar_node_t *node, ar_pid_t sup, ar_child_info_t *out,
+                                    size_t cap, size_t *n);
+typedef struct ar_child_counts {
+    size_t specs, active, supervisors, workers;
+} ar_child_counts_t;
+AR_EXTERN int ar_sup_count_children(ar_node_t *node, ar_pid_t sup, ar_child_counts_t *out);
+
 /* ---- Introspection ----------------------------------------------------------------- */
 typedef struct ar_proc_info {
     ar_pid_t pid, parent;

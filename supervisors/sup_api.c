@@ -1,0 +1,125 @@
+/* The ar_sup_* calls: each is an ar_call to the supervisor process (so they work from
+ * any thread or process), answered by supervisor.c. A dead supervisor: AR_ENOPROC. */
+#include "sup_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define SUP_CALL_MS AR_INFINITY /* a supervisor answers once its children did what it asked */
+
+static int ask(ar_node_t *node, ar_pid_t sup, uint32_t tag, const ar__sup_req_t *q,
+               ar__sup_reply_t *r)
+{
+    ar_buf_t b;
+    int rc = ar_call(node, sup, tag, q, sizeof *q, &b, SUP_CALL_MS);
+    if (rc) return rc;
+    if (b.len != sizeof *r) {
+        ar_buf_free(&b);
+        return AR_EBADMSG;
+    }
+    memcpy(r, b.data, sizeof *r);
+    ar_buf_free(&b);
+    return r->rc;
+}
+
+static int with_id(ar__sup_req_t *q, const char *id)
+{
+    if (!id || !id[0] || strlen(id) >= AR_NAME_MAX) return AR_EINVAL;
+    memcpy(q->id, id, strlen(id) + 1);
+    return 0;
+}
+
+int ar_sup_start(ar_node_t *node, const ar_sup_spec_t *spec, const ar_spawn_opts_t *o,
+                 ar_pid_t *out)
+{
+    if (!node) return AR_EINVAL;
+    int rc = ar__sup_check_spec(spec); /* before anything starts */
+    if (rc) return rc;
+    return ar_spawn(node, &ar_supervisor, (void *)spec, o, out);
+}
+
+int ar_sup_stop(ar_node_t *node, ar_pid_t sup, int timeout_ms)
+{
+    (void)timeout_ms; /* each child's own shutdown policy bounds the wait */
+    if (!node) return AR_EINVAL;
+    ar__sup_req_t q = {0};
+    ar__sup_reply_t r;
+    return ask(node, sup, AR__SUP_STOP, &q, &r);
+}
+
+int ar_sup_start_child(ar_node_t *node, ar_pid_t sup, const ar_child_spec_t *spec, void *arg,
+                       ar_pid_t *child)
+{
+    if (!node) return AR_EINVAL;
+    ar__sup_req_t q = {0};
+    ar__sup_reply_t r = {0};
+    if (spec) q.spec = *spec;
+    q.arg = arg;
+    int rc = ask(node, sup, AR__SUP_START, &q, &r);
+    if (child && (rc == 0 || rc == AR_EEXIST)) *child = r.pid;
+    return rc;
+}
+
+int ar_sup_terminate_child(ar_node_t *node, ar_pid_t sup, const char *id, ar_pid_t child)
+{
+    if (!node) return AR_EINVAL;
+    ar__sup_req_t q = {0};
+    ar__sup_reply_t r;
+    if (id && with_id(&q, id)) return AR_EINVAL;
+    q.pid = child;
+    return ask(node, sup, AR__SUP_TERMINATE, &q, &r);
+}
+
+int ar_sup_restart_child(ar_node_t *node, ar_pid_t sup, const char *id, ar_pid_t *child)
+{
+    if (!node) return AR_EINVAL;
+    ar__sup_req_t q = {0};
+    ar__sup_reply_t r = {0};
+    if (with_id(&q, id)) return AR_EINVAL;
+    int rc = ask(node, sup, AR__SUP_RESTART, &q, &r);
+    if (child && rc == 0) *child = r.pid;
+    return rc;
+}
+
+int ar_sup_delete_child(ar_node_t *node, ar_pid_t sup, const char *id)
+{
+    if (!node) return AR_EINVAL;
+    ar__sup_req_t q = {0};
+    ar__sup_reply_t r;
+    if (with_id(&q, id)) return AR_EINVAL;
+    return ask(node, sup, AR__SUP_DELETE, &q, &r);
+}
+
+int ar_sup_which_children(ar_node_t *node, ar_pid_t sup, ar_child_info_t *out, size_t cap,
+                          size_t *n)
+{
+    if (!node || !n || (cap && !out)) return AR_EINVAL;
+    ar__sup_req_t q = {0};
+    ar_buf_t b;
+    int rc = ar_call(node, sup, AR__SUP_WHICH, &q, sizeof q, &b, SUP_CALL_MS);
+    if (rc) return rc;
+    size_t have;
+    if (b.len < sizeof have) {
+        ar_buf_free(&b);
+        return b.len == sizeof(ar__sup_reply_t) ? AR_ENOMEM : AR_EBADMSG;
+    }
+    memcpy(&have, b.data, sizeof have);
+    if (b.len != sizeof have + have * sizeof *out) {
+        ar_buf_free(&b);
+        return AR_EBADMSG;
+    }
+    memcpy(out, (char *)b.data + sizeof have, (have < cap ? have : cap) * sizeof *out);
+    *n = have;
+    ar_buf_free(&b);
+    return 0;
+}
+
+int ar_sup_count_children(ar_node_t *node, ar_pid_t sup, ar_child_counts_t *out)
+{
+    if (!node || !out) return AR_EINVAL;
+    ar__sup_req_t q = {0};
+    ar__sup_reply_t r = {0};
+    int rc = ask(node, sup, AR__SUP_COUNT, &q, &r);
+    if (rc == 0) *out = r.counts;
+    return rc;
+}

@@ -1,0 +1,563 @@
+/* The supervisor behaviour, written on arbor's public API alone (as OTP's supervisor.erl
+ * is written in Erlang).
+ *
+ * A supervisor traps exits and links its children (spawn with .link). Children are kept
+ * in start order. When a child ends, the restart type decides whether it comes back, the
+ * restart intensity decides whether the supervisor may restart at all, and the strategy
+ * decides who restarts with it (SEMANTICS.md section 3). Stopping a child: monitor it,
+ * unlink it (and drop an EXIT of it already queued), send the exit its shutdown policy
+ * says, wait for the DOWN.
+ *
+ * The ar_sup_* calls (sup_api.c) reach the supervisor as CALLs with the tags below.
+ */
+#include "sup_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+typedef struct child {
+    char *id;
+    const ar_behaviour_t *b;
+    void *arg;
+    ar_restart_t restart;
+    int shutdown_ms;
+    ar_child_type_t type;
+    bool significant;
+    ar_pid_t pid; /* AR_PID_NONE: not running */
+    bool restarting;
+    unsigned backoffs;     /* consecutive restarts, for the backoff delay */
+    uint64_t last_restart; /* ms */
+} child_t;
+
+typedef struct sup {
+    ar_strategy_t strategy;
+    int intensity, period_ms;
+    ar_auto_shutdown_t auto_shutdown;
+    int backoff_min_ms, backoff_max_ms;
+    uint64_t rng; /* jitter */
+    ar_pid_t parent;
+    child_t template_; /* simple_one_for_one */
+    child_t **kids;    /* start order */
+    size_t n, cap;
+    uint64_t *hist; /* restart times, oldest first, within the period */
+    size_t nhist, hist_cap;
+} sup_t;
+
+/* ---- specs ---- */
+int ar__sup_check_child(const ar_child_spec_t *c)
+{
+    if (!c || !c->id || !c->id[0] || strlen(c->id) >= AR_NAME_MAX || !c->behaviour ||
+        !c->behaviour->handle)
+        return AR_EINVAL;
+    if (c->restart > AR_TEMPORARY || c->type > AR_SUPERVISOR) return AR_EINVAL;
+    if (c->shutdown_ms < AR_SHUTDOWN_INFINITY) return AR_EINVAL;
+    if (c->significant && c->restart == AR_PERMANENT) return AR_EINVAL;
+    return 0;
+}
+
+int ar__sup_check_spec(const ar_sup_spec_t *s)
+{
+    if (!s || s->strategy > AR_SIMPLE_ONE_FOR_ONE || s->intensity < AR_NO_RESTARTS ||
+        s->period_ms < 0 || s->auto_shutdown > AR_AUTO_SHUTDOWN_ALL)
+        return AR_EINVAL;
+    if (s->nchildren && !s->children) return AR_EINVAL;
+    if (s->strategy == AR_SIMPLE_ONE_FOR_ONE && s->nchildren != 1) return AR_EINVAL;
+    for (size_t i = 0; i < s->nchildren; i++) {
+        int rc = ar__sup_check_child(&s->children[i]);
+        if (rc) return rc;
+        if (s->children[i].significant && s->auto_shutdown == AR_AUTO_SHUTDOWN_NEVER)
+            return AR_EINVAL;
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(s->children[i].id, s->children[j].id) == 0) return AR_EINVAL;
+    }
+    return 0;
+}
+
+/* A child record from a spec, with OTP's defaults for zero fields. */
+static child_t *child_new(const ar_child_spec_t *c)
+{
+    child_t *k = calloc(1, sizeof *k);
+    if (!k || !(k->id = strdup(c->id))) {
+        free(k);
+        return NULL;
+    }
+    k->b = c->behaviour;
+    k->arg = c->arg;
+    k->restart = c->restart;
+    k->type = c->behaviour == &ar_supervisor ? AR_SUPERVISOR : c->type;
+    k->shutdown_ms = c->shutdown_ms ? c->shutdown_ms
+                                    : (k->type == AR_SUPERVISOR ? AR_SHUTDOWN_INFINITY : 5000);
+    k->significant = c->significant;
+    return k;
+}
+
+static void child_free(child_t *k)
+{
+    if (k) free(k->id);
+    free(k);
+}
+
+static ssize_t index_of(sup_t *s, const child_t *k)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (s->kids[i] == k) return (ssize_t)i;
+    return -1;
+}
+
+static child_t *by_id(sup_t *s, const char *id)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (strcmp(s->kids[i]->id, id) == 0) return s->kids[i];
+    return NULL;
+}
+
+static child_t *by_pid(sup_t *s, ar_pid_t pid)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (ar_pid_eq(s->kids[i]->pid, pid)) return s->kids[i];
+    return NULL;
+}
+
+static int append(sup_t *s, child_t *k)
+{
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 8;
+        child_t **n = realloc(s->kids, cap * sizeof *n);
+        if (!n) return AR_ENOMEM;
+        s->kids = n;
+        s->cap = cap;
+    }
+    s->kids[s->n++] = k;
+    return 0;
+}
+
+static void drop(sup_t *s, child_t *k)
+{
+    ssize_t i = index_of(s, k);
+    if (i < 0) return;
+    memmove(&s->kids[i], &s->kids[i + 1], (s->n - (size_t)i - 1) * sizeof *s->kids);
+    s->n--;
+    child_free(k);
+}
+
+/* ---- starting and stopping one child ---- */
+static int start_one(ar_proc_t *self, child_t *k)
+{
+    ar_spawn_opts_t o = {.link = true};
+    ar_pid_t pid;
+    int rc = ar_spawn(ar_node(self), k->b, k->arg, &o, &pid);
+    if (rc == 0) {
+        k->pid = pid;
+        k->restarting = false;
+    }
+    return rc;
+}
+
+static bool exit_from(const ar_msg_t *m, void *ud)
+{
+    return m->kind == AR_MSG_EXIT && ar_pid_eq(m->from, *(ar_pid_t *)ud);
+}
+
+static bool down_of(const ar_msg_t *m, void *ud)
+{
+    return m->kind == AR_MSG_DOWN && m->ref == *(ar_ref_t *)ud;
+}
+
+static void wait_down(ar_proc_t *self, ar_ref_t ref, int ms, bool *timed_out)
+{
+    ar_msg_t *m = NULL;
+    int rc = ar_receive(self, down_of, &ref, ms, &m);
+    if (rc == 0) ar_msg_release(self, m);
+    if (timed_out) *timed_out = rc == AR_ETIMEDOUT;
+}
+
+/* Stops a running child by its shutdown policy; its end is neither restarted nor reported. */
+static void stop_one(ar_proc_t *self, child_t *k)
+{
+    if (ar_pid_is_none(k->pid)) return;
+    ar_node_t *node = ar_node(self);
+    ar_pid_t pid = k->pid;
+    ar_ref_t ref;
+    ar_monitor(self, pid, &ref);
+    ar_unlink(self, pid);
+    ar_msg_t *m = NULL; /* an EXIT of it already queued is not a crash to act on */
+    while (ar_receive(self, exit_from, &pid, 0, &m) == 0) ar_msg_release(self, m);
+    if (k->shutdown_ms == AR_SHUTDOWN_BRUTAL) {
+        ar_exit(node, pid, AR_REASON(AR_KILL));
+        wait_down(self, ref, AR_INFINITY, NULL);
+    } else {
+        bool late = false;
+        ar_exit(node, pid, AR_REASON(AR_SHUTDOWN));
+        wait_down(self, ref, k->shutdown_ms == AR_SHUTDOWN_INFINITY ? AR_INFINITY : k->shutdown_ms,
+                  &late);
+        if (late) { /* it did not stop in time: kill it */
+            ar_exit(node, pid, AR_REASON(AR_KILL));
+            wait_down(self, ref, AR_INFINITY, NULL);
+        }
+    }
+    k->pid = AR_PID_NONE;
+}
+
+/* Stops the children at [from, n) in reverse start order. */
+static void stop_from(ar_proc_t *self, sup_t *s, size_t from)
+{
+    for (size_t i = s->n; i-- > from;) stop_one(self, s->kids[i]);
+}
+
+/* ---- restarts ---- */
+/* Records a restart; false if it would be more than `intensity` within the period. */
+static bool may_restart(sup_t *s)
+{
+    uint64_t now = now_ms(), keep = 0;
+    /* the oldest are first: drop those out of the period (amortised O(1)) */
+    while (keep < s->nhist && now - s->hist[keep] > (uint64_t)s->period_ms) keep++;
+    if (keep) {
+        memmove(s->hist, s->hist + keep, (s->nhist - keep) * sizeof *s->hist);
+        s->nhist -= keep;
+    }
+    if ((int)s->nhist >= s->intensity) return false;
+    if (s->nhist == s->hist_cap) {
+        size_t cap = s->hist_cap ? s->hist_cap * 2 : 8;
+        uint64_t *h = realloc(s->hist, cap * sizeof *h);
+        if (!h) return false;
+        s->hist = h;
+        s->hist_cap = cap;
+    }
+    s->hist[s->nhist++] = now;
+    return true;
+}
+
+static void give_up(ar_proc_t *self, sup_t *s)
+{
+    stop_from(self, s, 0);
+    ar_stop(self, AR_REASON(AR_SHUTDOWN));
+}
+
+/* Backoff (beyond OTP): the n-th consecutive restart of a child waits min * 2^(n-1) ms,
+ * capped at max, +-20% jitter; n starts again after a quiet period. */
+static int backoff_ms(sup_t *s, child_t *k)
+{
+    uint64_t now = now_ms();
+    if (now - k->last_restart > (uint64_t)s->period_ms) k->backoffs = 0;
+    k->last_restart = now;
+    unsigned n = k->backoffs++;
+    uint64_t d = (uint64_t)s->backoff_min_ms << (n < 20 ? n : 20);
+    if (s->backoff_max_ms && d > (uint64_t)s->backoff_max_ms) d = (uint64_t)s->backoff_max_ms;
+    s->rng ^= s->rng << 13, s->rng ^= s->rng >> 7, s->rng ^= s->rng << 17;
+    int64_t jitter = (int64_t)(s->rng % (d * 2 / 5 + 1)) - (int64_t)(d / 5);
+    return (int)((int64_t)d + jitter);
+}
+
+/* Tries k again later, through the mailbox, so calls and shutdown are served meanwhile;
+ * it shows as restarting until then. */
+static void retry_later(ar_proc_t *self, sup_t *s, child_t *k)
+{
+    k->restarting = true;
+    if (s->backoff_min_ms > 0)
+        ar_send_after(ar_node(self), backoff_ms(s, k), ar_self(self), AR__SUP_RETRY, &k, sizeof k,
+                      NULL);
+    else
+        ar_send(ar_node(self), ar_self(self), AR__SUP_RETRY, &k, sizeof k);
+}
+
+/* Starts k again (now, or after its backoff); a failed start is retried the same way. */
+static void restart_one(ar_proc_t *self, sup_t *s, child_t *k)
+{
+    if (s->backoff_min_ms > 0 && !k->restarting) {
+        retry_later(self, s, k); /* intensity is counted when the attempt is made */
+        return;
+    }
+    if (start_one(self, k) != 0) retry_later(self, s, k);
+}
+
+/* Restarts the children at [from, n) in start order (temporary bystanders go). */
+static void restart_from(ar_proc_t *self, sup_t *s, size_t from, child_t *dead)
+{
+    for (size_t i = from; i < s->n;) {
+        child_t *k = s->kids[i];
+        if (k != dead && k->restart == AR_TEMPORARY) {
+            drop(s, k);
+            continue;
+        }
+        if (start_one(self, k) != 0) retry_later(self, s, k); /* one group restart, counted once */
+        i++;
+    }
+}
+
+/* A significant child ended for good: with auto_shutdown ANY the supervisor stops; with
+ * ALL, when it was the last significant child running. */
+static bool significant_end(ar_proc_t *self, sup_t *s, child_t *k)
+{
+    if (!k->significant || s->auto_shutdown == AR_AUTO_SHUTDOWN_NEVER) return false;
+    if (s->auto_shutdown == AR_AUTO_SHUTDOWN_ALL)
+        for (size_t i = 0; i < s->n; i++)
+            if (s->kids[i] != k && s->kids[i]->significant && !ar_pid_is_none(s->kids[i]->pid))
+                return false;
+    give_up(self, s);
+    return true;
+}
+
+static void child_ended(ar_proc_t *self, sup_t *s, child_t *k, ar_reason_t why)
+{
+    k->pid = AR_PID_NONE;
+    if (k->restart == AR_TEMPORARY ||
+        (k->restart == AR_TRANSIENT && (why.code == AR_NORMAL || why.code == AR_SHUTDOWN))) {
+        if (significant_end(self, s, k)) return;
+        if (k->restart == AR_TEMPORARY || s->strategy == AR_SIMPLE_ONE_FOR_ONE) drop(s, k);
+        return;
+    }
+    if (s->backoff_min_ms > 0 && (s->strategy == AR_ONE_FOR_ONE || s->strategy == AR_SIMPLE_ONE_FOR_ONE)) {
+        restart_one(self, s, k); /* after its backoff; intensity counted then */
+        return;
+    }
+    if (!may_restart(s)) {
+        give_up(self, s);
+        return;
+    }
+    ssize_t at = index_of(s, k);
+    switch (s->strategy) {
+    case AR_ONE_FOR_ONE:
+    case AR_SIMPLE_ONE_FOR_ONE:
+        k->restarting = true; /* counted above: start now */
+        restart_one(self, s, k);
+        break;
+    case AR_ONE_FOR_ALL:
+        stop_from(self, s, 0);
+        restart_from(self, s, 0, k);
+        break;
+    case AR_REST_FOR_ONE:
+        stop_from(self, s, (size_t)at + 1);
+        restart_from(self, s, (size_t)at, k);
+        break;
+    }
+}
+
+/* ---- the behaviour ---- */
+static int sup_init(ar_proc_t *self, void *arg, void **state)
+{
+    const ar_sup_spec_t *spec = arg;
+    int rc = ar__sup_check_spec(spec);
+    if (rc) return rc;
+    sup_t *s = calloc(1, sizeof *s);
+    if (!s) return AR_ENOMEM;
+    s->strategy = spec->strategy;
+    s->intensity = spec->intensity == AR_NO_RESTARTS ? 0 : (spec->intensity ? spec->intensity : 1);
+    s->period_ms = spec->period_ms ? spec->period_ms : 5000;
+    s->auto_shutdown = spec->auto_shutdown;
+    s->backoff_min_ms = spec->backoff_min_ms;
+    s->backoff_max_ms = spec->backoff_max_ms;
+    s->rng = ar_self(self).lo * 0x9E3779B97F4A7C15ull | 1;
+    ar_proc_info_t info;
+    if (ar_proc_info(ar_node(self), ar_self(self), &info) == 0) s->parent = info.parent;
+    ar_trap_exit(self, true);
+    *state = s;
+    if (s->strategy == AR_SIMPLE_ONE_FOR_ONE) {
+        child_t *t = child_new(&spec->children[0]);
+        if (!t) goto fail;
+        s->template_ = *t;
+        free(t);
+        return 0;
+    }
+    for (size_t i = 0; i < spec->nchildren; i++) {
+        child_t *k = child_new(&spec->children[i]);
+        if (!k || append(s, k) != 0) {
+            child_free(k);
+            rc = AR_ENOMEM;
+            goto fail;
+        }
+        if ((rc = start_one(self, k)) != 0) goto fail;
+    }
+    return 0;
+fail: /* the started ones stop in reverse order; nothing is left behind */
+    stop_from(self, s, 0);
+    for (size_t i = 0; i < s->n; i++) child_free(s->kids[i]);
+    free(s->kids);
+    free(s->template_.id);
+    free(s);
+    *state = NULL;
+    return rc ? rc : AR_ENOMEM;
+}
+
+static void reply(ar_proc_t *self, const ar_msg_t *m, const ar__sup_reply_t *r)
+{
+    ar_reply(ar_node(self), m->reply_to, r, sizeof *r);
+}
+
+static void handle_call(ar_proc_t *self, sup_t *s, const ar_msg_t *m)
+{
+    ar__sup_reply_t r = {0};
+    const ar__sup_req_t *q = m->data;
+    bool simple = s->strategy == AR_SIMPLE_ONE_FOR_ONE;
+    if (m->len < sizeof *q && m->tag != AR__SUP_WHICH) {
+        r.rc = AR_EINVAL;
+        reply(self, m, &r);
+        return;
+    }
+    child_t *k = NULL;
+    switch (m->tag) {
+    case AR__SUP_START: {
+        child_t *nk;
+        if (simple) {
+            nk = calloc(1, sizeof *nk);
+            if (nk) *nk = s->template_, nk->id = strdup(s->template_.id), nk->arg = q->arg;
+        } else {
+            if ((r.rc = ar__sup_check_child(&q->spec)) != 0) break;
+            if ((k = by_id(s, q->spec.id)) != NULL) {
+                r.rc = ar_pid_is_none(k->pid) ? AR_EALREADY : AR_EEXIST;
+                r.pid = k->pid;
+                break;
+            }
+            nk = child_new(&q->spec);
+        }
+        if (!nk || !nk->id || append(s, nk) != 0) {
+            if (nk) child_free(nk);
+            r.rc = AR_ENOMEM;
+            break;
+        }
+        if ((r.rc = start_one(self, nk)) != 0) {
+            s->n--;
+            child_free(nk);
+            break;
+        }
+        r.pid = nk->pid;
+        break;
+    }
+    case AR__SUP_TERMINATE:
+        if (simple) {
+            if (!(k = by_pid(s, q->pid))) {
+                r.rc = AR_ENOENT;
+                break;
+            }
+            stop_one(self, k);
+            drop(s, k);
+            break;
+        }
+        if (!(k = by_id(s, q->id))) {
+            r.rc = AR_ENOENT;
+            break;
+        }
+        stop_one(self, k);
+        k->restarting = false;
+        if (k->restart == AR_TEMPORARY) drop(s, k);
+        break;
+    case AR__SUP_RESTART:
+        if (simple) {
+            r.rc = AR_ENOTSUP;
+        } else if (!(k = by_id(s, q->id))) {
+            r.rc = AR_ENOENT;
+        } else if (!ar_pid_is_none(k->pid) || k->restarting) {
+            r.rc = AR_EBUSY;
+        } else if ((r.rc = start_one(self, k)) == 0) {
+            r.pid = k->pid;
+        }
+        break;
+    case AR__SUP_DELETE:
+        if (simple) {
+            r.rc = AR_ENOTSUP;
+        } else if (!(k = by_id(s, q->id))) {
+            r.rc = AR_ENOENT;
+        } else if (!ar_pid_is_none(k->pid) || k->restarting) {
+            r.rc = AR_EBUSY;
+        } else {
+            drop(s, k);
+        }
+        break;
+    case AR__SUP_COUNT:
+        r.counts.specs = simple ? 1 : s->n;
+        for (size_t i = 0; i < s->n; i++) {
+            if (!ar_pid_is_none(s->kids[i]->pid)) r.counts.active++;
+            if (s->kids[i]->type == AR_SUPERVISOR)
+                r.counts.supervisors++;
+            else
+                r.counts.workers++;
+        }
+        if (simple) r.counts.specs = s->n; /* OTP counts each dynamic child */
+        break;
+    case AR__SUP_WHICH: {
+        size_t bytes = sizeof(size_t) + s->n * sizeof(ar_child_info_t);
+        char *buf = calloc(1, bytes);
+        if (!buf) {
+            r.rc = AR_ENOMEM;
+            break;
+        }
+        memcpy(buf, &s->n, sizeof(size_t));
+        ar_child_info_t *out = (ar_child_info_t *)(buf + sizeof(size_t));
+        for (size_t i = 0; i < s->n; i++) {
+            snprintf(out[i].id, sizeof out[i].id, "%s", s->kids[i]->id);
+            out[i].pid = s->kids[i]->pid;
+            out[i].restarting = s->kids[i]->restarting;
+            out[i].restart = s->kids[i]->restart;
+            out[i].type = s->kids[i]->type;
+        }
+        ar_reply(ar_node(self), m->reply_to, buf, bytes);
+        free(buf);
+        return;
+    }
+    case AR__SUP_STOP:
+        stop_from(self, s, 0);
+        reply(self, m, &r);
+        ar_stop(self, AR_REASON(AR_SHUTDOWN));
+        return;
+    default:
+        r.rc = AR_EINVAL;
+    }
+    reply(self, m, &r);
+}
+
+static void sup_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    sup_t *s = state;
+    if (m->kind == AR_MSG_CALL) {
+        handle_call(self, s, m);
+    } else if (m->kind == AR_MSG_EXIT) {
+        child_t *k = by_pid(s, m->from);
+        if (k) {
+            child_ended(self, s, k, m->reason);
+        } else if ((ar_pid_eq(m->from, s->parent) || ar_pid_is_none(s->parent)) &&
+                   m->reason.code != AR_NORMAL) {
+            /* the parent (or, with none, anyone) asks us to stop: children first */
+            stop_from(self, s, 0);
+            ar_stop(self, m->reason);
+        } /* other processes' exits are no concern of a supervisor */
+    } else if ((m->kind == AR_MSG_CAST || m->kind == AR_MSG_TIMER) && m->tag == AR__SUP_RETRY &&
+               m->len == sizeof(child_t *) &&
+               (m->kind == AR_MSG_TIMER || ar_pid_eq(m->from, ar_self(self)))) {
+        child_t *k;
+        memcpy(&k, m->data, sizeof k);
+        if (index_of(s, k) < 0 || !k->restarting) return; /* deleted or handled since */
+        if (!may_restart(s)) {
+            give_up(self, s);
+            return;
+        }
+        restart_one(self, s, k);
+    }
+}
+
+static void sup_terminate(ar_proc_t *self, void *state, ar_reason_t why)
+{
+    sup_t *s = state;
+    if (!s) return;
+    /* killed: its children follow through their links; otherwise take them down in order */
+    if (why.code != AR_KILLED) stop_from(self, s, 0);
+    for (size_t i = 0; i < s->n; i++) child_free(s->kids[i]);
+    free(s->kids);
+    free(s->hist);
+    free(s->template_.id);
+    free(s);
+}
+
+const ar_behaviour_t ar_supervisor = {
+    .name = "supervisor",
+    .init = sup_init,
+    .handle = sup_handle,
+    .terminate = sup_terminate,
+};
