@@ -207,9 +207,82 @@ static void stop_one(ar_proc_t *self, child_t *k)
     k->pid = AR_PID_NONE;
 }
 
+static int cmp_ref(const void *a, const void *b)
+{
+    ar_ref_t x = *(const ar_ref_t *)a, y = *(const ar_ref_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static bool any_down(const ar_msg_t *m, void *ud)
+{
+    (void)ud;
+    return m->kind == AR_MSG_DOWN;
+}
+
+/* simple_one_for_one: all children are alike, so they stop together, under one timer:
+ * every one gets its exit at once, then the DOWNs are awaited until the template's
+ * shutdown time; whoever is left is killed. */
+static void stop_all_parallel(ar_proc_t *self, sup_t *s)
+{
+    ar_node_t *node = ar_node(self);
+    size_t n = 0;
+    ar_ref_t *refs = malloc((s->n ? s->n : 1) * sizeof *refs);
+    ar_pid_t *pids = malloc((s->n ? s->n : 1) * sizeof *pids);
+    bool *seen = calloc(s->n ? s->n : 1, sizeof *seen);
+    if (!refs || !pids || !seen) { /* no memory for the batch: one at a time */
+        free(refs);
+        free(pids);
+        free(seen);
+        for (size_t i = s->n; i-- > 0;) stop_one(self, s->kids[i]);
+        return;
+    }
+    int ms = s->template_.shutdown_ms;
+    for (size_t i = 0; i < s->n; i++) {
+        child_t *k = s->kids[i];
+        if (ar_pid_is_none(k->pid)) continue;
+        ar_monitor(self, k->pid, &refs[n]);
+        ar_unlink(self, k->pid);
+        ar_msg_t *m = NULL;
+        while (ar_receive(self, exit_from, &k->pid, 0, &m) == 0) ar_msg_release(self, m);
+        ar_exit(node, k->pid, AR_REASON(ms == AR_SHUTDOWN_BRUTAL ? AR_KILL : AR_SHUTDOWN));
+        pids[n++] = k->pid;
+        k->pid = AR_PID_NONE;
+    }
+    qsort(refs, n, sizeof *refs, cmp_ref);
+    size_t left = n;
+    uint64_t until = ms >= 0 ? now_ms() + (uint64_t)ms : 0;
+    bool killed = ms == AR_SHUTDOWN_BRUTAL;
+    while (left > 0) {
+        int wait = AR_INFINITY;
+        if (!killed && until) {
+            uint64_t now = now_ms();
+            wait = now >= until ? 0 : (int)(until - now);
+        }
+        ar_msg_t *m = NULL;
+        if (ar_receive(self, any_down, NULL, wait, &m) == 0) {
+            ar_ref_t *hit = bsearch(&m->ref, refs, n, sizeof *refs, cmp_ref);
+            if (hit && !seen[hit - refs]) {
+                seen[hit - refs] = true;
+                left--;
+            }
+            ar_msg_release(self, m);
+        } else if (!killed) { /* time is up: the rest are killed */
+            for (size_t i = 0; i < n; i++) ar_exit(node, pids[i], AR_REASON(AR_KILL));
+            killed = true;
+        }
+    }
+    free(refs);
+    free(pids);
+    free(seen);
+}
+
 /* Stops the children at [from, n) in reverse start order. */
 static void stop_from(ar_proc_t *self, sup_t *s, size_t from)
 {
+    if (s->strategy == AR_SIMPLE_ONE_FOR_ONE && from == 0) {
+        stop_all_parallel(self, s);
+        return;
+    }
     for (size_t i = s->n; i-- > from;) stop_one(self, s->kids[i]);
 }
 
@@ -288,8 +361,36 @@ static void restart_from(ar_proc_t *self, sup_t *s, size_t from, child_t *dead)
             drop(s, k);
             continue;
         }
-        if (start_one(self, k) != 0) retry_later(self, s, k); /* one group restart, counted once */
+        if (start_one(self, k) != 0) { /* the group start stops here; retried as a group */
+            retry_later(self, s, k);
+            return;
+        }
         i++;
+    }
+}
+
+/* A retry of a failed restart (counted against the intensity like any restart): the
+ * strategy's restart again, from the child that failed (OTP's try_again_restart). */
+static void retry(ar_proc_t *self, sup_t *s, child_t *k)
+{
+    if (!may_restart(s)) {
+        give_up(self, s);
+        return;
+    }
+    ssize_t at = index_of(s, k);
+    switch (s->strategy) {
+    case AR_ONE_FOR_ONE:
+    case AR_SIMPLE_ONE_FOR_ONE:
+        if (start_one(self, k) != 0) retry_later(self, s, k);
+        break;
+    case AR_ONE_FOR_ALL:
+        stop_from(self, s, 0);
+        restart_from(self, s, 0, k);
+        break;
+    case AR_REST_FOR_ONE:
+        stop_from(self, s, (size_t)at + 1);
+        restart_from(self, s, (size_t)at, k);
+        break;
     }
 }
 
@@ -433,8 +534,13 @@ static void handle_call(ar_proc_t *self, sup_t *s, const ar_msg_t *m)
     }
     case AR__SUP_TERMINATE:
         if (simple) {
-            if (!(k = by_pid(s, q->pid))) {
-                r.rc = AR_ENOENT;
+            if (q->id[0]) {
+                r.rc = AR_ENOTSUP; /* its children are known by pid only */
+                break;
+            }
+            if (!(k = by_pid(s, q->pid))) { /* gone already: fine; alive and not ours: no */
+                ar_proc_info_t pi;
+                r.rc = ar_proc_info(ar_node(self), q->pid, &pi) == AR_ENOPROC ? 0 : AR_ENOENT;
                 break;
             }
             stop_one(self, k);
@@ -480,7 +586,6 @@ static void handle_call(ar_proc_t *self, sup_t *s, const ar_msg_t *m)
             else
                 r.counts.workers++;
         }
-        if (simple) r.counts.specs = s->n; /* OTP counts each dynamic child */
         break;
     case AR__SUP_WHICH: {
         size_t bytes = sizeof(size_t) + s->n * sizeof(ar_child_info_t);
@@ -534,11 +639,7 @@ static void sup_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
         child_t *k;
         memcpy(&k, m->data, sizeof k);
         if (index_of(s, k) < 0 || !k->restarting) return; /* deleted or handled since */
-        if (!may_restart(s)) {
-            give_up(self, s);
-            return;
-        }
-        restart_one(self, s, k);
+        retry(self, s, k);
     }
 }
 
