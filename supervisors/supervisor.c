@@ -38,7 +38,79 @@ typedef struct child {
     uint64_t last_restart; /* ms */
 } child_t;
 
+/* Children by pid (lo word: local pids), so an exit is found in O(1) among 100k
+ * simple_one_for_one children: open addressing, backward-shift deletion. (The runtime has
+ * the same kind of map inside; supervisors use the public API alone.) */
+typedef struct pidmap {
+    uint64_t *keys;
+    child_t **vals;
+    size_t cap, n;
+} pidmap_t;
+
+static size_t pm_slot(uint64_t key, size_t cap) { return (size_t)(key ^ (key >> 32)) & (cap - 1); }
+
+static bool pm_put(pidmap_t *m, uint64_t key, child_t *v)
+{
+    if ((m->n + 1) * 4 > m->cap * 3) {
+        size_t cap = m->cap ? m->cap * 2 : 16;
+        uint64_t *k = calloc(cap, sizeof *k);
+        child_t **vv = calloc(cap, sizeof *vv);
+        if (!k || !vv) {
+            free(k);
+            free(vv);
+            return false;
+        }
+        for (size_t i = 0; i < m->cap; i++)
+            if (m->keys[i]) {
+                size_t j = pm_slot(m->keys[i], cap);
+                while (k[j]) j = (j + 1) & (cap - 1);
+                k[j] = m->keys[i];
+                vv[j] = m->vals[i];
+            }
+        free(m->keys);
+        free(m->vals);
+        m->keys = k;
+        m->vals = vv;
+        m->cap = cap;
+    }
+    size_t j = pm_slot(key, m->cap);
+    while (m->keys[j] && m->keys[j] != key) j = (j + 1) & (m->cap - 1);
+    if (!m->keys[j]) m->n++;
+    m->keys[j] = key;
+    m->vals[j] = v;
+    return true;
+}
+
+static child_t *pm_get(const pidmap_t *m, uint64_t key)
+{
+    if (!m->n) return NULL;
+    for (size_t j = pm_slot(key, m->cap); m->keys[j]; j = (j + 1) & (m->cap - 1))
+        if (m->keys[j] == key) return m->vals[j];
+    return NULL;
+}
+
+static void pm_del(pidmap_t *m, uint64_t key)
+{
+    if (!m->n) return;
+    size_t mask = m->cap - 1, j = pm_slot(key, m->cap);
+    while (m->keys[j] != key) {
+        if (!m->keys[j]) return;
+        j = (j + 1) & mask;
+    }
+    for (size_t i = (j + 1) & mask; m->keys[i]; i = (i + 1) & mask) {
+        size_t home = pm_slot(m->keys[i], m->cap);
+        if (((i - home) & mask) >= ((i - j) & mask)) {
+            m->keys[j] = m->keys[i];
+            m->vals[j] = m->vals[i];
+            j = i;
+        }
+    }
+    m->keys[j] = 0;
+    m->n--;
+}
+
 typedef struct sup {
+    pidmap_t by_pid;
     ar_strategy_t strategy;
     int intensity, period_ms;
     ar_auto_shutdown_t auto_shutdown;
@@ -122,9 +194,15 @@ static child_t *by_id(sup_t *s, const char *id)
 
 static child_t *by_pid(sup_t *s, ar_pid_t pid)
 {
-    for (size_t i = 0; i < s->n; i++)
-        if (ar_pid_eq(s->kids[i]->pid, pid)) return s->kids[i];
-    return NULL;
+    child_t *k = ar_pid_is_none(pid) ? NULL : pm_get(&s->by_pid, pid.lo);
+    return k && ar_pid_eq(k->pid, pid) ? k : NULL;
+}
+
+/* A child stops running: it is no longer found by its pid. */
+static void not_running(sup_t *s, child_t *k)
+{
+    if (!ar_pid_is_none(k->pid)) pm_del(&s->by_pid, k->pid.lo);
+    k->pid = AR_PID_NONE;
 }
 
 static int append(sup_t *s, child_t *k)
@@ -144,18 +222,23 @@ static void drop(sup_t *s, child_t *k)
 {
     ssize_t i = index_of(s, k);
     if (i < 0) return;
+    if (!ar_pid_is_none(k->pid)) pm_del(&s->by_pid, k->pid.lo);
     memmove(&s->kids[i], &s->kids[i + 1], (s->n - (size_t)i - 1) * sizeof *s->kids);
     s->n--;
     child_free(k);
 }
 
 /* ---- starting and stopping one child ---- */
-static int start_one(ar_proc_t *self, child_t *k)
+static int start_one(ar_proc_t *self, sup_t *s, child_t *k)
 {
     ar_spawn_opts_t o = {.link = true};
     ar_pid_t pid;
     int rc = ar_spawn(ar_node(self), k->b, k->arg, &o, &pid);
     if (rc == 0) {
+        if (!pm_put(&s->by_pid, pid.lo, k)) { /* cannot find it by pid: do not keep it */
+            ar_exit(ar_node(self), pid, AR_REASON(AR_KILL));
+            return AR_ENOMEM;
+        }
         k->pid = pid;
         k->restarting = false;
     }
@@ -181,7 +264,7 @@ static void wait_down(ar_proc_t *self, ar_ref_t ref, int ms, bool *timed_out)
 }
 
 /* Stops a running child by its shutdown policy; its end is neither restarted nor reported. */
-static void stop_one(ar_proc_t *self, child_t *k)
+static void stop_one(ar_proc_t *self, sup_t *s, child_t *k)
 {
     if (ar_pid_is_none(k->pid)) return;
     ar_node_t *node = ar_node(self);
@@ -204,7 +287,7 @@ static void stop_one(ar_proc_t *self, child_t *k)
             wait_down(self, ref, AR_INFINITY, NULL);
         }
     }
-    k->pid = AR_PID_NONE;
+    not_running(s, k);
 }
 
 static int cmp_ref(const void *a, const void *b)
@@ -233,7 +316,7 @@ static void stop_all_parallel(ar_proc_t *self, sup_t *s)
         free(refs);
         free(pids);
         free(seen);
-        for (size_t i = s->n; i-- > 0;) stop_one(self, s->kids[i]);
+        for (size_t i = s->n; i-- > 0;) stop_one(self, s, s->kids[i]);
         return;
     }
     int ms = s->template_.shutdown_ms;
@@ -246,7 +329,7 @@ static void stop_all_parallel(ar_proc_t *self, sup_t *s)
         while (ar_receive(self, exit_from, &k->pid, 0, &m) == 0) ar_msg_release(self, m);
         ar_exit(node, k->pid, AR_REASON(ms == AR_SHUTDOWN_BRUTAL ? AR_KILL : AR_SHUTDOWN));
         pids[n++] = k->pid;
-        k->pid = AR_PID_NONE;
+        not_running(s, k);
     }
     qsort(refs, n, sizeof *refs, cmp_ref);
     size_t left = n;
@@ -283,7 +366,7 @@ static void stop_from(ar_proc_t *self, sup_t *s, size_t from)
         stop_all_parallel(self, s);
         return;
     }
-    for (size_t i = s->n; i-- > from;) stop_one(self, s->kids[i]);
+    for (size_t i = s->n; i-- > from;) stop_one(self, s, s->kids[i]);
 }
 
 /* ---- restarts ---- */
@@ -349,7 +432,7 @@ static void restart_one(ar_proc_t *self, sup_t *s, child_t *k)
         retry_later(self, s, k); /* intensity is counted when the attempt is made */
         return;
     }
-    if (start_one(self, k) != 0) retry_later(self, s, k);
+    if (start_one(self, s, k) != 0) retry_later(self, s, k);
 }
 
 /* Restarts the children at [from, n) in start order (temporary bystanders go). */
@@ -361,7 +444,7 @@ static void restart_from(ar_proc_t *self, sup_t *s, size_t from, child_t *dead)
             drop(s, k);
             continue;
         }
-        if (start_one(self, k) != 0) { /* the group start stops here; retried as a group */
+        if (start_one(self, s, k) != 0) { /* the group start stops here; retried as a group */
             retry_later(self, s, k);
             return;
         }
@@ -381,7 +464,7 @@ static void retry(ar_proc_t *self, sup_t *s, child_t *k)
     switch (s->strategy) {
     case AR_ONE_FOR_ONE:
     case AR_SIMPLE_ONE_FOR_ONE:
-        if (start_one(self, k) != 0) retry_later(self, s, k);
+        if (start_one(self, s, k) != 0) retry_later(self, s, k);
         break;
     case AR_ONE_FOR_ALL:
         stop_from(self, s, 0);
@@ -409,7 +492,7 @@ static bool significant_end(ar_proc_t *self, sup_t *s, child_t *k)
 
 static void child_ended(ar_proc_t *self, sup_t *s, child_t *k, ar_reason_t why)
 {
-    k->pid = AR_PID_NONE;
+    not_running(s, k);
     if (k->restart == AR_TEMPORARY ||
         (k->restart == AR_TRANSIENT && (why.code == AR_NORMAL || why.code == AR_SHUTDOWN))) {
         if (significant_end(self, s, k)) return;
@@ -475,13 +558,15 @@ static int sup_init(ar_proc_t *self, void *arg, void **state)
             rc = AR_ENOMEM;
             goto fail;
         }
-        if ((rc = start_one(self, k)) != 0) goto fail;
+        if ((rc = start_one(self, s, k)) != 0) goto fail;
     }
     return 0;
 fail: /* the started ones stop in reverse order; nothing is left behind */
     stop_from(self, s, 0);
     for (size_t i = 0; i < s->n; i++) child_free(s->kids[i]);
     free(s->kids);
+    free(s->by_pid.keys);
+    free(s->by_pid.vals);
     free(s->template_.id);
     free(s);
     *state = NULL;
@@ -524,7 +609,7 @@ static void handle_call(ar_proc_t *self, sup_t *s, const ar_msg_t *m)
             r.rc = AR_ENOMEM;
             break;
         }
-        if ((r.rc = start_one(self, nk)) != 0) {
+        if ((r.rc = start_one(self, s, nk)) != 0) {
             s->n--;
             child_free(nk);
             break;
@@ -543,7 +628,7 @@ static void handle_call(ar_proc_t *self, sup_t *s, const ar_msg_t *m)
                 r.rc = ar_proc_info(ar_node(self), q->pid, &pi) == AR_ENOPROC ? 0 : AR_ENOENT;
                 break;
             }
-            stop_one(self, k);
+            stop_one(self, s, k);
             drop(s, k);
             break;
         }
@@ -551,7 +636,7 @@ static void handle_call(ar_proc_t *self, sup_t *s, const ar_msg_t *m)
             r.rc = AR_ENOENT;
             break;
         }
-        stop_one(self, k);
+        stop_one(self, s, k);
         k->restarting = false;
         if (k->restart == AR_TEMPORARY) drop(s, k);
         break;
@@ -562,7 +647,7 @@ static void handle_call(ar_proc_t *self, sup_t *s, const ar_msg_t *m)
             r.rc = AR_ENOENT;
         } else if (!ar_pid_is_none(k->pid) || k->restarting) {
             r.rc = AR_EBUSY;
-        } else if ((r.rc = start_one(self, k)) == 0) {
+        } else if ((r.rc = start_one(self, s, k)) == 0) {
             r.pid = k->pid;
         }
         break;
@@ -652,6 +737,8 @@ static void sup_terminate(ar_proc_t *self, void *state, ar_reason_t why)
     for (size_t i = 0; i < s->n; i++) child_free(s->kids[i]);
     free(s->kids);
     free(s->hist);
+    free(s->by_pid.keys);
+    free(s->by_pid.vals);
     free(s->template_.id);
     free(s);
 }
