@@ -34,8 +34,9 @@ typedef struct child {
     bool significant;
     ar_pid_t pid; /* AR_PID_NONE: not running */
     bool restarting;
-    unsigned backoffs;     /* consecutive restarts, for the backoff delay */
-    uint64_t last_restart; /* ms */
+    unsigned backoffs;   /* consecutive restarts, for the backoff delay */
+    uint64_t started_at; /* ms: when it last started (quiet time counts from there) */
+    uint64_t retry_gen;  /* the retry it waits for; older retry messages are stale */
 } child_t;
 
 /* Children by pid (lo word: local pids), so an exit is found in O(1) among 100k
@@ -116,6 +117,7 @@ typedef struct sup {
     ar_auto_shutdown_t auto_shutdown;
     int backoff_min_ms, backoff_max_ms;
     uint64_t rng; /* jitter */
+    uint64_t gen; /* numbers retries */
     ar_pid_t parent;
     child_t template_; /* simple_one_for_one */
     child_t **kids;    /* start order */
@@ -139,7 +141,8 @@ int ar__sup_check_child(const ar_child_spec_t *c)
 int ar__sup_check_spec(const ar_sup_spec_t *s)
 {
     if (!s || s->strategy > AR_SIMPLE_ONE_FOR_ONE || s->intensity < AR_NO_RESTARTS ||
-        s->period_ms < 0 || s->auto_shutdown > AR_AUTO_SHUTDOWN_ALL)
+        s->period_ms < 0 || s->auto_shutdown > AR_AUTO_SHUTDOWN_ALL || s->backoff_min_ms < 0 ||
+        s->backoff_max_ms < 0 || (s->backoff_max_ms && s->backoff_max_ms < s->backoff_min_ms))
         return AR_EINVAL;
     if (s->nchildren && !s->children) return AR_EINVAL;
     if (s->strategy == AR_SIMPLE_ONE_FOR_ONE && s->nchildren != 1) return AR_EINVAL;
@@ -241,6 +244,7 @@ static int start_one(ar_proc_t *self, sup_t *s, child_t *k)
         }
         k->pid = pid;
         k->restarting = false;
+        k->started_at = now_ms();
     }
     return rc;
 }
@@ -402,36 +406,38 @@ static void give_up(ar_proc_t *self, sup_t *s)
  * capped at max, +-20% jitter; n starts again after a quiet period. */
 static int backoff_ms(sup_t *s, child_t *k)
 {
-    uint64_t now = now_ms();
-    if (now - k->last_restart > (uint64_t)s->period_ms) k->backoffs = 0;
-    k->last_restart = now;
+    /* a child that ran for a quiet period since its last start begins again at min */
+    if (k->started_at && now_ms() - k->started_at > (uint64_t)s->period_ms) k->backoffs = 0;
     unsigned n = k->backoffs++;
-    uint64_t d = (uint64_t)s->backoff_min_ms << (n < 20 ? n : 20);
-    if (s->backoff_max_ms && d > (uint64_t)s->backoff_max_ms) d = (uint64_t)s->backoff_max_ms;
+    uint64_t d = (uint64_t)s->backoff_min_ms << (n < 24 ? n : 24);
+    uint64_t cap = s->backoff_max_ms ? (uint64_t)s->backoff_max_ms : 3600000u;
+    if (d > cap) d = cap;
     s->rng ^= s->rng << 13, s->rng ^= s->rng >> 7, s->rng ^= s->rng << 17;
     int64_t jitter = (int64_t)(s->rng % (d * 2 / 5 + 1)) - (int64_t)(d / 5);
     return (int)((int64_t)d + jitter);
 }
+
+struct retry_msg {
+    child_t *k;
+    uint64_t gen;
+};
 
 /* Tries k again later, through the mailbox, so calls and shutdown are served meanwhile;
  * it shows as restarting until then. */
 static void retry_later(ar_proc_t *self, sup_t *s, child_t *k)
 {
     k->restarting = true;
-    if (s->backoff_min_ms > 0)
-        ar_send_after(ar_node(self), backoff_ms(s, k), ar_self(self), AR__SUP_RETRY, &k, sizeof k,
-                      NULL);
-    else
-        ar_send(ar_node(self), ar_self(self), AR__SUP_RETRY, &k, sizeof k);
+    struct retry_msg r = {k, k->retry_gen = ++s->gen};
+    if (s->backoff_min_ms > 0 &&
+        ar_send_after(ar_node(self), backoff_ms(s, k), ar_self(self), AR__SUP_RETRY, &r,
+                      sizeof r, NULL) == 0)
+        return;
+    ar_send(ar_node(self), ar_self(self), AR__SUP_RETRY, &r, sizeof r);
 }
 
-/* Starts k again (now, or after its backoff); a failed start is retried the same way. */
+/* Starts k again now; a failed start is retried through the mailbox. */
 static void restart_one(ar_proc_t *self, sup_t *s, child_t *k)
 {
-    if (s->backoff_min_ms > 0 && !k->restarting) {
-        retry_later(self, s, k); /* intensity is counted when the attempt is made */
-        return;
-    }
     if (start_one(self, s, k) != 0) retry_later(self, s, k);
 }
 
@@ -464,7 +470,7 @@ static void retry(ar_proc_t *self, sup_t *s, child_t *k)
     switch (s->strategy) {
     case AR_ONE_FOR_ONE:
     case AR_SIMPLE_ONE_FOR_ONE:
-        if (start_one(self, s, k) != 0) retry_later(self, s, k);
+        restart_one(self, s, k);
         break;
     case AR_ONE_FOR_ALL:
         stop_from(self, s, 0);
@@ -499,8 +505,8 @@ static void child_ended(ar_proc_t *self, sup_t *s, child_t *k, ar_reason_t why)
         if (k->restart == AR_TEMPORARY || s->strategy == AR_SIMPLE_ONE_FOR_ONE) drop(s, k);
         return;
     }
-    if (s->backoff_min_ms > 0 && (s->strategy == AR_ONE_FOR_ONE || s->strategy == AR_SIMPLE_ONE_FOR_ONE)) {
-        restart_one(self, s, k); /* after its backoff; intensity counted then */
+    if (s->backoff_min_ms > 0) { /* the strategy's restart, after the backoff; counted then */
+        retry_later(self, s, k);
         return;
     }
     if (!may_restart(s)) {
@@ -511,7 +517,6 @@ static void child_ended(ar_proc_t *self, sup_t *s, child_t *k, ar_reason_t why)
     switch (s->strategy) {
     case AR_ONE_FOR_ONE:
     case AR_SIMPLE_ONE_FOR_ONE:
-        k->restarting = true; /* counted above: start now */
         restart_one(self, s, k);
         break;
     case AR_ONE_FOR_ALL:
@@ -719,12 +724,12 @@ static void sup_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
             ar_stop(self, m->reason);
         } /* other processes' exits are no concern of a supervisor */
     } else if ((m->kind == AR_MSG_CAST || m->kind == AR_MSG_TIMER) && m->tag == AR__SUP_RETRY &&
-               m->len == sizeof(child_t *) &&
-               (m->kind == AR_MSG_TIMER || ar_pid_eq(m->from, ar_self(self)))) {
-        child_t *k;
-        memcpy(&k, m->data, sizeof k);
-        if (index_of(s, k) < 0 || !k->restarting) return; /* deleted or handled since */
-        retry(self, s, k);
+               m->len == sizeof(struct retry_msg) && ar_pid_eq(m->from, ar_self(self))) {
+        struct retry_msg r;
+        memcpy(&r, m->data, sizeof r);
+        /* deleted, handled since, or superseded by a later retry: stale */
+        if (index_of(s, r.k) < 0 || !r.k->restarting || r.k->retry_gen != r.gen) return;
+        retry(self, s, r.k);
     }
 }
 
