@@ -24,6 +24,9 @@
 /* Workloads of links and monitors. */
 int bench_spawn_exit_monitor(const bench_opts_t *o);
 int bench_link_chain_exit(const bench_opts_t *o);
+/* Workloads of supervisors. */
+int bench_supervisor_restart(const bench_opts_t *o);
+int bench_sup_start_100k(const bench_opts_t *o);
 
 static const struct {
     const char *name;
@@ -37,6 +40,8 @@ static const struct {
     {"gen_server_call", bench_gen_server_call},
     {"spawn_exit_monitor", bench_spawn_exit_monitor},
     {"link_chain_exit", bench_link_chain_exit},
+    {"supervisor_restart", bench_supervisor_restart},
+    {"sup_start_100k", bench_sup_start_100k},
 };
 #define NWORKLOADS (sizeof workloads / sizeof workloads[0])
 

@@ -40,7 +40,8 @@ typedef struct child {
 } child_t;
 
 /* Children by pid (lo word: local pids), so an exit is found in O(1) among 100k
- * simple_one_for_one children: open addressing, backward-shift deletion. (The runtime has
+ * simple_one_for_one children: open addressing with Robin Hood probing, so deletion
+ * (backward shift) stops at the first entry at home even in a long run of pids. (The runtime has
  * the same kind of map inside; supervisors use the public API alone.) */
 typedef struct pidmap {
     uint64_t *keys;
@@ -50,36 +51,50 @@ typedef struct pidmap {
 
 static size_t pm_slot(uint64_t key, size_t cap) { return (size_t)(key ^ (key >> 32)) & (cap - 1); }
 
+static size_t pm_dist(const pidmap_t *m, size_t at)
+{
+    return (at - pm_slot(m->keys[at], m->cap)) & (m->cap - 1);
+}
+
+static bool pm_insert(pidmap_t *m, uint64_t key, child_t *v)
+{
+    size_t mask = m->cap - 1, j = pm_slot(key, m->cap), d = 0;
+    for (;; j = (j + 1) & mask, d++) {
+        if (!m->keys[j]) {
+            m->keys[j] = key, m->vals[j] = v, m->n++;
+            return true;
+        }
+        if (m->keys[j] == key) {
+            m->vals[j] = v;
+            return true;
+        }
+        size_t dj = pm_dist(m, j);
+        if (dj < d) { /* Robin Hood: keeps a run ordered by home slot */
+            uint64_t tk = m->keys[j];
+            child_t *tv = m->vals[j];
+            m->keys[j] = key, m->vals[j] = v;
+            key = tk, v = tv, d = dj;
+        }
+    }
+}
+
 static bool pm_put(pidmap_t *m, uint64_t key, child_t *v)
 {
     if ((m->n + 1) * 4 > m->cap * 3) {
-        size_t cap = m->cap ? m->cap * 2 : 16;
-        uint64_t *k = calloc(cap, sizeof *k);
-        child_t **vv = calloc(cap, sizeof *vv);
-        if (!k || !vv) {
-            free(k);
-            free(vv);
+        pidmap_t g = {calloc(m->cap ? m->cap * 2 : 16, sizeof(uint64_t)),
+                      calloc(m->cap ? m->cap * 2 : 16, sizeof(child_t *)), m->cap ? m->cap * 2 : 16, 0};
+        if (!g.keys || !g.vals) {
+            free(g.keys);
+            free(g.vals);
             return false;
         }
         for (size_t i = 0; i < m->cap; i++)
-            if (m->keys[i]) {
-                size_t j = pm_slot(m->keys[i], cap);
-                while (k[j]) j = (j + 1) & (cap - 1);
-                k[j] = m->keys[i];
-                vv[j] = m->vals[i];
-            }
+            if (m->keys[i]) pm_insert(&g, m->keys[i], m->vals[i]);
         free(m->keys);
         free(m->vals);
-        m->keys = k;
-        m->vals = vv;
-        m->cap = cap;
+        *m = g;
     }
-    size_t j = pm_slot(key, m->cap);
-    while (m->keys[j] && m->keys[j] != key) j = (j + 1) & (m->cap - 1);
-    if (!m->keys[j]) m->n++;
-    m->keys[j] = key;
-    m->vals[j] = v;
-    return true;
+    return pm_insert(m, key, v);
 }
 
 static child_t *pm_get(const pidmap_t *m, uint64_t key)
@@ -98,13 +113,10 @@ static void pm_del(pidmap_t *m, uint64_t key)
         if (!m->keys[j]) return;
         j = (j + 1) & mask;
     }
-    for (size_t i = (j + 1) & mask; m->keys[i]; i = (i + 1) & mask) {
-        size_t home = pm_slot(m->keys[i], m->cap);
-        if (((i - home) & mask) >= ((i - j) & mask)) {
-            m->keys[j] = m->keys[i];
-            m->vals[j] = m->vals[i];
-            j = i;
-        }
+    /* shift the rest of the run back, up to an empty slot or an entry at home */
+    for (size_t i = (j + 1) & mask; m->keys[i] && pm_dist(m, i) > 0; j = i, i = (i + 1) & mask) {
+        m->keys[j] = m->keys[i];
+        m->vals[j] = m->vals[i];
     }
     m->keys[j] = 0;
     m->n--;
@@ -300,10 +312,24 @@ static int cmp_ref(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static bool any_down(const ar_msg_t *m, void *ud)
+struct stopping {
+    ar_pid_t *pids; /* sorted by lo */
+    size_t n;
+};
+
+static int cmp_pid(const void *a, const void *b)
 {
-    (void)ud;
-    return m->kind == AR_MSG_DOWN;
+    uint64_t x = ((const ar_pid_t *)a)->lo, y = ((const ar_pid_t *)b)->lo;
+    return x < y ? -1 : x > y;
+}
+
+/* A DOWN, or an EXIT one of the stopping children sent before it was unlinked (each
+ * child's EXIT comes before its DOWN, so one pass drops them all). */
+static bool down_or_their_exit(const ar_msg_t *m, void *ud)
+{
+    const struct stopping *st = ud;
+    if (m->kind == AR_MSG_DOWN) return true;
+    return m->kind == AR_MSG_EXIT && bsearch(&m->from, st->pids, st->n, sizeof *st->pids, cmp_pid);
 }
 
 /* simple_one_for_one: all children are alike, so they stop together, under one timer:
@@ -329,13 +355,20 @@ static void stop_all_parallel(ar_proc_t *self, sup_t *s)
         if (ar_pid_is_none(k->pid)) continue;
         ar_monitor(self, k->pid, &refs[n]);
         ar_unlink(self, k->pid);
-        ar_msg_t *m = NULL;
-        while (ar_receive(self, exit_from, &k->pid, 0, &m) == 0) ar_msg_release(self, m);
         ar_exit(node, k->pid, AR_REASON(ms == AR_SHUTDOWN_BRUTAL ? AR_KILL : AR_SHUTDOWN));
         pids[n++] = k->pid;
         not_running(s, k);
     }
     qsort(refs, n, sizeof *refs, cmp_ref);
+    struct stopping st = {pids, n};
+    ar_pid_t *sorted = malloc((n ? n : 1) * sizeof *sorted);
+    if (sorted) {
+        memcpy(sorted, pids, n * sizeof *sorted);
+        qsort(sorted, n, sizeof *sorted, cmp_pid);
+        st.pids = sorted;
+    } else {
+        st.n = 0; /* no memory to tell their EXITs apart: they stay queued, harmless */
+    }
     size_t left = n;
     uint64_t until = ms >= 0 ? now_ms() + (uint64_t)ms : 0;
     bool killed = ms == AR_SHUTDOWN_BRUTAL;
@@ -346,7 +379,11 @@ static void stop_all_parallel(ar_proc_t *self, sup_t *s)
             wait = now >= until ? 0 : (int)(until - now);
         }
         ar_msg_t *m = NULL;
-        if (ar_receive(self, any_down, NULL, wait, &m) == 0) {
+        if (ar_receive(self, down_or_their_exit, &st, wait, &m) == 0) {
+            if (m->kind == AR_MSG_EXIT) { /* from before the unlink: not a crash to act on */
+                ar_msg_release(self, m);
+                continue;
+            }
             ar_ref_t *hit = bsearch(&m->ref, refs, n, sizeof *refs, cmp_ref);
             if (hit && !seen[hit - refs]) {
                 seen[hit - refs] = true;
@@ -361,6 +398,7 @@ static void stop_all_parallel(ar_proc_t *self, sup_t *s)
     free(refs);
     free(pids);
     free(seen);
+    free(sorted);
 }
 
 /* Stops the children at [from, n) in reverse start order. */
