@@ -37,6 +37,7 @@ typedef struct child {
     unsigned backoffs;   /* consecutive restarts, for the backoff delay */
     uint64_t started_at; /* ms: when it last started (quiet time counts from there) */
     uint64_t retry_gen;  /* the retry it waits for; older retry messages are stale */
+    size_t at;           /* its slot in kids */
 } child_t;
 
 /* Children by pid (lo word: local pids), so an exit is found in O(1) among 100k
@@ -132,10 +133,10 @@ typedef struct sup {
     uint64_t gen; /* numbers retries */
     ar_pid_t parent;
     child_t template_; /* simple_one_for_one */
-    child_t **kids;    /* start order */
-    size_t n, cap;
-    uint64_t *hist; /* restart times, oldest first, within the period */
-    size_t nhist, hist_cap;
+    child_t **kids;    /* start order; NULL: a removed child's hole, until compact() */
+    size_t n, cap, holes;
+    uint64_t *hist; /* restart times, oldest first: hist[hist_head .. nhist) */
+    size_t hist_head, nhist, hist_cap;
 } sup_t;
 
 /* ---- specs ---- */
@@ -193,17 +194,22 @@ static void child_free(child_t *k)
     free(k);
 }
 
+/* A child's position, or -1 if it is no longer a child (its record may be freed: only
+ * its address is compared, through the slot it had). */
 static ssize_t index_of(sup_t *s, const child_t *k)
 {
-    for (size_t i = 0; i < s->n; i++)
-        if (s->kids[i] == k) return (ssize_t)i;
+    for (size_t i = 0; i < s->n; i++) /* k may be stale: never read it before it is found */
+        if (s->kids[i] == k) return (ssize_t)s->kids[i]->at;
     return -1;
 }
+
+/* Position of a live child record. */
+static size_t pos(const child_t *k) { return k->at; }
 
 static child_t *by_id(sup_t *s, const char *id)
 {
     for (size_t i = 0; i < s->n; i++)
-        if (strcmp(s->kids[i]->id, id) == 0) return s->kids[i];
+        if (s->kids[i] && strcmp(s->kids[i]->id, id) == 0) return s->kids[i];
     return NULL;
 }
 
@@ -229,17 +235,31 @@ static int append(sup_t *s, child_t *k)
         s->kids = n;
         s->cap = cap;
     }
+    k->at = s->n;
     s->kids[s->n++] = k;
     return 0;
 }
 
+/* Squeezes out the holes removals left (at a safe point, never inside an iteration). */
+static void compact(sup_t *s)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < s->n; i++)
+        if (s->kids[i]) {
+            s->kids[j] = s->kids[i];
+            s->kids[j]->at = j;
+            j++;
+        }
+    s->n = j;
+    s->holes = 0;
+}
+
+/* Removes a child in O(1): its slot becomes a hole that compact() reclaims later. */
 static void drop(sup_t *s, child_t *k)
 {
-    ssize_t i = index_of(s, k);
-    if (i < 0) return;
     if (!ar_pid_is_none(k->pid)) pm_del(&s->by_pid, k->pid.lo);
-    memmove(&s->kids[i], &s->kids[i + 1], (s->n - (size_t)i - 1) * sizeof *s->kids);
-    s->n--;
+    s->kids[pos(k)] = NULL;
+    s->holes++;
     child_free(k);
 }
 
@@ -346,13 +366,14 @@ static void stop_all_parallel(ar_proc_t *self, sup_t *s)
         free(refs);
         free(pids);
         free(seen);
-        for (size_t i = s->n; i-- > 0;) stop_one(self, s, s->kids[i]);
+        for (size_t i = s->n; i-- > 0;)
+            if (s->kids[i]) stop_one(self, s, s->kids[i]);
         return;
     }
     int ms = s->template_.shutdown_ms;
     for (size_t i = 0; i < s->n; i++) {
         child_t *k = s->kids[i];
-        if (ar_pid_is_none(k->pid)) continue;
+        if (!k || ar_pid_is_none(k->pid)) continue;
         ar_monitor(self, k->pid, &refs[n]);
         ar_unlink(self, k->pid);
         ar_exit(node, k->pid, AR_REASON(ms == AR_SHUTDOWN_BRUTAL ? AR_KILL : AR_SHUTDOWN));
@@ -408,21 +429,24 @@ static void stop_from(ar_proc_t *self, sup_t *s, size_t from)
         stop_all_parallel(self, s);
         return;
     }
-    for (size_t i = s->n; i-- > from;) stop_one(self, s, s->kids[i]);
+    for (size_t i = s->n; i-- > from;)
+        if (s->kids[i]) stop_one(self, s, s->kids[i]);
 }
 
 /* ---- restarts ---- */
 /* Records a restart; false if it would be more than `intensity` within the period. */
 static bool may_restart(sup_t *s)
 {
-    uint64_t now = now_ms(), keep = 0;
-    /* the oldest are first: drop those out of the period (amortised O(1)) */
-    while (keep < s->nhist && now - s->hist[keep] > (uint64_t)s->period_ms) keep++;
-    if (keep) {
-        memmove(s->hist, s->hist + keep, (s->nhist - keep) * sizeof *s->hist);
-        s->nhist -= keep;
+    uint64_t now = now_ms();
+    /* the oldest are first: those out of the period leave from the head (amortised O(1)) */
+    while (s->hist_head < s->nhist && now - s->hist[s->hist_head] > (uint64_t)s->period_ms)
+        s->hist_head++;
+    if ((int)(s->nhist - s->hist_head) >= s->intensity) return false;
+    if (s->hist_head > 0 && s->hist_head * 2 >= s->nhist) { /* reclaim the dead head */
+        memmove(s->hist, s->hist + s->hist_head, (s->nhist - s->hist_head) * sizeof *s->hist);
+        s->nhist -= s->hist_head;
+        s->hist_head = 0;
     }
-    if ((int)s->nhist >= s->intensity) return false;
     if (s->nhist == s->hist_cap) {
         size_t cap = s->hist_cap ? s->hist_cap * 2 : 8;
         uint64_t *h = realloc(s->hist, cap * sizeof *h);
@@ -456,8 +480,9 @@ static int backoff_ms(sup_t *s, child_t *k)
 }
 
 struct retry_msg {
-    child_t *k;
+    child_t *k;  /* maybe freed since: compared, never read, until found among the kids */
     uint64_t gen;
+    size_t at;   /* where it was (a compaction may have moved it since) */
 };
 
 /* Tries k again later, through the mailbox, so calls and shutdown are served meanwhile;
@@ -465,7 +490,7 @@ struct retry_msg {
 static void retry_later(ar_proc_t *self, sup_t *s, child_t *k)
 {
     k->restarting = true;
-    struct retry_msg r = {k, k->retry_gen = ++s->gen};
+    struct retry_msg r = {k, k->retry_gen = ++s->gen, pos(k)};
     if (s->backoff_min_ms > 0 &&
         ar_send_after(ar_node(self), backoff_ms(s, k), ar_self(self), AR__SUP_RETRY, &r,
                       sizeof r, NULL) == 0)
@@ -482,8 +507,9 @@ static void restart_one(ar_proc_t *self, sup_t *s, child_t *k)
 /* Restarts the children at [from, n) in start order (temporary bystanders go). */
 static void restart_from(ar_proc_t *self, sup_t *s, size_t from, child_t *dead)
 {
-    for (size_t i = from; i < s->n;) {
+    for (size_t i = from; i < s->n; i++) {
         child_t *k = s->kids[i];
+        if (!k) continue;
         if (k != dead && k->restart == AR_TEMPORARY) {
             drop(s, k);
             continue;
@@ -492,7 +518,6 @@ static void restart_from(ar_proc_t *self, sup_t *s, size_t from, child_t *dead)
             retry_later(self, s, k);
             return;
         }
-        i++;
     }
 }
 
@@ -504,7 +529,7 @@ static void retry(ar_proc_t *self, sup_t *s, child_t *k)
         give_up(self, s);
         return;
     }
-    ssize_t at = index_of(s, k);
+    size_t at = pos(k);
     switch (s->strategy) {
     case AR_ONE_FOR_ONE:
     case AR_SIMPLE_ONE_FOR_ONE:
@@ -515,8 +540,8 @@ static void retry(ar_proc_t *self, sup_t *s, child_t *k)
         restart_from(self, s, 0, k);
         break;
     case AR_REST_FOR_ONE:
-        stop_from(self, s, (size_t)at + 1);
-        restart_from(self, s, (size_t)at, k);
+        stop_from(self, s, at + 1);
+        restart_from(self, s, at, k);
         break;
     }
 }
@@ -528,7 +553,8 @@ static bool significant_end(ar_proc_t *self, sup_t *s, child_t *k)
     if (!k->significant || s->auto_shutdown == AR_AUTO_SHUTDOWN_NEVER) return false;
     if (s->auto_shutdown == AR_AUTO_SHUTDOWN_ALL)
         for (size_t i = 0; i < s->n; i++)
-            if (s->kids[i] != k && s->kids[i]->significant && !ar_pid_is_none(s->kids[i]->pid))
+            if (s->kids[i] && s->kids[i] != k && s->kids[i]->significant &&
+                !ar_pid_is_none(s->kids[i]->pid))
                 return false;
     give_up(self, s);
     return true;
@@ -551,7 +577,7 @@ static void child_ended(ar_proc_t *self, sup_t *s, child_t *k, ar_reason_t why)
         give_up(self, s);
         return;
     }
-    ssize_t at = index_of(s, k);
+    size_t at = pos(k);
     switch (s->strategy) {
     case AR_ONE_FOR_ONE:
     case AR_SIMPLE_ONE_FOR_ONE:
@@ -562,8 +588,8 @@ static void child_ended(ar_proc_t *self, sup_t *s, child_t *k, ar_reason_t why)
         restart_from(self, s, 0, k);
         break;
     case AR_REST_FOR_ONE:
-        stop_from(self, s, (size_t)at + 1);
-        restart_from(self, s, (size_t)at, k);
+        stop_from(self, s, at + 1);
+        restart_from(self, s, at, k);
         break;
     }
 }
@@ -606,7 +632,7 @@ static int sup_init(ar_proc_t *self, void *arg, void **state)
     return 0;
 fail: /* the started ones stop in reverse order; nothing is left behind */
     stop_from(self, s, 0);
-    for (size_t i = 0; i < s->n; i++) child_free(s->kids[i]);
+    for (size_t i = 0; i < s->n; i++) child_free(s->kids[i]); /* NULL holes: no-op */
     free(s->kids);
     free(s->by_pid.keys);
     free(s->by_pid.vals);
@@ -653,7 +679,7 @@ static void handle_call(ar_proc_t *self, sup_t *s, const ar_msg_t *m)
             break;
         }
         if ((r.rc = start_one(self, s, nk)) != 0) {
-            s->n--;
+            s->kids[--s->n] = NULL; /* it was appended last */
             child_free(nk);
             break;
         }
@@ -706,8 +732,9 @@ static void handle_call(ar_proc_t *self, sup_t *s, const ar_msg_t *m)
         }
         break;
     case AR__SUP_COUNT:
-        r.counts.specs = simple ? 1 : s->n;
+        r.counts.specs = simple ? 1 : s->n - s->holes;
         for (size_t i = 0; i < s->n; i++) {
+            if (!s->kids[i]) continue;
             if (!ar_pid_is_none(s->kids[i]->pid)) r.counts.active++;
             if (s->kids[i]->type == AR_SUPERVISOR)
                 r.counts.supervisors++;
@@ -716,6 +743,7 @@ static void handle_call(ar_proc_t *self, sup_t *s, const ar_msg_t *m)
         }
         break;
     case AR__SUP_WHICH: {
+        compact(s);
         size_t bytes = sizeof(size_t) + s->n * sizeof(ar_child_info_t);
         char *buf = calloc(1, bytes);
         if (!buf) {
@@ -749,6 +777,7 @@ static void handle_call(ar_proc_t *self, sup_t *s, const ar_msg_t *m)
 static void sup_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
 {
     sup_t *s = state;
+    if (s->holes > 64 && s->holes * 2 > s->n) compact(s); /* amortised O(1) per removal */
     if (m->kind == AR_MSG_CALL) {
         handle_call(self, s, m);
     } else if (m->kind == AR_MSG_EXIT) {
@@ -766,7 +795,8 @@ static void sup_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
         struct retry_msg r;
         memcpy(&r, m->data, sizeof r);
         /* deleted, handled since, or superseded by a later retry: stale */
-        if (index_of(s, r.k) < 0 || !r.k->restarting || r.k->retry_gen != r.gen) return;
+        bool found = (r.at < s->n && s->kids[r.at] == r.k) || index_of(s, r.k) >= 0;
+        if (!found || !r.k->restarting || r.k->retry_gen != r.gen) return;
         retry(self, s, r.k);
     }
 }
@@ -777,7 +807,7 @@ static void sup_terminate(ar_proc_t *self, void *state, ar_reason_t why)
     if (!s) return;
     /* killed: its children follow through their links; otherwise take them down in order */
     if (why.code != AR_KILLED) stop_from(self, s, 0);
-    for (size_t i = 0; i < s->n; i++) child_free(s->kids[i]);
+    for (size_t i = 0; i < s->n; i++) child_free(s->kids[i]); /* NULL holes: no-op */
     free(s->kids);
     free(s->hist);
     free(s->by_pid.keys);
