@@ -521,9 +521,10 @@ static void restart_from(ar_proc_t *self, sup_t *s, size_t from, child_t *dead)
     }
 }
 
-/* A retry of a failed restart (counted against the intensity like any restart): the
- * strategy's restart again, from the child that failed (OTP's try_again_restart). */
-static void retry(ar_proc_t *self, sup_t *s, child_t *k)
+/* A restart attempt from child k: counted against the intensity (past it, the supervisor
+ * gives up), then the strategy's restart. A retry of a failed restart is the same attempt
+ * again, from the child that failed (OTP's try_again_restart). */
+static void restart_by_strategy(ar_proc_t *self, sup_t *s, child_t *k)
 {
     if (!may_restart(s)) {
         give_up(self, s);
@@ -569,29 +570,10 @@ static void child_ended(ar_proc_t *self, sup_t *s, child_t *k, ar_reason_t why)
         if (k->restart == AR_TEMPORARY || s->strategy == AR_SIMPLE_ONE_FOR_ONE) drop(s, k);
         return;
     }
-    if (s->backoff_min_ms > 0) { /* the strategy's restart, after the backoff; counted then */
+    if (s->backoff_min_ms > 0) /* the attempt comes after the backoff, counted then */
         retry_later(self, s, k);
-        return;
-    }
-    if (!may_restart(s)) {
-        give_up(self, s);
-        return;
-    }
-    size_t at = pos(k);
-    switch (s->strategy) {
-    case AR_ONE_FOR_ONE:
-    case AR_SIMPLE_ONE_FOR_ONE:
-        restart_one(self, s, k);
-        break;
-    case AR_ONE_FOR_ALL:
-        stop_from(self, s, 0);
-        restart_from(self, s, 0, k);
-        break;
-    case AR_REST_FOR_ONE:
-        stop_from(self, s, at + 1);
-        restart_from(self, s, at, k);
-        break;
-    }
+    else
+        restart_by_strategy(self, s, k);
 }
 
 /* ---- the behaviour ---- */
@@ -797,7 +779,7 @@ static void sup_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
         /* deleted, handled since, or superseded by a later retry: stale */
         bool found = (r.at < s->n && s->kids[r.at] == r.k) || index_of(s, r.k) >= 0;
         if (!found || !r.k->restarting || r.k->retry_gen != r.gen) return;
-        retry(self, s, r.k);
+        restart_by_strategy(self, s, r.k);
     }
 }
 
