@@ -119,36 +119,6 @@ static uint32_t g_expect_downs_keep, g_expect_exits;
 static atomic_bool g_stopping, g_go;
 static uint32_t g_round;
 
-/* ---- a counting allocator: every runtime block must be freed by ar_node_stop ---------- */
-static atomic_long g_live_blocks;
-
-static void *count_malloc(size_t n, void *ud)
-{
-    (void)ud;
-    void *p = malloc(n);
-    if (p) atomic_fetch_add_explicit(&g_live_blocks, 1, memory_order_relaxed);
-    return p;
-}
-
-static void *count_realloc(void *p, size_t n, void *ud)
-{
-    (void)ud;
-    void *q = realloc(p, n);
-    if (p == NULL && q != NULL) atomic_fetch_add_explicit(&g_live_blocks, 1, memory_order_relaxed);
-    if (p != NULL && n == 0 && q == NULL)
-        atomic_fetch_sub_explicit(&g_live_blocks, 1, memory_order_relaxed);
-    return q;
-}
-
-static void count_free(void *p, void *ud)
-{
-    (void)ud;
-    if (p) atomic_fetch_sub_explicit(&g_live_blocks, 1, memory_order_relaxed);
-    free(p);
-}
-
-static const ar_allocator_t g_alloc = {count_malloc, count_realloc, count_free, NULL};
-
 /* ---- reasons ------------------------------------------------------------------------- */
 static ar_reason_t send_reason(const group_t *g)
 {
@@ -764,7 +734,7 @@ static void run_round(bool verbose)
         fflush(stdout);
     }
 
-    ST_EXPECT_RC(ar_set_allocator(&g_alloc), 0, "ar_set_allocator");
+    ST_EXPECT_RC(ar_set_allocator(st_counting_allocator()), 0, "ar_set_allocator");
     g_node = st_node_start(2 + g_round % 2);
 
     /* .link needs a calling process: refused from a foreign thread, nothing left behind. */
@@ -925,7 +895,7 @@ static void run_round(bool verbose)
         ST_CHECK(n == 1 && code == AR_SHUTDOWN, "observer %u: terminate ran %u times, reason %s "
                  "(expected once, shutdown)", o, n, code_name((ar_exit_code_t)code));
     }
-    long live = atomic_load_explicit(&g_live_blocks, memory_order_relaxed);
+    long live = st_get(st_live_blocks());
     ST_CHECK(live == 0, "%ld runtime blocks still allocated after ar_node_stop", live);
     ST_EXPECT_RC(ar_set_allocator(NULL), 0, "ar_set_allocator(NULL)");
     if (verbose)

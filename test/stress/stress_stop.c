@@ -57,36 +57,6 @@ static atomic_uint g_threads_done;
 static atomic_uint g_guard_terminated;
 static uint64_t g_round;
 
-/* ---- a counting allocator: every runtime block must be freed by ar_node_stop ---------- */
-static atomic_long g_live_blocks;
-
-static void *count_malloc(size_t n, void *ud)
-{
-    (void)ud;
-    void *p = malloc(n);
-    if (p) atomic_fetch_add_explicit(&g_live_blocks, 1, memory_order_relaxed);
-    return p;
-}
-
-static void *count_realloc(void *p, size_t n, void *ud)
-{
-    (void)ud;
-    void *q = realloc(p, n);
-    if (p == NULL && q != NULL) atomic_fetch_add_explicit(&g_live_blocks, 1, memory_order_relaxed);
-    if (p != NULL && n == 0 && q == NULL)
-        atomic_fetch_sub_explicit(&g_live_blocks, 1, memory_order_relaxed);
-    return q;
-}
-
-static void count_free(void *p, void *ud)
-{
-    (void)ud;
-    if (p) atomic_fetch_sub_explicit(&g_live_blocks, 1, memory_order_relaxed);
-    free(p);
-}
-
-static const ar_allocator_t g_alloc = {count_malloc, count_realloc, count_free, NULL};
-
 /* ---- records and spawning ------------------------------------------------------------ */
 static rec_t *new_rec(uint32_t kind, bool from_proc)
 {
@@ -397,7 +367,7 @@ static void run_round(uint64_t round)
     st_set(&g_threads_quit, false);
     st_set(&g_threads_done, 0);
     st_set(&g_guard_terminated, 0);
-    long base = st_get(&g_live_blocks);
+    long base = st_get(st_live_blocks());
     st_rng_t rng = st_rng_for(round);
 
     g_node = st_node_start(2);
@@ -461,7 +431,7 @@ static void run_round(uint64_t round)
                          ar_exit_code_name((ar_exit_code_t)why));
         }
     }
-    long live = st_get(&g_live_blocks) - base;
+    long live = st_get(st_live_blocks()) - base;
     printf("round %" PRIu64 ": processes started %u (at stop %u records; chatter %u, blocked "
            "%u), refused %u, stop took %" PRIu64 " ms, live blocks after stop %ld\n", round,
            started, nrecs_at_stop, per_kind[K_CHATTER], blocked, refused, stop_ms, live);
@@ -475,7 +445,7 @@ int main(int argc, char **argv)
     uint64_t t0 = st_now_ms();
     g_recs = calloc(MAX_RECS, sizeof *g_recs);
     if (g_recs == NULL) st_fail("out of memory");
-    ST_EXPECT_RC(ar_set_allocator(&g_alloc), 0, "ar_set_allocator");
+    ST_EXPECT_RC(ar_set_allocator(st_counting_allocator()), 0, "ar_set_allocator");
     for (uint64_t round = 1; round <= ROUNDS; round++) {
         run_round(round);
         if (st_get(&st_violations) != 0) break;

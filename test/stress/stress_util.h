@@ -228,6 +228,45 @@ static inline int st_finish(uint64_t start_ms)
     return 0;
 }
 
+/* ---- a counting allocator: every runtime block must be freed by ar_node_stop ---------- */
+/* (accessors, so programs that do not use it carry no unused static) */
+static inline atomic_long *st_live_blocks(void)
+{
+    static atomic_long live;
+    return &live;
+}
+
+static inline void *st_count_malloc(size_t n, void *ud)
+{
+    (void)ud;
+    void *p = malloc(n);
+    if (p) atomic_fetch_add_explicit(st_live_blocks(), 1, memory_order_relaxed);
+    return p;
+}
+
+static inline void *st_count_realloc(void *p, size_t n, void *ud)
+{
+    (void)ud;
+    void *q = realloc(p, n);
+    if (p == NULL && q != NULL) atomic_fetch_add_explicit(st_live_blocks(), 1, memory_order_relaxed);
+    if (p != NULL && n == 0 && q == NULL)
+        atomic_fetch_sub_explicit(st_live_blocks(), 1, memory_order_relaxed);
+    return q;
+}
+
+static inline void st_count_free(void *p, void *ud)
+{
+    (void)ud;
+    if (p) atomic_fetch_sub_explicit(st_live_blocks(), 1, memory_order_relaxed);
+    free(p);
+}
+
+static inline const ar_allocator_t *st_counting_allocator(void)
+{
+    static const ar_allocator_t a = {st_count_malloc, st_count_realloc, st_count_free, NULL};
+    return &a;
+}
+
 /* ---- arbor helpers ------------------------------------------------------------------ */
 static inline ar_node_t *st_node_start(unsigned schedulers)
 {
