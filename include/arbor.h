@@ -81,6 +81,13 @@ typedef struct ar_allocator {
     void *ud;
 } ar_allocator_t;
 AR_EXTERN int ar_set_allocator(const ar_allocator_t *a);
+/* The runtime's allocator, for code built on arbor whose memory should obey the hook too
+ * (the supervisors use it; so may user behaviours). NULL on failure; ar_free(NULL) is a
+ * no-op; ar_calloc checks n * size for overflow. */
+AR_EXTERN void *ar_malloc(size_t size);
+AR_EXTERN void *ar_calloc(size_t n, size_t size);
+AR_EXTERN void *ar_realloc(void *p, size_t size);
+AR_EXTERN void ar_free(void *p);
 
 /* ---- Node -------------------------------------------------------------------------- */
 typedef struct ar_node ar_node_t;

@@ -45,6 +45,11 @@ void *ar__calloc(size_t n, size_t size)
     if (p) memset(p, 0, n * size);
     return p;
 }
+void *ar_malloc(size_t size) { return ar__malloc(size); }
+void *ar_calloc(size_t n, size_t size) { return ar__calloc(n, size); }
+void *ar_realloc(void *p, size_t size) { return ar__realloc(p, size); }
+void ar_free(void *p) { ar__free(p); }
+
 char *ar__strdup(const char *s)
 {
     size_t n = strlen(s) + 1;

@@ -1,14 +1,14 @@
 /* Calls: ar_call (from a process, or from a foreign thread) and ar_ask.
  *
  * A call is a CALL envelope with reply_to = {caller, ref}; odd refs mark ar_call, whose
- * caller drops any reply that arrives after it stopped waiting (p->wait_ref). A call to a
- * process that dies with the CALL queued is answered AR_NOPROC by the dead-letter path.
+ * caller drops any reply that arrives after it stopped waiting (p->wait_ref). The callee
+ * that takes the CALL keeps it as a half until it answers (halves.c): if it ends first,
+ * that envelope goes back as the failed reply, so a caller learns of the death at once,
+ * which is what monitoring the target in each call gives Erlang, without two more
+ * signals per call. A CALL still queued when its target ends is answered the same way.
  *
- * A foreign thread has no process to receive the reply in, so it borrows a process slot
- * flagged P_FOREIGN for the duration of the call: a push that finds its mailbox marked
- * empty posts the thread's semaphore instead of scheduling anything. The thread consumes
- * the mailbox only while it holds the MB_EMPTY duty, so a timed-out wait first takes the
- * mark back (or waits for the post already on its way) before it touches the queue.
+ * A foreign thread has no process to receive the reply in: it waits in a waiter
+ * (waiter.c), a stand-in process whose pid is the reply_to.
  */
 #include "internal.h"
 
@@ -19,18 +19,11 @@ ar__env_t *ar__wait(ar_proc_t *p, bool (*pred)(ar__env_t *, void *), void *ud);
 ar__timer_t *ar__wake_after(ar_proc_t *p, int ms);
 void ar__wait_done(ar_proc_t *p, ar__timer_t *t);
 
-static bool any_env(ar__env_t *e, void *arg)
-{
-    (void)e;
-    (void)arg;
-    return true;
-}
-
 static bool call_pred(ar__env_t *e, void *arg)
 {
     ar_ref_t ref = *(ar_ref_t *)arg;
     if (e->kind == ENV_WAKE) return e->msg.ref == ref;
-    return e->kind == ENV_MSG && e->msg.kind == AR_MSG_REPLY && e->sync_reply &&
+    return e->kind == ENV_MSG && e->msg.kind == AR_MSG_REPLY && (e->flags & ENVF_SYNC) &&
            e->msg.ref == ref;
 }
 
@@ -40,7 +33,7 @@ static void release_target(ar_node_t *node, ar_pid_t self, ar_pid_t to, ar_ref_t
                            const ar__env_t *answer)
 {
     if (answer && answer->kind == ENV_MSG && (answer->flags & ENVF_RELEASED)) return;
-    ar__signal_send(node, ENV_CALL_DONE, self, to, ref, AR_REASON(AR_NORMAL), 0);
+    ar__call_done(node, self, to, ref);
 }
 
 /* Turns a reply envelope into the call's result. */
@@ -91,19 +84,12 @@ static int call_in_proc(ar_proc_t *p, ar_pid_t to, uint32_t tag, const void *req
 static int call_foreign(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *req, size_t len,
                         ar_buf_t *reply, int timeout_ms)
 {
-    ar__sem_t sem;
-    ar_proc_t *w = ar__proc_alloc(node);
-    if (!w) return AR_ENOMEM;
-    ar__sem_init(&sem);
-    w->state = &sem;
-    atomic_store_explicit(&w->b, NULL, memory_order_relaxed);
-    atomic_store_explicit(&w->flags, P_FOREIGN, memory_order_relaxed);
-    uint64_t lo = AR__PID_LO(w->index, w->serial);
+    ar__waiter_t w;
+    int rc = ar__waiter_open(node, &w);
+    if (rc) return rc;
+    ar_pid_t me = ar__proc_pid(w.p);
     ar_ref_t ref = ar__make_ref(node) | 1;
-    w->wait_ref = ref;
-    /* release: senders that find the pid see the flags and the semaphore */
-    atomic_store_explicit(&w->pid_lo, lo, memory_order_release);
-
+    w.p->wait_ref = ref;
     struct timespec deadline, *dl = NULL;
     if (timeout_ms != AR_INFINITY) {
         clock_gettime(CLOCK_MONOTONIC, &deadline);
@@ -115,41 +101,14 @@ static int call_foreign(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *
         }
         dl = &deadline;
     }
-    int rc = ar__send_msg(node, to, AR_MSG_CALL, tag, req, len,
-                          (ar_reply_to_t){(ar_pid_t){node->pid_hi, lo}, ref});
+    rc = ar__send_msg(node, to, AR_MSG_CALL, tag, req, len, (ar_reply_to_t){me, ref});
     ar__env_t *got = NULL;
-    while (rc == 0 && !got) {
-        ar__proc_fetch(w);
-        got = ar__inner_take(w, call_pred, &ref);
-        if (got) break;
-        if (!ar__mb_try_mark(w, MB_EMPTY)) continue; /* more arrived meanwhile */
-        if (ar__sem_wait(&sem, dl)) continue;      /* a push took the mark and posted */
-        uintptr_t marked = (uintptr_t)&w->stub | MB_EMPTY;
-        if (!atomic_compare_exchange_strong_explicit(&w->head, &marked, (uintptr_t)&w->stub,
-                                                     memory_order_acquire, memory_order_relaxed))
-            ar__sem_wait(&sem, NULL); /* a push took the mark: its post is on its way */
-        ar__proc_fetch(w);
-        got = ar__inner_take(w, call_pred, &ref);
-        if (!got) rc = AR_ETIMEDOUT;
-    }
-    w->wait_ref = 0;
+    if (rc == 0 && !(got = ar__waiter_wait(&w, call_pred, &ref, dl))) rc = AR_ETIMEDOUT;
+    w.p->wait_ref = 0;
     if (got || rc == AR_ETIMEDOUT) /* a timed-out call is over too */
-        release_target(node, (ar_pid_t){node->pid_hi, lo}, to, ref, got);
+        release_target(node, me, to, ref, got);
     if (got) rc = finish(got, reply);
-    /* retire the waiter: later replies find it dead and are dropped; anyone who linked to
-     * or monitored its pid (it is visible in reply_to) learns it is gone */
-    atomic_store_explicit(&w->pid_lo, 0, memory_order_release);
-    if (w->ext) {
-        ar__signal_exit(w, (ar_pid_t){node->pid_hi, lo}, AR_REASON(AR_NOPROC), true);
-        ar__free(w->ext);
-        w->ext = NULL;
-    }
-    ar__env_t *e;
-    while ((e = ar__inner_take(w, any_env, NULL)) != NULL)
-        ar__dead_letter(node, w, e);
-    ar__mb_drain_dead(node, w);
-    ar__sem_destroy(&sem);
-    ar__proc_release(w);
+    ar__waiter_close(&w); /* later replies find it dead and are dropped */
     return rc;
 }
 
@@ -205,18 +164,23 @@ int ar_ask(ar_proc_t *self, ar_pid_t to, uint32_t tag, const void *req, size_t l
             return AR_ENOMEM;
         }
     }
-    a->next = x->asks;
-    x->asks = a;
-    rc = ar__send_msg(node, to, AR_MSG_CALL, tag, req, len, (ar_reply_to_t){me, ref});
-    if (rc == AR_ENOPROC) {
-        ar__reply_failure(node, to, (ar_reply_to_t){me, ref}, AR_NOPROC);
+    ar__env_t *failed = ar__env_new(0); /* its answer, should `to` be dead */
+    rc = failed ? ar__send_msg(node, to, AR_MSG_CALL, tag, req, len, (ar_reply_to_t){me, ref})
+                : AR_ENOMEM;
+    if (rc == AR_ENOPROC) { /* the outcome is a failed reply, like any other */
+        ar__route_or_free(node, me, ar__env_recycle_reply(failed, to, (ar_reply_to_t){me, ref},
+                                                          AR_REASON(AR_NOPROC)));
+        failed = NULL;
         rc = 0;
-    } else if (rc) {
-        x->asks = a->next;
+    }
+    ar__env_free(failed);
+    if (rc) {
         if (a->timer) ar__timer_cancel(node, a->timer);
         ar__free(a);
         return rc;
     }
+    a->next = x->asks;
+    x->asks = a;
     *ref_out = ref;
     return 0;
 }

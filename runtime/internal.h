@@ -26,6 +26,7 @@
 #include <ucontext.h>
 #endif
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -43,16 +44,6 @@
     } while (0)
 _Noreturn void ar__panic(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-
-/* ---- Key/value sets (set.c): owner-only, O(1) ------------------------------------------ */
-typedef struct ar__set {
-    uint64_t *k, *v; /* k[i] == 0: empty slot */
-    uint32_t cap, n;
-} ar__set_t;
-int ar__set_put(ar__set_t *s, uint64_t key, uint64_t val); /* key != 0; AR_ENOMEM */
-bool ar__set_get(const ar__set_t *s, uint64_t key, uint64_t *val);
-bool ar__set_del(ar__set_t *s, uint64_t key, uint64_t *val);
-void ar__set_free(ar__set_t *s);
 
 /* ---- Allocation (alloc.c) ---------------------------------------------------------- */
 void *ar__malloc(size_t n);
@@ -108,15 +99,32 @@ enum {
     ENVF_RELEASED = 1u << 1, /* REPLY: the target itself answered; nothing to release */
     ENVF_STOP = 1u << 2,     /* ENV_EXIT from ar_node_stop: ends the process even if it
                                 traps exits (terminate runs: a supervisor stops its tree) */
+    ENVF_SYNC = 1u << 3,     /* REPLY: for an ar_call (dropped unless that call still waits) */
+    ENVF_COUNTED = 1u << 4,  /* CAST/CALL: counted against the target's mailbox_limit */
+    ENVF_OWED = 1u << 5,     /* a CALL its taker has not answered: held in its halves */
+    ENVF_HANDED = 1u << 6,   /* a message a handler or ar_receive's caller holds now */
+};
+
+/* What a process holds of a link, a monitor or a call it owes: one envelope each, kept in
+ * its halves table (halves.c) and keyed by msg.reply_to = {the other pid, the ref}. The
+ * envelope is the signal the process owes when it ends (or unlinks, demonitors): so an
+ * ending process sends every EXIT, DOWN and failed reply without allocating anything. */
+enum ar__half_kind {
+    HALF_NONE,
+    HALF_LINK,    /* linked with reply_to.pid; sent as the EXIT (or the UNLINK) */
+    HALF_MONITOR, /* monitors reply_to.pid under reply_to.ref; sent as the DEMONITOR */
+    HALF_WATCHED, /* reply_to.pid monitors it under reply_to.ref; sent as the DOWN */
+    HALF_CALL,    /* took the CALL and owes reply_to an answer; sent as the failed reply */
 };
 
 typedef struct ar__env {
-    struct ar__qnode q; /* must be first: the queue links envelopes through it */
+    struct ar__qnode q; /* must be first: the queue links envelopes through it (a halves
+                           table chains them through it while they are held there) */
     uint64_t to_lo;     /* the pid this was sent to: a reused slot drops stale envelopes */
     uint8_t kind;       /* enum ar__env_kind */
-    uint8_t sync_reply; /* a REPLY for an ar_call (dropped unless that call still waits) */
-    uint8_t counted;    /* a CAST/CALL counted in the target's `pushed` */
     uint8_t flags;      /* ENVF_* */
+    uint8_t half;       /* enum ar__half_kind while held in a halves table */
+    uint8_t spare_;
     uint32_t cap;       /* payload bytes allocated (msg.len may say less) */
     ar_msg_t msg;
     /* payload bytes follow */
@@ -127,23 +135,51 @@ ar__env_t *ar__env_new(size_t len);
 ar__env_t *ar__env_new_on(struct ar__sched *s, size_t len);
 void ar__env_free(ar__env_t *e);
 static inline void ar__env_free_on(struct ar__sched *s, ar__env_t *e);
-/* Pushes e to the process at pid (local). Returns 0, or AR_ENOPROC when the pid is dead
- * (e is then disposed of as dead letter). */
-int ar__deliver(struct ar_node *node, ar_pid_t to, ar__env_t *e);
-/* The same for a signal (an envelope that acts when fetched, e.g. ENV_EXIT): counted, so
- * the target fetches its whole queue before handling more messages. */
-int ar__deliver_signal(struct ar_node *node, ar_pid_t to, ar__env_t *e);
-/* Answers an envelope whose target is dead: drops it, failing calls with AR_NOPROC.
- * p: the struct it was queued in (its `queued` count is given back), or NULL. */
-void ar__dead_letter(struct ar_node *node, struct ar_proc *p, ar__env_t *e);
-/* The same from a process's own exit path: what it had queued is answered with why. */
-void ar__dead_letter_why(struct ar_node *node, struct ar_proc *p, ar__env_t *e,
-                         ar_reason_t why);
+/* Turns e into a signal of `kind` from `from` with ref and reason, keeping its memory; a
+ * reason text that does not fit moves it to a larger envelope (if there is no memory for
+ * one, the code stays exact and the text says it was lost). Returns the envelope to send. */
+ar__env_t *ar__env_recycle(ar__env_t *e, int kind, ar_pid_t from, ar_ref_t ref, ar_reason_t why);
+/* The same as a failed REPLY to the call reply_to.ref (a normal end reads AR_NOPROC). */
+ar__env_t *ar__env_recycle_reply(ar__env_t *e, ar_pid_t from, ar_reply_to_t to, ar_reason_t why);
 int ar__check_payload(struct ar_node *node, const void *data, size_t len);
 int ar__send_msg(struct ar_node *node, ar_pid_t to, ar_msg_kind_t kind, uint32_t tag,
                  const void *data, size_t len, ar_reply_to_t reply_to);
-void ar__reply_failure(struct ar_node *node, ar_pid_t from, ar_reply_to_t to,
-                       ar_exit_code_t why);
+
+/* ---- Routing (route.c): the one way to a pid ---------------------------------------- */
+/* Hands e to the process at `to`: 0 once it is queued there (the target acts on it, or
+ * answers it as it ends); AR_ENOPROC when `to` is dead, unknown or unreachable, and then e
+ * was not queued and is still the caller's; AR_EAGAIN for a counted CAST/CALL over the
+ * target's mailbox_limit (e is still the caller's). A pid of another node will be handed
+ * to the distribution layer here; until then no process of another node is reachable. */
+int ar__route(struct ar_node *node, ar_pid_t to, ar__env_t *e);
+int ar__route_on(struct ar__sched *s, struct ar_node *node, ar_pid_t to, ar__env_t *e);
+/* ar__route for an envelope nobody waits on: an unroutable one is a dead letter. */
+void ar__route_or_free(struct ar_node *node, ar_pid_t to, ar__env_t *e);
+/* Answers an envelope whose target ended: a LINK becomes the linker's EXIT, a MONITOR
+ * the watcher's DOWN, a CALL the caller's failed reply, each with why; the rest is
+ * dropped (messages counted). p: the struct it was queued in (its counts are given back). */
+void ar__dead_letter(struct ar_node *node, struct ar_proc *p, ar__env_t *e, ar_reason_t why);
+
+/* ---- Halves (halves.c): links, monitors and owed calls of one process --------------- */
+/* An intrusive chained hash table of held envelopes: putting never allocates (a bucket
+ * array that cannot grow only makes chains longer), so admitting a LINK or a MONITOR
+ * never fails. Owner-only, like the rest of a process's state. */
+typedef struct ar__halves {
+    ar__env_t **b;   /* buckets (&one while there is no array) */
+    ar__env_t *one;  /* the single bucket of an empty table */
+    uint32_t mask;   /* buckets - 1 */
+    uint32_t n;
+} ar__halves_t;
+void ar__halves_init(ar__halves_t *t);
+/* Holds e as a half of `kind` keyed by {peer, ref}. */
+void ar__half_put(struct ar_proc *p, ar__env_t *e, enum ar__half_kind kind, ar_pid_t peer,
+                  ar_ref_t ref);
+/* Takes out the half of `kind` with {peer, ref} (HALF_MONITOR: by ref alone); NULL: none. */
+ar__env_t *ar__half_take(struct ar_proc *p, enum ar__half_kind kind, ar_pid_t peer,
+                         ar_ref_t ref);
+bool ar__half_has(struct ar_proc *p, enum ar__half_kind kind, ar_pid_t peer, ar_ref_t ref);
+/* Takes out every half, as a list linked through q.next; the table is empty after. */
+ar__env_t *ar__halves_take_all(struct ar_proc *p);
 
 /* ---- Stacks and contexts (stack.c, ctx_*.S) ---------------------------------------- */
 /* An unwind point on a handler stack: crashes longjmp to the innermost one. Each loop
@@ -194,7 +230,7 @@ enum {
     P_STOP = 1u << 0,     /* ar_stop called: end after this handler */
     P_EXITING = 1u << 1,  /* a fatal signal arrived: unwind at the next safe point */
     P_STARTING = 1u << 2, /* spawned from a foreign thread: init not run yet */
-    P_FOREIGN = 1u << 3,  /* a foreign thread's call waiter, not a process */
+    P_FOREIGN = 1u << 3,  /* a foreign thread's waiter (waiter.c), not a process */
     P_TOPLEVEL = 1u << 4, /* spawned from outside any process */
     P_OVERFLOW = 1u << 5, /* its stack overflowed: ends with "stack overflow" */
     P_TERMINATING = 1u << 6, /* in its exit path: terminate may block; the reason is final */
@@ -223,6 +259,10 @@ struct ar__spawn_wait {
     int rc;
 };
 
+/* The first cache line is written by senders (the outer queue's producer end and the
+ * counts beside it); the rest only by the thread running the process (its "owner"), but
+ * for the relaxed atomics introspection reads. _Alignas puts the owner's fields on the
+ * next line, so the compiler, not a hand count, sizes the padding between them. */
 struct ar_proc {
     /* --- written by senders --- */
     _Atomic uintptr_t head;       /* outer queue producer end | MB_EMPTY | MB_DEAD */
@@ -231,14 +271,13 @@ struct ar_proc {
     _Atomic uint64_t pid_lo;      /* current occupant's pid (serial|index); 0 when free */
     struct ar__qnode stub;        /* the outer queue's resting node */
     _Atomic uint32_t signals;     /* signals (not messages) ever pushed (wraps) */
-    char pad_[AR__CACHE_LINE - 36];
     /* --- owner only (the thread running the process), unless atomic --- */
-    struct ar__qnode *tail;       /* outer queue consumer end */
+    _Alignas(AR__CACHE_LINE) struct ar__qnode *tail; /* outer queue consumer end */
     ar__env_t *inner_head, *inner_tail; /* fetched, not yet handled, in arrival order */
     _Atomic(const ar_behaviour_t *) b;
     void *state;                  /* P_FOREIGN: the waiting thread's ar__sem_t */
     struct ar_node *node;
-    _Atomic uint64_t parent_lo;
+    _Atomic uint64_t parent_lo;   /* a parent is always local */
     ar__stack_t *stack;           /* the stack it holds while running or parked */
     struct ar_proc *link;         /* run queue / free list link */
     _Atomic uint64_t handled;
@@ -248,6 +287,7 @@ struct ar_proc {
     ar_ref_t wait_ref;            /* the blocking call waits for this ref; 0: none */
     struct ar__timer *wait_timer; /* its timeout, cancelled if the process ends waiting */
     ar__env_t *handling;          /* the envelope its handler has (freed if it crashes) */
+    ar__halves_t halves;          /* its links, monitors both ways, and calls it owes */
     uint32_t index;               /* its slot in the table (fixed) */
     uint32_t serial;              /* serial of the slot's latest occupant */
     _Atomic uint32_t flags;       /* P_*; atomic for introspection */
@@ -255,17 +295,18 @@ struct ar_proc {
     uint8_t parked;               /* its context is saved on its stack */
     uint8_t reason_code;          /* why it ends (ar_exit_code_t); text, if any, in ext */
     _Atomic uint8_t trap_exit;
-    /* sizes of its link and monitor sets, mirrored for ar_proc_info (other threads) */
+    /* how many halves of each kind it holds, mirrored for ar_proc_info (other threads) */
     _Atomic uint32_t nlinks, nmonitors, nmonitored_by;
 };
+/* An idle process with no state costs one slot: four cache lines at most. */
+#define AR__PROC_MAX_BYTES 256
+_Static_assert(sizeof(struct ar_proc) <= AR__PROC_MAX_BYTES, "an idle process fits 256 bytes");
+_Static_assert(offsetof(struct ar_proc, tail) == AR__CACHE_LINE,
+               "the senders' fields fill exactly the first cache line");
 
 /* Rare per-process data: exit reason, owned timers, pending asks, spawn handshake. */
 struct ar__proc_ext {
     char *reason_text;           /* why it ends, when there is a text */
-    ar__set_t links;             /* pid lo of each linked process */
-    ar__set_t monitors;          /* monitors it holds: ref -> target pid lo */
-    ar__set_t monitored_by;      /* monitors on it: ref -> watcher pid lo */
-    ar__set_t calls;             /* CALLs it took and has not answered: ref -> caller lo */
     ar_ref_t *timers;            /* refs of timers it set (cancelled at exit) */
     size_t ntimers, timers_cap;
     struct ar__ask *asks;        /* outstanding ar_ask refs */
@@ -279,20 +320,24 @@ struct ar__ask {
 };
 
 struct ar__proc_ext *ar__proc_ext(ar_proc_t *p); /* NULL on OOM */
-void ar__proc_count_sets(ar_proc_t *p); /* mirrors the set sizes for ar_proc_info */
-ar_proc_t *ar__proc_lookup(struct ar_node *node, ar_pid_t pid); /* live or NULL (racy) */
+/* The live local process at pid, or NULL: for introspection only; every send and signal
+ * goes through ar__route, which owns the meaning of "no such process". */
+ar_proc_t *ar__proc_lookup(struct ar_node *node, ar_pid_t pid);
 static inline ar_pid_t ar__proc_pid(const struct ar_proc *p);
 ar_proc_t *ar__proc_alloc(struct ar_node *node);   /* a free slot with a fresh serial */
 void ar__proc_release(ar_proc_t *p);               /* slot back to the free lists */
-/* Runs the exit path of p (terminate, timers, dead-mark, release). */
+/* Ends p: runs its terminate (once, caught), then the exit sequence. */
 void ar__proc_exit(ar_proc_t *p, ar_reason_t why);
 void ar__proc_set_reason(ar_proc_t *p, ar_reason_t why);
-void ar__msg_taken(ar_proc_t *p, ar__env_t *e); /* counts a message handed out */
+/* A message is handed to a handler or to ar_receive's caller: counted; a CALL is now
+ * owed (held in the halves until it is answered, released or the process ends). */
+void ar__msg_taken(ar_proc_t *p, ar__env_t *e);
 void ar__msg_taken_on(struct ar__sched *s, ar_proc_t *p, ar__env_t *e);
+/* The handler (or ar_msg_release) is done with e: freed, unless it is an owed CALL. */
+void ar__msg_done(struct ar__sched *s, ar__env_t *e);
 /* Runs a turn of p on the current scheduler. */
 void ar__proc_run(ar_proc_t *p);
-/* Fetches the outer queue into the inner queue, acting on signals; returns false if the
- * process must unwind (a fatal signal). */
+/* Fetches the outer queue into the inner queue, acting on signals as they come. */
 void ar__proc_fetch(ar_proc_t *p);
 /* Unlinks and returns the first inner envelope for which pred holds; NULL if none. */
 ar__env_t *ar__inner_take(ar_proc_t *p, bool (*pred)(ar__env_t *, void *), void *ud);
@@ -304,6 +349,32 @@ int ar__proc_table_init(struct ar_node *node);
 extern _Thread_local ar_proc_t *ar__tls_proc;  /* process whose code runs on this thread */
 ar_proc_t *ar__current_proc(void);            /* noinline: safe across migrations */
 
+/* ---- The exit sequence (exit.c) ------------------------------------------------------ */
+enum ar__end {
+    END_EXITED,       /* a started process, after its terminate: everyone learns why */
+    END_START_FAILED, /* init failed: as if it never was (links undone, monitors AR_NOPROC) */
+    END_WAITER,       /* a foreign thread's waiter retires: it ends as AR_NOPROC */
+};
+/* Every ending runs these steps, in this order: release what the process owns, release
+ * its name, unpublish its pid, notify its links, monitors and callers and answer what is
+ * queued, emit its exit event, free the slot. Later features add their step here. */
+void ar__exit_sequence(ar_proc_t *p, ar_reason_t why, enum ar__end how);
+
+/* ---- Waiters (waiter.c): a foreign thread's stand-in process ------------------------ */
+/* A process slot (P_FOREIGN) whose mailbox wakes a thread that is not a scheduler: what
+ * a foreign ar_call and ar_node_stop wait in. Its pid can be linked to and monitored like
+ * any other; closing it runs the exit sequence. */
+typedef struct ar__waiter {
+    ar_proc_t *p;
+    ar__sem_t sem;
+} ar__waiter_t;
+int ar__waiter_open(struct ar_node *node, ar__waiter_t *w); /* AR_ENOMEM */
+/* Waits until pred accepts an envelope of the waiter's; NULL when the deadline passed
+ * (NULL deadline: none). */
+ar__env_t *ar__waiter_wait(ar__waiter_t *w, bool (*pred)(ar__env_t *, void *), void *ud,
+                           const struct timespec *deadline);
+void ar__waiter_close(ar__waiter_t *w);
+
 /* ---- Mailbox (mailbox.c) ------------------------------------------------------------ */
 void ar__mb_init(ar_proc_t *p, uintptr_t bits);
 /* Pushes; returns the tag bits the push found (MB_EMPTY: schedule; MB_DEAD: drain). */
@@ -312,26 +383,28 @@ ar__env_t *ar__mb_pop(ar_proc_t *p); /* consumer only; NULL if nothing (now) */
 /* Consumer gives up the queue: marks it with bits if it is empty. false: not empty. */
 bool ar__mb_try_mark(ar_proc_t *p, uintptr_t bits);
 bool ar__mb_has_more(ar_proc_t *p);
-/* A push found MB_DEAD: drain as dead letters until the queue rests marked dead again. */
-void ar__mb_drain_dead(struct ar_node *node, ar_proc_t *p);
+/* The consumer of a dead queue answers everything in it as dead letters until it rests
+ * marked dead again; `keep` (if it is found) is handed back instead: true if it was. */
+bool ar__mb_drain_dead(struct ar_node *node, ar_proc_t *p, ar__env_t *keep);
 void ar__inner_append(ar_proc_t *p, ar__env_t *e);
 void ar__consumed(ar_proc_t *p); /* a counted CAST/CALL left the mailbox */
+/* The consumer takes e out of the mailbox unhandled: gives back the counts it took. */
+void ar__mb_unqueue(ar_proc_t *p, ar__env_t *e);
 
 /* ---- Signals (signal.c) -------------------------------------------------------------- */
-/* Acts on a fetched signal envelope (ENV_EXIT .. ENV_CALL_DONE): returns it turned into a
- * message (AR_MSG_EXIT, AR_MSG_DOWN) for the process to see, or NULL (consumed). */
+/* Acts on a fetched signal envelope (ENV_EXIT .. ENV_CALL_DONE), taking it: returns it
+ * turned into a message (AR_MSG_EXIT, AR_MSG_DOWN) for the process to see, or NULL (it
+ * was freed, or is now held as a half). */
 ar__env_t *ar__signal_admit(ar_proc_t *p, ar__env_t *e);
-/* Answers a signal that reached a dead process (a LINK gets an exit, a MONITOR a DOWN),
- * with why: the process's exit reason while it is ending, AR_NOPROC once it is gone. */
-void ar__signal_dead_letter(struct ar_node *node, ar__env_t *e, ar_reason_t why);
-/* The exit path's signals: EXIT to links, DOWN to monitors, failed replies to outstanding
- * calls (started) or quiet removal (a failed start). p's pid is already unpublished. */
-void ar__signal_exit(ar_proc_t *p, ar_pid_t self, ar_reason_t why, bool started);
-/* A CALL was taken by the process (handle or receive): it now owes the answer. */
-void ar__signal_call_taken(ar_proc_t *p, ar__env_t *e);
-/* Sends kind from `from` to `to` with ref and reason (text copied); 0 or AR_ENOPROC. */
-int ar__signal_send(struct ar_node *node, int kind, ar_pid_t from, ar_pid_t to, ar_ref_t ref,
-                    ar_reason_t why, uint8_t flags);
+/* Monitors target for p (the running process, or a waiter on its own thread): the
+ * monitor's DOWN is reserved now, so only this can fail (AR_ENOMEM), never the DOWN. */
+int ar__monitor(ar_proc_t *p, ar_pid_t target, ar_ref_t *ref);
+/* Sends an exit signal (text copied): 0, AR_ENOPROC (dead target), AR_ENOMEM. */
+int ar__send_exit(struct ar_node *node, ar_pid_t from, ar_pid_t to, ar_reason_t why,
+                  uint8_t flags);
+/* Tells `to` that the call ref needs no answer any more (best effort: without memory for
+ * it, the callee holds the call until it answers or ends, and the answer is dropped). */
+void ar__call_done(struct ar_node *node, ar_pid_t self, ar_pid_t to, ar_ref_t ref);
 
 /* ---- Schedulers (sched.c) ----------------------------------------------------------- */
 struct ar__runq {
@@ -450,6 +523,11 @@ struct ar__proc_table {
     size_t nfree;
 };
 
+/* Lock order. The runtime's mutexes never nest, but for these pairs, taken only in this
+ * order: top_lock, then a process table lookup (lock-free); ptab.lock, then nothing;
+ * inject_lock, idle_lock, exit_lock, stack_lock, depot.lock and the timer map's lock are
+ * leaves, held for a few instructions with no call that could take another. Nothing is
+ * ever held across a context switch, a park, or a call into user code. */
 struct ar_node {
     ar_node_config_t cfg;
     uint64_t pid_hi;
@@ -458,7 +536,7 @@ struct ar_node {
     struct ar__proc_table ptab;
     struct ar__depot depot;
     _Atomic uint64_t next_ref;
-    _Atomic int stopping;       /* ar_spawn refuses */
+    _Atomic int stopping;       /* ar_node_stop began: nothing new starts */
     _Atomic int shutdown;       /* scheduler threads leave */
     _Atomic int stop_requested;
     ar__sem_t stop_sem;         /* ar_node_wait */
@@ -473,12 +551,15 @@ struct ar_node {
     _Atomic unsigned nparked, nspinning;
     /* top-level processes in spawn order (for the ordered stop) */
     pthread_mutex_t top_lock;
-    uint64_t *top;
-    size_t ntop, top_cap;
-    /* exits, for ar_node_stop to wait on */
+    uint64_t *top, *top_snap;  /* top_snap: room for the stop's copy, reserved with each */
+    size_t ntop, top_cap, top_reserved; /* reserved: places held by spawns in progress */
+    /* the last exit, for ar_node_stop to wait on */
     pthread_mutex_t exit_lock;
     pthread_cond_t exit_cond;
     _Atomic int exit_waiters;
+    /* calls from threads that are not the node's: ar_node_stop frees nothing under them */
+    _Atomic uint64_t outside;
+    ar__sem_t outside_sem;
     _Atomic uint64_t counts[AR__NCOUNTS]; /* foreign threads' share of the counters */
     _Atomic uint64_t live;      /* processes alive */
     struct ar__timers *timers;
@@ -491,7 +572,12 @@ struct ar_node {
 };
 
 ar_ref_t ar__make_ref(struct ar_node *node);
+/* A process ended (or its start failed): one fewer alive; the last wakes ar_node_stop. */
 void ar__note_exit(struct ar_node *node);
+/* Around a public call that may come from a thread that is not one of the node's: the
+ * node is not freed while such a call runs. Returns whether it counted (call leave then). */
+bool ar__outside_enter(struct ar_node *node);
+void ar__outside_leave(struct ar_node *node);
 uint64_t ar__now_ns(void);
 bool ar__timeout_ok(int timeout_ms);
 

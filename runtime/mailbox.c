@@ -82,14 +82,21 @@ bool ar__mb_try_mark(ar_proc_t *p, uintptr_t bits)
                                                    memory_order_release, memory_order_relaxed);
 }
 
-void ar__mb_drain_dead(struct ar_node *node, ar_proc_t *p)
+bool ar__mb_drain_dead(struct ar_node *node, ar_proc_t *p, ar__env_t *keep)
 {
+    bool kept = false;
     for (;;) {
         ar__env_t *e;
         while ((e = ar__mb_pop(p)) != NULL || ar__mb_has_more(p)) {
-            if (e) ar__dead_letter(node, p, e);
+            if (!e) continue; /* a push between its exchange and its link */
+            if (e == keep) {
+                ar__mb_unqueue(p, e);
+                kept = true;
+            } else {
+                ar__dead_letter(node, p, e, AR_REASON(AR_NOPROC));
+            }
         }
-        if (ar__mb_try_mark(p, MB_EMPTY | MB_DEAD)) return;
+        if (ar__mb_try_mark(p, MB_EMPTY | MB_DEAD)) return kept;
     }
 }
 
@@ -127,4 +134,11 @@ void ar__consumed(ar_proc_t *p)
     atomic_store_explicit(&p->consumed,
                           atomic_load_explicit(&p->consumed, memory_order_relaxed) + 1,
                           memory_order_relaxed);
+}
+
+void ar__mb_unqueue(ar_proc_t *p, ar__env_t *e)
+{
+    if (e->flags & ENVF_COUNTED) ar__consumed(p);
+    e->flags &= (uint8_t)~ENVF_COUNTED;
+    if (e->kind == ENV_EXIT) p->signals_seen++; /* its consumer's count, like consumed */
 }

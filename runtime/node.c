@@ -1,10 +1,16 @@
 /* The node: configuration, start, wait, and the ordered stop.
  *
  * Start builds the process table, pools, timers, the scheduler threads and the I/O
- * thread, in that order; a failure undoes what was built. Stop refuses new spawns, ends
- * the top-level processes one at a time in reverse spawn order with AR_SHUTDOWN, then
- * everything else, kills what is left when the timeout runs out, and only then joins the
- * threads and frees the node. Any thread but the node's own may start, wait and stop it.
+ * thread, in that order; a failure undoes what was built.
+ *
+ * Stop is a handshake, never a poll: it refuses new spawns, then ends the top-level
+ * processes one at a time, newest first, each with AR_SHUTDOWN, waiting for its DOWN (the
+ * stopping thread monitors it from a waiter) for as long as it takes or until the
+ * deadline; then sends AR_SHUTDOWN once to whatever is left and waits for the last exit
+ * to wake it; when the deadline passes, it sends AR_KILL once to what is still alive and
+ * waits again. A process already in its terminate is never cut short by the shutdown,
+ * only by the deadline's kill. Then it waits for calls from other threads still inside
+ * the node, and only then joins the threads and frees the node.
  */
 #include "internal.h"
 
@@ -17,6 +23,8 @@
 #define DEFAULT_STACK (64u * 1024)
 #define DEFAULT_SPIN_US 50
 #define MAX_SCHEDULERS 1024
+/* How long a stop short of memory waits before it tries again. */
+#define OOM_RETRY_NS 1000000L
 
 static _Atomic uint32_t nodes_started;
 
@@ -55,7 +63,9 @@ static void node_free(ar_node_t *node)
     pthread_mutex_destroy(&node->stack_lock);
     pthread_cond_destroy(&node->exit_cond);
     ar__sem_destroy(&node->stop_sem);
+    ar__sem_destroy(&node->outside_sem);
     ar__free(node->top);
+    ar__free(node->top_snap);
     ar__free((char *)node->cfg.name);
     ar__free((char *)node->cfg.listen);
     ar__free((char *)node->cfg.cookie);
@@ -90,6 +100,7 @@ int ar_node_start(const ar_node_config_t *cfg_in, ar_node_t **out)
     pthread_cond_init(&node->exit_cond, &ca);
     pthread_condattr_destroy(&ca);
     ar__sem_init(&node->stop_sem);
+    ar__sem_init(&node->outside_sem);
     ar__depot_init(&node->depot);
     ar__proc_table_init(node);
 
@@ -145,131 +156,161 @@ void ar_node_request_stop(ar_node_t *node)
     ar__sem_post(&node->stop_sem); /* async-signal-safe */
 }
 
+/* ---- stopping ---- */
 void ar__note_exit(ar_node_t *node)
 {
-    /* seq_cst read-modify-write, as the waiter's increment (wait_exits): either we see
-     * the waiter, or its increment acquires this and it sees the exit. */
-    if (atomic_fetch_add_explicit(&node->exit_waiters, 0, memory_order_seq_cst) > 0) {
+    /* seq_cst, as ar_node_stop's count of waiters and its read of live: either it sees
+     * none alive, or this sees it waiting and wakes it */
+    if (atomic_fetch_sub_explicit(&node->live, 1, memory_order_seq_cst) != 1) return;
+    if (atomic_load_explicit(&node->exit_waiters, memory_order_seq_cst) > 0) {
         pthread_mutex_lock(&node->exit_lock);
         pthread_cond_broadcast(&node->exit_cond);
         pthread_mutex_unlock(&node->exit_lock);
     }
 }
 
-static struct timespec deadline_in(uint64_t ns_from_now)
+bool ar__outside_enter(ar_node_t *node)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    uint64_t t = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + ns_from_now;
-    ts.tv_sec = (time_t)(t / 1000000000ull);
-    ts.tv_nsec = (long)(t % 1000000000ull);
-    return ts;
+    if (on_own_thread(node)) return false; /* the node's own threads outlive any call */
+    /* seq_cst: see ar__outside_leave */
+    atomic_fetch_add_explicit(&node->outside, 1, memory_order_seq_cst);
+    return true;
 }
 
-/* Waits until done(node, arg) or until `until_ns` (monotonic; 0: no limit). */
-static bool wait_exits(ar_node_t *node, bool (*done)(ar_node_t *, void *), void *arg,
-                       uint64_t until_ns)
+void ar__outside_leave(ar_node_t *node)
 {
-    /* An exit usually follows its signal within microseconds, while a schedulers' spin
-     * lasts: poll that long before sleeping, so a stop of thousands of top-level
-     * processes, one at a time, does not pay two thread wake-ups for each. */
-    uint64_t spin_until = ar__now_ns() + node->spin_ns;
-    while (ar__now_ns() < spin_until)
-        if (done(node, arg)) return true;
-    bool ok;
+    /* seq_cst, as the stopper's flag and its read of the count: the last call to leave a
+     * stopping node wakes the stopper */
+    if (atomic_fetch_sub_explicit(&node->outside, 1, memory_order_seq_cst) == 1 &&
+        atomic_load_explicit(&node->stopping, memory_order_seq_cst))
+        ar__sem_post(&node->outside_sem);
+}
+
+static struct timespec monotonic_ts(uint64_t ns)
+{
+    return (struct timespec){(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};
+}
+
+/* Out of memory, the stop waits a moment and tries again: memory comes back as processes
+ * end. false once the deadline (0: none) has passed. */
+static bool retry_later(uint64_t until)
+{
+    if (until && ar__now_ns() >= until) return false;
+    struct timespec ts = {0, OOM_RETRY_NS};
+    nanosleep(&ts, NULL);
+    return true;
+}
+
+static bool down_of(ar__env_t *e, void *arg)
+{
+    return e->kind == ENV_MSG && e->msg.kind == AR_MSG_DOWN && e->msg.ref == *(ar_ref_t *)arg;
+}
+
+/* Stops one top-level process and waits for its DOWN; false when the deadline passed. */
+static bool stop_one(ar_node_t *node, ar__waiter_t *w, ar_pid_t pid, uint64_t until)
+{
+    ar_ref_t ref;
+    while (ar__monitor(w->p, pid, &ref) != 0)
+        if (!retry_later(until)) return false;
+    while (ar__send_exit(node, AR_PID_NONE, pid, AR_REASON(AR_SHUTDOWN), ENVF_STOP) == AR_ENOMEM)
+        if (!retry_later(until)) return false;
+    struct timespec ts = monotonic_ts(until);
+    ar__env_t *down = ar__waiter_wait(w, down_of, &ref, until ? &ts : NULL);
+    ar__env_free(down);
+    return down != NULL;
+}
+
+/* The top-level processes, newest first. false when the deadline passed. */
+static bool stop_toplevel(ar_node_t *node, ar__waiter_t *w, uint64_t until)
+{
+    /* the snapshot's room was reserved with each spawn; no spawn grows it any more */
+    pthread_mutex_lock(&node->top_lock);
+    size_t n = node->ntop;
+    if (n) memcpy(node->top_snap, node->top, n * sizeof *node->top);
+    pthread_mutex_unlock(&node->top_lock);
+    for (size_t i = n; i-- > 0;)
+        if (!stop_one(node, w, (ar_pid_t){node->pid_hi, node->top_snap[i]}, until)) return false;
+    return true;
+}
+
+/* Sends code to every live process once (the stop's own waiter aside). */
+static void signal_all(ar_node_t *node, ar_exit_code_t code, uint64_t until)
+{
+    for (;;) {
+        bool short_of_memory = false;
+        uint32_t nchunks = atomic_load_explicit(&node->ptab.nchunks, memory_order_acquire);
+        for (uint32_t c = 0; c < nchunks; c++) {
+            ar_proc_t *chunk = atomic_load_explicit(&node->ptab.chunks[c], memory_order_acquire);
+            for (uint32_t i = 0; i < AR__CHUNK_PROCS; i++) {
+                ar_proc_t *p = &chunk[i];
+                /* seq_cst: pairs with a spawn's publication (proc.c, publish) */
+                uint64_t lo = atomic_load_explicit(&p->pid_lo, memory_order_seq_cst);
+                if (!lo || (atomic_load_explicit(&p->flags, memory_order_relaxed) & P_FOREIGN))
+                    continue;
+                if (ar__send_exit(node, AR_PID_NONE, (ar_pid_t){node->pid_hi, lo},
+                                  AR_REASON(code), ENVF_STOP) == AR_ENOMEM)
+                    short_of_memory = true;
+            }
+        }
+        /* again for those it could not reach: a second stop signal changes nothing */
+        if (!short_of_memory || !retry_later(code == AR_KILL ? 0 : until)) return;
+    }
+}
+
+/* Waits for the last process to end; false when the deadline (0: none) passed first. */
+static bool wait_none_alive(ar_node_t *node, uint64_t until)
+{
+    bool none;
     atomic_fetch_add_explicit(&node->exit_waiters, 1, memory_order_seq_cst);
     pthread_mutex_lock(&node->exit_lock);
-    while (!(ok = done(node, arg))) {
-        uint64_t now = ar__now_ns();
-        if (until_ns && now >= until_ns) break;
-        /* bounded slices: a spawn that raced the stop may still need signalling */
-        uint64_t slice = 100000000u;
-        if (until_ns && until_ns - now < slice) slice = until_ns - now;
-        struct timespec ts = deadline_in(slice);
-        if (pthread_cond_timedwait(&node->exit_cond, &node->exit_lock, &ts) != 0 && !until_ns)
-            break; /* let the caller re-signal stragglers */
+    while (!(none = atomic_load_explicit(&node->live, memory_order_seq_cst) == 0)) {
+        if (!until) {
+            pthread_cond_wait(&node->exit_cond, &node->exit_lock);
+            continue;
+        }
+        if (ar__now_ns() >= until) break;
+        struct timespec ts = monotonic_ts(until);
+        pthread_cond_timedwait(&node->exit_cond, &node->exit_lock, &ts);
     }
     pthread_mutex_unlock(&node->exit_lock);
     atomic_fetch_sub_explicit(&node->exit_waiters, 1, memory_order_relaxed);
-    return ok;
+    return none;
 }
 
-static bool pid_dead(ar_node_t *node, void *arg)
+/* Calls from other threads still inside the node finish before it is freed. */
+static void wait_outside_calls(ar_node_t *node)
 {
-    return ar__proc_lookup(node, *(ar_pid_t *)arg) == NULL;
-}
-
-static bool none_alive(ar_node_t *node, void *arg)
-{
-    (void)arg;
-    return atomic_load_explicit(&node->live, memory_order_acquire) == 0;
-}
-
-/* The node's stop request: ends the process with code even if it traps exits, running
- * its terminate (retried on the next pass if there is no memory for it). */
-static void send_exit(ar_node_t *node, ar_pid_t pid, ar_exit_code_t code)
-{
-    ar__signal_send(node, ENV_EXIT, AR_PID_NONE, pid, 0, AR_REASON(code), ENVF_STOP);
-}
-
-/* Signals every live process; returns how many. */
-static size_t signal_all(ar_node_t *node, ar_exit_code_t code)
-{
-    size_t n = 0;
-    uint32_t nchunks = atomic_load_explicit(&node->ptab.nchunks, memory_order_acquire);
-    for (uint32_t c = 0; c < nchunks; c++) {
-        ar_proc_t *chunk = atomic_load_explicit(&node->ptab.chunks[c], memory_order_acquire);
-        for (uint32_t i = 0; i < AR__CHUNK_PROCS; i++) {
-            ar_proc_t *p = &chunk[i];
-            uint64_t lo = atomic_load_explicit(&p->pid_lo, memory_order_acquire);
-            if (!lo || (atomic_load_explicit(&p->flags, memory_order_relaxed) & P_FOREIGN))
-                continue;
-            send_exit(node, (ar_pid_t){node->pid_hi, lo}, code);
-            n++;
-        }
-    }
-    return n;
+    while (atomic_load_explicit(&node->outside, memory_order_seq_cst) > 0)
+        ar__sem_wait(&node->outside_sem, NULL);
 }
 
 int ar_node_stop(ar_node_t *node, int timeout_ms)
 {
     if (!node || !ar__timeout_ok(timeout_ms)) return AR_EINVAL;
     if (on_own_thread(node)) return AR_EDEADLK;
-    atomic_store_explicit(&node->stopping, 1, memory_order_release);
+    /* seq_cst: pairs with a spawn's publication, and with ar__outside_leave */
+    atomic_store_explicit(&node->stopping, 1, memory_order_seq_cst);
     uint64_t until = timeout_ms == AR_INFINITY ? 0 : ar__now_ns() + (uint64_t)timeout_ms * 1000000u;
-    if (until == 0 && timeout_ms != AR_INFINITY) until = 1;
-    int rc = 0;
-
-    /* 1. top-level processes, newest first, one at a time */
-    pthread_mutex_lock(&node->top_lock);
-    size_t ntop = node->ntop;
-    uint64_t *top = ntop ? ar__malloc(ntop * sizeof *top) : NULL;
-    if (top) memcpy(top, node->top, ntop * sizeof *top);
-    pthread_mutex_unlock(&node->top_lock);
-    for (size_t i = ntop; top && i-- > 0;) {
-        ar_pid_t pid = {node->pid_hi, top[i]};
-        if (!ar__proc_lookup(node, pid)) continue;
-        send_exit(node, pid, AR_SHUTDOWN);
-        if (!wait_exits(node, pid_dead, &pid, until ? until : 0) && until) break;
+    bool in_time = true;
+    ar__waiter_t w;
+    while (ar__waiter_open(node, &w) != 0)
+        if (!(in_time = retry_later(until))) break;
+    if (in_time) {
+        in_time = stop_toplevel(node, &w, until);
+        ar__waiter_close(&w);
     }
-    ar__free(top);
-
-    /* 2. whatever is left, all at once */
-    while (!none_alive(node, NULL)) {
-        if (until && ar__now_ns() >= until) break;
-        signal_all(node, AR_SHUTDOWN);
-        wait_exits(node, none_alive, NULL, until ? until : ar__now_ns() + 100000000u);
+    if (in_time) {
+        signal_all(node, AR_SHUTDOWN, until);
+        in_time = wait_none_alive(node, until);
     }
-    /* 3. the timeout ran out: kill */
-    while (!none_alive(node, NULL)) {
-        rc = AR_ETIMEDOUT;
-        signal_all(node, AR_KILL);
-        wait_exits(node, none_alive, NULL, ar__now_ns() + 100000000u);
+    if (!in_time) { /* the deadline passed: kill what is left */
+        signal_all(node, AR_KILL, 0);
+        wait_none_alive(node, 0);
     }
-
+    wait_outside_calls(node);
     ar__loop_stop(node);
     ar__sched_stop(node);
     node_free(node);
     atomic_fetch_sub(&ar__nodes_running, 1);
-    return rc;
+    return in_time ? 0 : AR_ETIMEDOUT;
 }

@@ -1,4 +1,4 @@
-/* Processes: the process table, spawn, a turn, signal fetching, and the exit path.
+/* Processes: the process table, spawn, a turn, and signal fetching.
  *
  * Table: fixed-size chunks of process structs under a directory that never moves, so a
  * pid's index finds its struct without a lock and structs are never freed while the node
@@ -9,14 +9,12 @@
  *
  * A turn (ar__proc_run): if a signal waits (signal senders count them), fetch the whole
  * outer queue first, so signals act before any message is handled; then handle up to
- * BATCH messages (BATCH_LONG with a long backlog), or TURN_NS of them, taking them straight off the outer queue when the
- * inner one is empty; then give up the queue or requeue. Crashes (ar_exit_self, AR_FAIL,
- * stack overflow) unwind to the catch frame at the bottom of the loop's stack (see
- * sched.c); ar_spawn sets its own catch frame around a child's init, which runs on the
- * spawner's stack, and the exit path one around terminate.
- *
- * Exit path: terminate (once, caught), cancel timers and asks, unpublish the pid, answer
- * whatever is queued as dead letters and mark the mailbox dead, return the slot.
+ * BATCH messages (BATCH_LONG with a long backlog), or as many as TURN_NS allows, taking
+ * them straight off the outer queue when the inner one is empty; then give up the queue
+ * or requeue. Crashes (ar_exit_self, AR_FAIL, stack overflow) unwind to the catch frame
+ * at the bottom of the loop's stack (see sched.c); ar_spawn sets its own catch frame
+ * around a child's init, which runs on the spawner's stack, and ar__proc_exit one around
+ * terminate. Ending is the exit sequence's (exit.c).
  */
 #include "internal.h"
 
@@ -52,7 +50,7 @@ void ar__proc_table_destroy(ar_node_t *node)
 {
     struct ar__proc_table *t = &node->ptab;
     uint32_t n = atomic_load(&t->nchunks);
-    for (uint32_t c = 0; c < n; c++) ar__free(atomic_load(&t->chunks[c]));
+    for (uint32_t c = 0; c < n; c++) ar__free(((void **)atomic_load(&t->chunks[c]))[-1]);
     pthread_mutex_destroy(&t->lock);
 }
 
@@ -86,8 +84,14 @@ static ar_proc_t *fresh_slot(ar_node_t *node)
     uint32_t c = index / AR__CHUNK_PROCS;
     if (c >= AR__MAX_CHUNKS) return NULL;
     if (c >= atomic_load_explicit(&t->nchunks, memory_order_relaxed)) {
-        ar_proc_t *chunk = ar__calloc(AR__CHUNK_PROCS, sizeof(ar_proc_t));
-        if (!chunk) return NULL;
+        /* cache-line aligned, as struct ar_proc promises; the block's own address is kept
+         * in the word just below the first slot */
+        size_t bytes = (size_t)AR__CHUNK_PROCS * sizeof(ar_proc_t) + AR__CACHE_LINE;
+        char *raw = ar__calloc(1, bytes);
+        if (!raw) return NULL;
+        ar_proc_t *chunk = (ar_proc_t *)(((uintptr_t)raw + sizeof(void *) + AR__CACHE_LINE - 1) &
+                                         ~(uintptr_t)(AR__CACHE_LINE - 1));
+        ((void **)chunk)[-1] = raw;
         for (uint32_t i = 0; i < AR__CHUNK_PROCS; i++) {
             chunk[i].index = c * AR__CHUNK_PROCS + i;
             ar__mb_init(&chunk[i], MB_EMPTY | MB_DEAD);
@@ -153,6 +157,7 @@ ar_proc_t *ar__proc_alloc(ar_node_t *node)
     p->wait_ref = 0;
     p->wait_timer = NULL;
     p->handling = NULL;
+    ar__halves_init(&p->halves);
     p->reason_code = AR_NORMAL;
     p->parked = 0;
     atomic_store_explicit(&p->trap_exit, 0, memory_order_relaxed);
@@ -198,14 +203,6 @@ struct ar__proc_ext *ar__proc_ext(ar_proc_t *p)
 {
     if (!p->ext) p->ext = ar__calloc(1, sizeof *p->ext);
     return p->ext;
-}
-
-void ar__proc_count_sets(ar_proc_t *p)
-{
-    struct ar__proc_ext *x = p->ext;
-    atomic_store_explicit(&p->nlinks, x ? x->links.n : 0, memory_order_relaxed);
-    atomic_store_explicit(&p->nmonitors, x ? x->monitors.n : 0, memory_order_relaxed);
-    atomic_store_explicit(&p->nmonitored_by, x ? x->monitored_by.n : 0, memory_order_relaxed);
 }
 
 /* ---- reasons ---- */
@@ -322,25 +319,26 @@ static struct ar__ask *take_ask(ar_proc_t *p, ar_ref_t ref)
 }
 
 /* Acts on a fetched envelope: returns it if it is for the process to see (a message, or
- * the wake-up its wait expects), else disposes of it and returns NULL. */
+ * the wake-up its wait expects), else disposes of it (or keeps it as a half) and returns
+ * NULL. */
 static ar__env_t *admit(ar_proc_t *p, ar__env_t *e)
 {
     if (e->to_lo != atomic_load_explicit(&p->pid_lo, memory_order_relaxed)) {
-        ar__dead_letter(p->node, p, e); /* sent to an earlier occupant of the slot */
+        /* sent to an earlier occupant of the slot */
+        ar__dead_letter(p->node, p, e, AR_REASON(AR_NOPROC));
         return NULL;
     }
     switch (e->kind) {
     case ENV_MSG:
         if (e->msg.kind == AR_MSG_REPLY) {
-            if (e->sync_reply) {
+            if (e->flags & ENVF_SYNC) {
                 if (e->msg.ref != p->wait_ref) break; /* its call gave up: drop */
             } else {
                 struct ar__ask *a = take_ask(p, e->msg.ref);
                 if (!a) break; /* the ask was answered already (timeout): drop */
                 if (a->timer) ar__timer_cancel(p->node, a->timer);
                 if (!(e->flags & ENVF_RELEASED)) /* the target may still owe it */
-                    ar__signal_send(p->node, ENV_CALL_DONE, ar__proc_pid(p), a->to, a->ref,
-                                    AR_REASON(AR_NORMAL), 0);
+                    ar__call_done(p->node, ar__proc_pid(p), a->to, a->ref);
                 ar__free(a);
             }
         }
@@ -348,12 +346,8 @@ static ar__env_t *admit(ar_proc_t *p, ar__env_t *e)
     case ENV_WAKE:
         if (e->msg.ref != p->wait_ref) break;
         return e;
-    default: { /* a signal: links, monitors, exits */
-        ar__env_t *m = ar__signal_admit(p, e);
-        ar__proc_count_sets(p);
-        if (m) return m;
-        break;
-    }
+    default: /* a signal: links, monitors, exits */
+        return ar__signal_admit(p, e);
     }
     ar__env_free(e);
     return NULL;
@@ -393,11 +387,21 @@ void ar__msg_taken(ar_proc_t *p, ar__env_t *e) { ar__msg_taken_on(ar__current_sc
 
 void ar__msg_taken_on(ar__sched_t *s, ar_proc_t *p, ar__env_t *e)
 {
-    if (e->counted) ar__consumed(p);
-    if (e->msg.kind == AR_MSG_CALL) ar__signal_call_taken(p, e);
+    if (e->flags & ENVF_COUNTED) ar__consumed(p);
+    e->flags &= (uint8_t)~ENVF_COUNTED;
+    if (e->msg.kind == AR_MSG_CALL) { /* owed from now: the CALL is its own failed reply */
+        e->flags |= ENVF_OWED | ENVF_HANDED;
+        ar__half_put(p, e, HALF_CALL, e->msg.reply_to.pid, e->msg.reply_to.ref);
+    }
     atomic_store_explicit(&p->handled, atomic_load_explicit(&p->handled, memory_order_relaxed) + 1,
                           memory_order_relaxed);
     ar__count(s, p->node, AR__DELIVERED);
+}
+
+void ar__msg_done(ar__sched_t *s, ar__env_t *e)
+{
+    e->flags &= (uint8_t)~ENVF_HANDED;
+    if (!(e->flags & ENVF_OWED)) ar__env_free_on(s, e); /* an owed CALL stays a half */
 }
 
 static void handle_batch(ar_proc_t *p, ar__sched_t *s)
@@ -434,11 +438,11 @@ static void handle_batch(ar_proc_t *p, ar__sched_t *s)
         b->handle(p, p->state, &e->msg);
         p->handling = NULL;
         s = ar__current_sched(); /* afresh: the handler may have parked and moved threads */
-        ar__env_free_on(s, e);
+        ar__msg_done(s, e);
     }
 }
 
-/* ---- exit path ---- */
+/* ---- ending ---- */
 struct term_args {
     ar_proc_t *p;
     ar_reason_t why;
@@ -450,62 +454,8 @@ static void run_terminate(void *arg)
     if (b->terminate) b->terminate(t->p, t->p->state, t->why);
 }
 
-/* Answers what the ending process still has queued, with its exit reason: a LINK or
- * MONITOR that arrived while it lived learns how it ended, a CALL it never took fails
- * with that reason. What arrives after the mailbox is marked dead gets AR_NOPROC. */
-static void answer_queued(ar_proc_t *p, ar_reason_t why)
-{
-    ar__env_t *e = p->inner_head;
-    while (e) {
-        ar__env_t *n = (ar__env_t *)atomic_load_explicit(&e->q.next, memory_order_relaxed);
-        ar__dead_letter_why(p->node, p, e, why);
-        e = n;
-    }
-    p->inner_head = p->inner_tail = NULL;
-    while ((e = ar__mb_pop(p)) != NULL) ar__dead_letter_why(p->node, p, e, why);
-}
-
-/* Everything but terminate: what a failed start and an exit share. */
-static void teardown(ar_proc_t *p, ar_reason_t why, bool started)
-{
-    ar_node_t *node = p->node;
-    ar_pid_t self = ar__proc_pid(p);
-    if (p->handling) {
-        ar__env_free(p->handling);
-        p->handling = NULL;
-    }
-    ar__proc_cancel_timers(p);
-    if (p->wait_timer) { /* it ended while parked in a timed wait */
-        ar__timer_cancel(node, p->wait_timer);
-        p->wait_timer = NULL;
-    }
-    p->wait_ref = 0;
-    /* unpublish: from here lookups fail; senders that got in before are answered below */
-    atomic_store_explicit(&p->pid_lo, 0, memory_order_release);
-    /* then tell links, monitors and callers: whoever learns of the death sees it dead */
-    ar__signal_exit(p, self, why, started);
-    ar__proc_count_sets(p);
-    answer_queued(p, started ? why : AR_REASON(AR_NOPROC));
-    ar__mb_drain_dead(node, p);
-    if (p->ext) {
-        struct ar__ask *a = p->ext->asks;
-        while (a) {
-            struct ar__ask *n = a->next;
-            if (a->timer) ar__timer_cancel(node, a->timer);
-            ar__free(a);
-            a = n;
-        }
-        ar__free(p->ext->reason_text);
-        ar__free(p->ext->timers);
-        ar__free(p->ext);
-        p->ext = NULL;
-    }
-    ar__proc_release(p);
-}
-
 void ar__proc_exit(ar_proc_t *p, ar_reason_t why)
 {
-    ar_node_t *node = p->node;
     ar__set_current_proc(p);
     /* terminate runs as the process it is (it may block); only a new fatal signal, an
      * ar_exit_self or a crash cuts it short */
@@ -515,11 +465,8 @@ void ar__proc_exit(ar_proc_t *p, ar_reason_t why)
     struct term_args t = {p, why};
     struct ar__catch c;
     catch_run(&c, p->stack, run_terminate, &t); /* a crash in terminate ends only it */
-    teardown(p, why, true);
-    ar__count(ar__current_sched(), node, AR__EXITED);
-    atomic_fetch_sub_explicit(&node->live, 1, memory_order_relaxed);
+    ar__exit_sequence(p, why, END_EXITED);
     ar__set_current_proc(NULL);
-    ar__note_exit(node);
 }
 
 static void end_turn(ar_proc_t *p)
@@ -552,8 +499,7 @@ static int start(ar_proc_t *p, void *arg)
     ar__set_current_proc(p); /* init may have parked and resumed on another thread */
     int rc = crashed ? AR_ENOPROC : (ia.rc < 0 ? ia.rc : 0);
     if (rc < 0) {
-        teardown(p, AR_REASON(AR_NOPROC), false);
-        atomic_fetch_sub_explicit(&p->node->live, 1, memory_order_relaxed);
+        ar__exit_sequence(p, AR_REASON(AR_NOPROC), END_START_FAILED);
         return rc;
     }
     ar__count(ar__current_sched(), p->node, AR__SPAWNED); /* before it can exit */
@@ -564,46 +510,127 @@ static int start(ar_proc_t *p, void *arg)
     return 0;
 }
 
-static int note_toplevel(ar_node_t *node, uint64_t lo)
+/* The ordered stop ends top-level processes newest first: a spawn from outside any
+ * process reserves its place in that list before anything starts, so running out of
+ * memory fails the spawn rather than the order. */
+static int top_reserve(ar_node_t *node)
 {
     pthread_mutex_lock(&node->top_lock);
-    if (node->ntop == node->top_cap) {
+    /* under the lock: a stop copies the list under it once it set the flag */
+    if (atomic_load_explicit(&node->stopping, memory_order_relaxed)) {
+        pthread_mutex_unlock(&node->top_lock);
+        return AR_ECLOSED;
+    }
+    if (node->ntop + node->top_reserved + 1 > node->top_cap) {
         /* drop the dead first, so churn of short-lived top-level processes stays bounded */
         size_t k = 0;
         for (size_t i = 0; i < node->ntop; i++)
             if (ar__proc_lookup(node, (ar_pid_t){node->pid_hi, node->top[i]}))
                 node->top[k++] = node->top[i];
         node->ntop = k;
-        if (k * 2 >= node->top_cap) {
+        size_t need = k + node->top_reserved + 1;
+        if (need * 2 > node->top_cap) {
             size_t cap = node->top_cap ? node->top_cap * 2 : 64;
+            while (cap < need * 2) cap *= 2;
             uint64_t *n = ar__realloc(node->top, cap * sizeof *n);
-            if (!n) {
+            if (n) node->top = n;
+            uint64_t *snap = n ? ar__realloc(node->top_snap, cap * sizeof *snap) : NULL;
+            if (snap) node->top_snap = snap;
+            if (!snap) { /* the lists keep the old capacity (one may have grown: harmless) */
                 pthread_mutex_unlock(&node->top_lock);
                 return AR_ENOMEM;
             }
-            node->top = n;
             node->top_cap = cap;
         }
     }
-    node->top[node->ntop++] = lo;
+    node->top_reserved++;
     pthread_mutex_unlock(&node->top_lock);
     return 0;
 }
 
-/* spawn with .link: both halves are set before the child runs a line, so a child that
- * dies at once still signals its parent. The child is not running yet: its half is ours
- * to write. */
-static int link_both(ar_proc_t *parent, ar_proc_t *child)
+static void top_commit(ar_node_t *node, uint64_t lo)
 {
-    struct ar__proc_ext *px = ar__proc_ext(parent), *cx = ar__proc_ext(child);
-    uint64_t clo = atomic_load_explicit(&child->pid_lo, memory_order_relaxed);
-    if (!px || !cx || ar__set_put(&px->links, clo, 0) != 0) return AR_ENOMEM;
-    if (ar__set_put(&cx->links, atomic_load_explicit(&parent->pid_lo, memory_order_relaxed), 0)) {
-        ar__set_del(&px->links, clo, NULL);
+    pthread_mutex_lock(&node->top_lock);
+    node->top_reserved--;
+    if (lo) node->top[node->ntop++] = lo;
+    pthread_mutex_unlock(&node->top_lock);
+}
+
+/* Publishes a new process; false if the node began to stop meanwhile (the spawn then
+ * undoes itself). The pid's store and the check are sequentially consistent, as the
+ * stopper's flag and its sweep of the table: either the stopper sees this pid, or this
+ * spawn sees the stop. */
+static bool publish(ar_node_t *node, ar_proc_t *p, uint64_t lo)
+{
+    atomic_store_explicit(&p->pid_lo, lo, memory_order_seq_cst);
+    return !atomic_load_explicit(&node->stopping, memory_order_seq_cst);
+}
+
+static int spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_spawn_opts_t *opts,
+                 ar_proc_t *parent, ar_pid_t *out)
+{
+    if (atomic_load_explicit(&node->stopping, memory_order_acquire)) return AR_ECLOSED;
+    bool link = opts && opts->link;
+    ar__env_t *parent_half = NULL, *child_half = NULL; /* a link's halves, made first */
+    if (link && !(parent_half = ar__env_new(0))) return AR_ENOMEM;
+    if (link && !(child_half = ar__env_new(0))) {
+        ar__env_free(parent_half);
         return AR_ENOMEM;
     }
-    ar__proc_count_sets(parent);
-    ar__proc_count_sets(child);
+    ar_proc_t *p = ar__proc_alloc(node);
+    if (!p) {
+        ar__env_free(parent_half);
+        ar__env_free(child_half);
+        return AR_ENOMEM;
+    }
+    atomic_store_explicit(&p->b, b, memory_order_relaxed);
+    atomic_store_explicit(&p->parent_lo, parent ? atomic_load(&parent->pid_lo) : 0,
+                          memory_order_relaxed);
+    if (opts) {
+        atomic_store_explicit(&p->mailbox_limit, (uint32_t)opts->mailbox_limit,
+                              memory_order_relaxed);
+        atomic_store_explicit(&p->trap_exit, opts->trap_exit, memory_order_relaxed);
+    }
+    if (!parent) atomic_fetch_or_explicit(&p->flags, P_TOPLEVEL, memory_order_relaxed);
+    uint64_t lo = AR__PID_LO(p->index, p->serial);
+    ar_pid_t pid = {node->pid_hi, lo};
+    atomic_fetch_add_explicit(&node->live, 1, memory_order_relaxed);
+    struct ar__proc_ext *x = parent ? NULL : ar__proc_ext(p); /* the start handshake's */
+    if (!publish(node, p, lo) || (!parent && !x)) {
+        int rc = x || parent ? AR_ECLOSED : AR_ENOMEM;
+        ar__exit_sequence(p, AR_REASON(AR_NOPROC), END_START_FAILED);
+        ar__env_free(parent_half);
+        ar__env_free(child_half);
+        return rc;
+    }
+    int rc;
+    if (parent) {
+        ar_pid_t ppid = ar__proc_pid(parent);
+        if (link) { /* both halves before the child runs a line: one that dies at once
+                       still signals its parent (the child's table is ours to write yet) */
+            ar__half_put(parent, parent_half, HALF_LINK, pid, 0);
+            ar__half_put(p, child_half, HALF_LINK, ppid, 0);
+        }
+        /* init runs right here, on the spawner's stack, as the child */
+        p->stack = parent->stack;
+        rc = start(p, arg);
+        ar__set_current_proc(parent);
+        if (rc < 0 && link) /* a failed start leaves no link (and sends no exit) */
+            ar__env_free(ar__half_take(parent, HALF_LINK, pid, 0));
+    } else {
+        struct ar__spawn_wait w;
+        ar__sem_init(&w.sem);
+        w.arg = arg;
+        w.rc = 0;
+        x->spawn_wait = &w;
+        atomic_fetch_or_explicit(&p->flags, P_STARTING, memory_order_relaxed);
+        ar__schedule(node, p); /* its mailbox has no MB_EMPTY bit: we hold the duty */
+        ar__sem_wait(&w.sem, NULL);
+        ar__sem_destroy(&w.sem);
+        rc = w.rc;
+    }
+    if (rc < 0) return rc;
+    if (out) *out = pid;
     return 0;
 }
 
@@ -620,65 +647,17 @@ int ar_spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_spawn
         if (opts->name) return AR_ENOTSUP; /* names: not yet */
         if (opts->mailbox_limit > UINT32_MAX) return AR_EINVAL;
     }
-    if (atomic_load_explicit(&node->stopping, memory_order_acquire)) return AR_ECLOSED;
-    ar_proc_t *p = ar__proc_alloc(node);
-    if (!p) return AR_ENOMEM;
-    atomic_store_explicit(&p->b, b, memory_order_relaxed);
-    atomic_store_explicit(&p->parent_lo, parent ? atomic_load(&parent->pid_lo) : 0,
-                          memory_order_relaxed);
-    if (opts) {
-        atomic_store_explicit(&p->mailbox_limit, (uint32_t)opts->mailbox_limit,
-                              memory_order_relaxed);
-        atomic_store_explicit(&p->trap_exit, opts->trap_exit, memory_order_relaxed);
+    if (parent) return spawn(node, b, arg, opts, parent, out);
+    bool counted = ar__outside_enter(node);
+    int rc = top_reserve(node);
+    if (rc == 0) {
+        ar_pid_t pid = AR_PID_NONE;
+        rc = spawn(node, b, arg, opts, NULL, &pid);
+        top_commit(node, rc == 0 ? pid.lo : 0);
+        if (rc == 0 && out) *out = pid;
     }
-    if (!parent) atomic_fetch_or_explicit(&p->flags, P_TOPLEVEL, memory_order_relaxed);
-    uint64_t lo = AR__PID_LO(p->index, p->serial);
-    ar_pid_t pid = {node->pid_hi, lo};
-    atomic_fetch_add_explicit(&node->live, 1, memory_order_relaxed);
-    /* release: a sender that finds this pid sees the fields above */
-    atomic_store_explicit(&p->pid_lo, lo, memory_order_release);
-
-    int rc;
-    if (parent) {
-        bool link = opts && opts->link;
-        if (link && (rc = link_both(parent, p)) != 0) {
-            teardown(p, AR_REASON(AR_NOPROC), false);
-            atomic_fetch_sub_explicit(&node->live, 1, memory_order_relaxed);
-            return rc;
-        }
-        /* init runs right here, on the spawner's stack, as the child */
-        p->stack = parent->stack;
-        rc = start(p, arg);
-        ar__set_current_proc(parent);
-        if (rc < 0 && link) { /* a failed start leaves no link (and sends no exit) */
-            ar__set_del(&parent->ext->links, lo, NULL);
-            ar__proc_count_sets(parent);
-        }
-    } else {
-        struct ar__spawn_wait w;
-        struct ar__proc_ext *x = ar__proc_ext(p);
-        if (!x) {
-            teardown(p, AR_REASON(AR_NOPROC), false);
-            atomic_fetch_sub_explicit(&node->live, 1, memory_order_relaxed);
-            return AR_ENOMEM;
-        }
-        ar__sem_init(&w.sem);
-        w.arg = arg;
-        w.rc = 0;
-        x->spawn_wait = &w;
-        atomic_fetch_or_explicit(&p->flags, P_STARTING, memory_order_relaxed);
-        ar__schedule(node, p); /* its mailbox has no MB_EMPTY bit: we hold the duty */
-        ar__sem_wait(&w.sem, NULL);
-        ar__sem_destroy(&w.sem);
-        rc = w.rc;
-    }
-    if (rc < 0) return rc;
-    if (!parent && note_toplevel(node, lo) != 0) {
-        /* cannot remember it for the ordered stop: it is still stopped at node stop,
-         * with everything else */
-    }
-    if (out) *out = pid;
-    return 0;
+    if (counted) ar__outside_leave(node);
+    return rc;
 }
 
 /* ---- a turn ---- */

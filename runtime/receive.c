@@ -99,7 +99,7 @@ int ar_receive(ar_proc_t *self, bool (*match)(const ar_msg_t *m, void *ud), void
 void ar_msg_release(ar_proc_t *self, ar_msg_t *m)
 {
     (void)self;
-    if (m) ar__env_free(ar__container_of(m, ar__env_t, msg));
+    if (m) ar__msg_done(ar__current_sched(), ar__container_of(m, ar__env_t, msg));
 }
 
 static bool wake_pred(ar__env_t *e, void *arg)

@@ -291,10 +291,7 @@ void ar__after_push(ar_node_t *node, ar_proc_t *p, uintptr_t bits)
 void ar__after_push_on(ar__sched_t *s, ar_node_t *node, ar_proc_t *p, uintptr_t bits)
 {
     if (!bits) return;
-    if (bits & MB_DEAD) {
-        ar__mb_drain_dead(node, p);
-        return;
-    }
+    AR__ASSERT(!(bits & MB_DEAD)); /* ar__route drains a dead mailbox itself */
     if (atomic_load_explicit(&p->flags, memory_order_relaxed) & P_FOREIGN) {
         ar__sem_post((ar__sem_t *)p->state);
         return;

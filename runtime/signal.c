@@ -1,20 +1,17 @@
-/* Links, monitors, exit signals, trap_exit, and the exit path's signals.
+/* Links, monitors, exit signals, trap_exit.
  *
  * A process changes only its own half of a link or monitor; the other half travels as a
- * signal in the other process's mailbox, in order with its messages (ERTS's way). Each
- * side keeps its half in sets in the process extension: links (pid lo), monitors it holds
- * (ref -> target), monitors on it (ref -> watcher). An exit signal that came through a
- * link acts only if the receiver still has the link, and a DOWN only if the receiver still
- * holds the monitor: so after ar_unlink / ar_demonitor nothing more arrives from them.
+ * signal in the other process's mailbox, in order with its messages (ERTS's way), and is
+ * held there as that process's half (halves.c). Making a link or a monitor allocates both
+ * halves at once, so it is the only step that can fail (AR_ENOMEM, nothing changed); the
+ * exit signals and DOWNs they promise are then delivered whatever memory is left.
  *
- * Calls: a process that takes a CALL owes its caller an answer (ext->calls). Answering it
- * itself settles that; an answer from elsewhere makes the caller send ENV_CALL_DONE. A
- * process that ends with answers owed fails each call with its exit reason, so callers
- * learn of the death at once, which is what monitoring the target in each call gives
- * Erlang, without two more signals per call.
+ * An exit signal that came through a link acts only if the receiver still holds the link,
+ * and a DOWN only if the receiver still holds the monitor: so after ar_unlink or
+ * ar_demonitor nothing more arrives from them. ar_unlink and ar_demonitor send the half
+ * itself as the UNLINK or DEMONITOR: they allocate nothing and cannot fail.
  *
- * Everything here runs on the process's own thread, but the senders (ar_exit from any
- * thread) and the exit path, which runs after the pid is unpublished.
+ * Everything here runs on the process's own thread, but ar_exit, which any thread sends.
  */
 #include "internal.h"
 
@@ -25,26 +22,23 @@ static ar_proc_t *self_ok(ar_proc_t *self)
     return (self && self == ar__current_proc()) ? self : NULL;
 }
 
-int ar__signal_send(ar_node_t *node, int kind, ar_pid_t from, ar_pid_t to, ar_ref_t ref,
-                    ar_reason_t why, uint8_t flags)
+int ar__send_exit(ar_node_t *node, ar_pid_t from, ar_pid_t to, ar_reason_t why, uint8_t flags)
 {
-    size_t tl = why.text ? strlen(why.text) + 1 : 0;
-    ar__env_t *e = ar__env_new(tl);
+    ar__env_t *e = ar__env_new(why.text ? strlen(why.text) + 1 : 0);
     if (!e) return AR_ENOMEM;
-    e->kind = (uint8_t)kind;
+    e = ar__env_recycle(e, ENV_EXIT, from, 0, why); /* fits: no allocation */
     e->flags = flags;
-    e->msg.from = from;
-    e->msg.ref = ref;
-    e->msg.reason.code = why.code;
-    if (tl) {
-        memcpy(ar__env_payload(e), why.text, tl);
-        e->msg.reason.text = ar__env_payload(e);
-    }
-    e->msg.len = 0; /* the payload holds the reason's text, not data */
-    return kind == ENV_EXIT ? ar__deliver_signal(node, to, e) : ar__deliver(node, to, e);
+    int rc = ar__route(node, to, e);
+    if (rc) ar__env_free(e);
+    return rc;
 }
 
-static ar_pid_t local(ar_node_t *node, uint64_t lo) { return (ar_pid_t){node->pid_hi, lo}; }
+void ar__call_done(ar_node_t *node, ar_pid_t self, ar_pid_t to, ar_ref_t ref)
+{
+    ar__env_t *e = ar__env_new(0);
+    if (e) ar__route_or_free(node, to, ar__env_recycle(e, ENV_CALL_DONE, self, ref,
+                                                        AR_REASON(AR_NORMAL)));
+}
 
 /* Ends p with why when it is next safe to (p is the running process). */
 static void doom(ar_proc_t *p, ar_reason_t why)
@@ -60,122 +54,81 @@ static ar__env_t *as_message(ar__env_t *e, ar_msg_kind_t kind)
     return e;
 }
 
+static ar__env_t *dropped(ar__env_t *e)
+{
+    ar__env_free(e);
+    return NULL;
+}
+
 static ar__env_t *exit_arrives(ar_proc_t *p, ar__env_t *e)
 {
     ar_pid_t self = ar__proc_pid(p);
     ar_reason_t why = e->msg.reason;
     bool via_link = e->flags & ENVF_LINK;
-    if (via_link && !(p->ext && ar__set_del(&p->ext->links, e->msg.from.lo, NULL)))
-        return NULL; /* the link is gone (unlinked, or never was) */
+    if (via_link) {
+        ar__env_t *h = ar__half_take(p, HALF_LINK, e->msg.from, 0);
+        if (!h) return dropped(e); /* the link is gone (unlinked, or never was) */
+        ar__env_free(h);
+    }
+    uint32_t fl = atomic_load_explicit(&p->flags, memory_order_relaxed);
     if (why.code == AR_KILL && !via_link) {
         doom(p, AR_REASON(AR_KILLED)); /* untrappable */
-        return NULL;
+        return dropped(e);
     }
     if (e->flags & ENVF_STOP) { /* the node is stopping: trapping or not */
-        doom(p, why);
-        return NULL;
+        /* its own end already runs: the node's shutdown never cuts a terminate short */
+        if (!(fl & P_TERMINATING)) doom(p, why);
+        return dropped(e);
     }
     if (!atomic_load_explicit(&p->trap_exit, memory_order_relaxed)) {
-        if (why.code == AR_NORMAL && !ar_pid_eq(e->msg.from, self)) return NULL;
+        if (why.code == AR_NORMAL && !ar_pid_eq(e->msg.from, self)) return dropped(e);
         doom(p, why);
-        return NULL;
+        return dropped(e);
     }
     return as_message(e, AR_MSG_EXIT);
 }
 
+/* A CALL's caller no longer needs an answer: the callee's half goes (the handler frees
+ * the envelope if it still holds it). */
+static void release_owed(ar__env_t *h)
+{
+    h->flags &= (uint8_t)~ENVF_OWED;
+    if (!(h->flags & ENVF_HANDED)) ar__env_free(h);
+}
+
 ar__env_t *ar__signal_admit(ar_proc_t *p, ar__env_t *e)
 {
-    struct ar__proc_ext *x;
+    ar_pid_t from = e->msg.from;
+    ar_ref_t ref = e->msg.ref;
+    ar__env_t *h;
     switch (e->kind) {
     case ENV_EXIT:
         p->signals_seen++;
-        if ((e = exit_arrives(p, e)) != NULL) return e;
+        return exit_arrives(p, e);
+    case ENV_LINK: /* one link per pair: a half it holds already stays */
+        if (ar_pid_eq(from, ar__proc_pid(p)) || ar__half_has(p, HALF_LINK, from, 0)) break;
+        ar__half_put(p, e, HALF_LINK, from, 0); /* the LINK is its half now */
         return NULL;
-    case ENV_LINK:
-        if (e->msg.from.lo != atomic_load_explicit(&p->pid_lo, memory_order_relaxed) &&
-            (x = ar__proc_ext(p)) != NULL)
-            ar__set_put(&x->links, e->msg.from.lo, 0);
-        break;
     case ENV_UNLINK:
-        if (p->ext) ar__set_del(&p->ext->links, e->msg.from.lo, NULL);
+        if ((h = ar__half_take(p, HALF_LINK, from, 0)) != NULL) ar__env_free(h);
         break;
-    case ENV_MONITOR:
-        if ((x = ar__proc_ext(p)) != NULL) ar__set_put(&x->monitored_by, e->msg.ref, e->msg.from.lo);
-        break;
+    case ENV_MONITOR: /* the MONITOR is the DOWN it will send */
+        ar__half_put(p, e, HALF_WATCHED, from, ref);
+        return NULL;
     case ENV_DEMONITOR:
-        if (p->ext) ar__set_del(&p->ext->monitored_by, e->msg.ref, NULL);
+        if ((h = ar__half_take(p, HALF_WATCHED, from, ref)) != NULL) ar__env_free(h);
         break;
-    case ENV_DOWN:
-        if (p->ext && ar__set_del(&p->ext->monitors, e->msg.ref, NULL))
-            return as_message(e, AR_MSG_DOWN); /* at most once: the monitor is gone now */
-        break;
+    case ENV_DOWN: /* at most once: the monitor is gone with it */
+        if ((h = ar__half_take(p, HALF_MONITOR, from, ref)) == NULL) break;
+        ar__env_free(h);
+        return as_message(e, AR_MSG_DOWN);
     case ENV_CALL_DONE:
-        if (p->ext) ar__set_del(&p->ext->calls, e->msg.ref, NULL);
+        if ((h = ar__half_take(p, HALF_CALL, from, ref)) != NULL) release_owed(h);
         break;
+    default:
+        AR__ASSERT(!"a message admitted as a signal");
     }
-    return NULL; /* consumed: the caller frees it */
-}
-
-void ar__signal_dead_letter(ar_node_t *node, ar__env_t *e, ar_reason_t why)
-{
-    ar_pid_t dead = local(node, e->to_lo);
-    if (e->kind == ENV_LINK) /* the linker learns how its partner ended */
-        ar__signal_send(node, ENV_EXIT, dead, e->msg.from, 0, why, ENVF_LINK);
-    else if (e->kind == ENV_MONITOR)
-        ar__signal_send(node, ENV_DOWN, dead, e->msg.from, e->msg.ref, why, 0);
-}
-
-void ar__signal_call_taken(ar_proc_t *p, ar__env_t *e)
-{
-    struct ar__proc_ext *x = ar__proc_ext(p);
-    /* out of memory: the caller is not told of a death, but its timeout still ends it */
-    if (x) ar__set_put(&x->calls, e->msg.reply_to.ref, e->msg.reply_to.pid.lo);
-}
-
-void ar__signal_exit(ar_proc_t *p, ar_pid_t self, ar_reason_t why, bool started)
-{
-    struct ar__proc_ext *x = p->ext;
-    ar_node_t *node = p->node;
-    if (!x) return;
-    ar__set_t *s;
-    s = &x->links;
-    for (uint32_t i = 0; i < s->cap; i++)
-        if (s->k[i]) {
-            if (started)
-                ar__signal_send(node, ENV_EXIT, self, local(node, s->k[i]), 0, why, ENVF_LINK);
-            else /* a failed start: as if it never linked */
-                ar__signal_send(node, ENV_UNLINK, self, local(node, s->k[i]), 0, why, 0);
-        }
-    s = &x->monitored_by;
-    for (uint32_t i = 0; i < s->cap; i++)
-        if (s->k[i])
-            ar__signal_send(node, ENV_DOWN, self, local(node, s->v[i]), s->k[i],
-                            started ? why : AR_REASON(AR_NOPROC), 0);
-    s = &x->monitors;
-    for (uint32_t i = 0; i < s->cap; i++)
-        if (s->k[i]) ar__signal_send(node, ENV_DEMONITOR, self, local(node, s->v[i]), s->k[i], why, 0);
-    s = &x->calls;
-    for (uint32_t i = 0; i < s->cap; i++)
-        if (s->k[i]) {
-            ar__env_t *r = ar__env_new(why.text ? strlen(why.text) + 1 : 0);
-            if (!r) continue;
-            r->msg.kind = AR_MSG_REPLY;
-            r->msg.ref = s->k[i];
-            r->msg.from = self;
-            r->msg.reason.code = why.code == AR_NORMAL ? AR_NOPROC : why.code;
-            if (why.text) {
-                memcpy(ar__env_payload(r), why.text, r->cap);
-                r->msg.reason.text = ar__env_payload(r);
-            }
-            r->msg.len = 0;
-            r->sync_reply = (uint8_t)(s->k[i] & 1);
-            r->flags = ENVF_RELEASED;
-            ar__deliver(node, local(node, s->v[i]), r);
-        }
-    ar__set_free(&x->links);
-    ar__set_free(&x->monitored_by);
-    ar__set_free(&x->monitors);
-    ar__set_free(&x->calls);
+    return dropped(e);
 }
 
 /* ---- the public calls ---- */
@@ -187,8 +140,18 @@ int ar_exit(ar_node_t *node, ar_pid_t target, ar_reason_t why)
                      !(atomic_load_explicit(&self->flags, memory_order_relaxed) & P_FOREIGN))
                         ? ar__proc_pid(self)
                         : AR_PID_NONE;
-    int rc = ar__signal_send(node, ENV_EXIT, from, target, 0, why, 0);
+    int rc = ar__send_exit(node, from, target, why, 0);
     return rc == AR_ENOPROC ? 0 : rc; /* an exit to a dead pid does nothing */
+}
+
+/* Two envelopes at once, or none. */
+static bool two(ar__env_t **a, ar__env_t **b)
+{
+    *a = ar__env_new(0);
+    *b = *a ? ar__env_new(0) : NULL;
+    if (*b) return true;
+    ar__env_free(*a);
+    return false;
 }
 
 int ar_link(ar_proc_t *self, ar_pid_t other)
@@ -196,27 +159,47 @@ int ar_link(ar_proc_t *self, ar_pid_t other)
     ar_proc_t *p = self_ok(self);
     if (!p) return AR_EINVAL;
     ar_pid_t me = ar__proc_pid(p);
-    if (ar_pid_eq(other, me)) return 0;
-    if (!ar__proc_lookup(p->node, other)) return AR_ENOPROC;
-    struct ar__proc_ext *x = ar__proc_ext(p);
-    if (!x) return AR_ENOMEM;
-    if (ar__set_get(&x->links, other.lo, NULL)) return 0; /* one link per pair */
-    if (ar__set_put(&x->links, other.lo, 0) != 0) return AR_ENOMEM;
-    int rc = ar__signal_send(p->node, ENV_LINK, me, other, 0, AR_REASON(AR_NORMAL), 0);
-    if (rc == AR_ENOMEM) ar__set_del(&x->links, other.lo, NULL);
-    ar__proc_count_sets(p);
-    if (rc == AR_ENOMEM) return rc;
-    /* AR_ENOPROC here: it died just now; the dead letter answers with an exit signal */
-    return rc == AR_ENOPROC ? AR_ENOPROC : 0;
+    if (ar_pid_eq(other, me) || ar__half_has(p, HALF_LINK, other, 0)) return 0;
+    ar__env_t *half, *link;
+    if (!two(&half, &link)) return AR_ENOMEM;
+    ar__half_put(p, half, HALF_LINK, other, 0);
+    link = ar__env_recycle(link, ENV_LINK, me, 0, AR_REASON(AR_NORMAL));
+    if (ar__route(p->node, other, link) == 0) return 0;
+    /* dead: nothing changes, and no exit signal follows */
+    ar__env_free(ar__half_take(p, HALF_LINK, other, 0));
+    ar__env_free(link);
+    return AR_ENOPROC;
 }
 
 int ar_unlink(ar_proc_t *self, ar_pid_t other)
 {
     ar_proc_t *p = self_ok(self);
     if (!p) return AR_EINVAL;
-    if (!p->ext || !ar__set_del(&p->ext->links, other.lo, NULL)) return 0;
-    ar__proc_count_sets(p);
-    ar__signal_send(p->node, ENV_UNLINK, ar__proc_pid(p), other, 0, AR_REASON(AR_NORMAL), 0);
+    ar__env_t *h = ar__half_take(p, HALF_LINK, other, 0);
+    if (h) ar__route_or_free(p->node, other, ar__env_recycle(h, ENV_UNLINK, ar__proc_pid(p), 0,
+                                                             AR_REASON(AR_NORMAL)));
+    return 0;
+}
+
+int ar__monitor(ar_proc_t *p, ar_pid_t target, ar_ref_t *ref)
+{
+    ar_node_t *node = p->node;
+    ar__env_t *half, *mon;
+    if (!two(&half, &mon)) return AR_ENOMEM;
+    ar_ref_t r = ar__make_ref(node);
+    ar__half_put(p, half, HALF_MONITOR, target, r);
+    mon = ar__env_recycle(mon, ENV_MONITOR, ar__proc_pid(p), r, AR_REASON(AR_NORMAL));
+    if (ar__route(node, target, mon) != 0) {
+        /* dead already: the DOWN is in the mailbox at once, as in Erlang (a later
+         * demonitor without flush leaves it there). Whatever the dead process sent before
+         * is fetched first, so it still comes before its DOWN. */
+        ar__env_free(ar__half_take(p, HALF_MONITOR, target, r));
+        ar__proc_fetch(p);
+        mon = as_message(ar__env_recycle(mon, ENV_MSG, target, r, AR_REASON(AR_NOPROC)),
+                         AR_MSG_DOWN);
+        ar__inner_append(p, mon);
+    }
+    *ref = r;
     return 0;
 }
 
@@ -224,34 +207,7 @@ int ar_monitor(ar_proc_t *self, ar_pid_t target, ar_ref_t *ref)
 {
     ar_proc_t *p = self_ok(self);
     if (!p || !ref) return AR_EINVAL;
-    ar_ref_t r = ar__make_ref(p->node);
-    if (!ar__proc_lookup(p->node, target)) {
-        /* dead already: the DOWN is in the mailbox at once, as in Erlang (a later
-         * demonitor without flush leaves it there). Whatever the dead process sent before
-         * is fetched first, so it still comes before its DOWN. */
-        ar__env_t *d = ar__env_new(0);
-        if (!d) return AR_ENOMEM;
-        ar__proc_fetch(p);
-        d->msg.kind = AR_MSG_DOWN;
-        d->msg.from = target;
-        d->msg.ref = r;
-        d->msg.reason = AR_REASON(AR_NOPROC);
-        ar__inner_append(p, d);
-        *ref = r;
-        return 0;
-    }
-    struct ar__proc_ext *x = ar__proc_ext(p);
-    if (!x) return AR_ENOMEM;
-    if (ar__set_put(&x->monitors, r, target.lo) != 0) return AR_ENOMEM;
-    ar_pid_t me = ar__proc_pid(p);
-    int rc = ar__signal_send(p->node, ENV_MONITOR, me, target, r, AR_REASON(AR_NORMAL), 0);
-    /* AR_ENOPROC: it died just now; the MONITOR's dead letter brings the DOWN */
-    if (rc == AR_ENOPROC) rc = 0;
-    if (rc != 0) ar__set_del(&x->monitors, r, NULL);
-    ar__proc_count_sets(p);
-    if (rc != 0) return rc;
-    *ref = r;
-    return 0;
+    return ar__monitor(p, target, ref);
 }
 
 static bool down_for(ar__env_t *e, void *arg)
@@ -263,11 +219,11 @@ int ar_demonitor(ar_proc_t *self, ar_ref_t ref, bool flush)
 {
     ar_proc_t *p = self_ok(self);
     if (!p) return AR_EINVAL;
-    uint64_t target;
-    if (p->ext && ar__set_del(&p->ext->monitors, ref, &target)) {
-        ar__proc_count_sets(p);
-        ar__signal_send(p->node, ENV_DEMONITOR, ar__proc_pid(p), local(p->node, target), ref,
-                        AR_REASON(AR_NORMAL), 0);
+    ar__env_t *h = ar__half_take(p, HALF_MONITOR, AR_PID_NONE, ref);
+    if (h) {
+        ar_pid_t target = h->msg.reply_to.pid;
+        ar__route_or_free(p->node, target, ar__env_recycle(h, ENV_DEMONITOR, ar__proc_pid(p),
+                                                           ref, AR_REASON(AR_NORMAL)));
     }
     if (flush) { /* a DOWN already turned into a message */
         ar__env_t *e;

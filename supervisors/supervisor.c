@@ -13,7 +13,7 @@
 #include "sup_internal.h"
 
 #include <stdio.h>
-#include <stdlib.h>
+#include <stdlib.h> /* qsort, bsearch: all memory comes from ar_malloc */
 #include <string.h>
 #include <time.h>
 
@@ -82,17 +82,17 @@ static bool pm_insert(pidmap_t *m, uint64_t key, child_t *v)
 static bool pm_put(pidmap_t *m, uint64_t key, child_t *v)
 {
     if ((m->n + 1) * 4 > m->cap * 3) {
-        pidmap_t g = {calloc(m->cap ? m->cap * 2 : 16, sizeof(uint64_t)),
-                      calloc(m->cap ? m->cap * 2 : 16, sizeof(child_t *)), m->cap ? m->cap * 2 : 16, 0};
+        pidmap_t g = {ar_calloc(m->cap ? m->cap * 2 : 16, sizeof(uint64_t)),
+                      ar_calloc(m->cap ? m->cap * 2 : 16, sizeof(child_t *)), m->cap ? m->cap * 2 : 16, 0};
         if (!g.keys || !g.vals) {
-            free(g.keys);
-            free(g.vals);
+            ar_free(g.keys);
+            ar_free(g.vals);
             return false;
         }
         for (size_t i = 0; i < m->cap; i++)
             if (m->keys[i]) pm_insert(&g, m->keys[i], m->vals[i]);
-        free(m->keys);
-        free(m->vals);
+        ar_free(m->keys);
+        ar_free(m->vals);
         *m = g;
     }
     return pm_insert(m, key, v);
@@ -170,12 +170,20 @@ int ar__sup_check_spec(const ar_sup_spec_t *s)
     return 0;
 }
 
+static char *dup_str(const char *src)
+{
+    size_t n = strlen(src) + 1;
+    char *d = ar_malloc(n);
+    if (d) memcpy(d, src, n);
+    return d;
+}
+
 /* A child record from a spec, with OTP's defaults for zero fields. */
 static child_t *child_new(const ar_child_spec_t *c)
 {
-    child_t *k = calloc(1, sizeof *k);
-    if (!k || !(k->id = strdup(c->id))) {
-        free(k);
+    child_t *k = ar_calloc(1, sizeof *k);
+    if (!k || !(k->id = dup_str(c->id))) {
+        ar_free(k);
         return NULL;
     }
     k->b = c->behaviour;
@@ -190,8 +198,8 @@ static child_t *child_new(const ar_child_spec_t *c)
 
 static void child_free(child_t *k)
 {
-    if (k) free(k->id);
-    free(k);
+    if (k) ar_free(k->id);
+    ar_free(k);
 }
 
 /* A child's position, or -1 if it is no longer a child (its record may be freed: only
@@ -230,7 +238,7 @@ static int append(sup_t *s, child_t *k)
 {
     if (s->n == s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 8;
-        child_t **n = realloc(s->kids, cap * sizeof *n);
+        child_t **n = ar_realloc(s->kids, cap * sizeof *n);
         if (!n) return AR_ENOMEM;
         s->kids = n;
         s->cap = cap;
@@ -359,13 +367,13 @@ static void stop_all_parallel(ar_proc_t *self, sup_t *s)
 {
     ar_node_t *node = ar_node(self);
     size_t n = 0;
-    ar_ref_t *refs = malloc((s->n ? s->n : 1) * sizeof *refs);
-    ar_pid_t *pids = malloc((s->n ? s->n : 1) * sizeof *pids);
-    bool *seen = calloc(s->n ? s->n : 1, sizeof *seen);
+    ar_ref_t *refs = ar_malloc((s->n ? s->n : 1) * sizeof *refs);
+    ar_pid_t *pids = ar_malloc((s->n ? s->n : 1) * sizeof *pids);
+    bool *seen = ar_calloc(s->n ? s->n : 1, sizeof *seen);
     if (!refs || !pids || !seen) { /* no memory for the batch: one at a time */
-        free(refs);
-        free(pids);
-        free(seen);
+        ar_free(refs);
+        ar_free(pids);
+        ar_free(seen);
         for (size_t i = s->n; i-- > 0;)
             if (s->kids[i]) stop_one(self, s, s->kids[i]);
         return;
@@ -382,7 +390,7 @@ static void stop_all_parallel(ar_proc_t *self, sup_t *s)
     }
     qsort(refs, n, sizeof *refs, cmp_ref);
     struct stopping st = {pids, n};
-    ar_pid_t *sorted = malloc((n ? n : 1) * sizeof *sorted);
+    ar_pid_t *sorted = ar_malloc((n ? n : 1) * sizeof *sorted);
     if (sorted) {
         memcpy(sorted, pids, n * sizeof *sorted);
         qsort(sorted, n, sizeof *sorted, cmp_pid);
@@ -416,10 +424,10 @@ static void stop_all_parallel(ar_proc_t *self, sup_t *s)
             killed = true;
         }
     }
-    free(refs);
-    free(pids);
-    free(seen);
-    free(sorted);
+    ar_free(refs);
+    ar_free(pids);
+    ar_free(seen);
+    ar_free(sorted);
 }
 
 /* Stops the children at [from, n) in reverse start order. */
@@ -449,7 +457,7 @@ static bool may_restart(sup_t *s)
     }
     if (s->nhist == s->hist_cap) {
         size_t cap = s->hist_cap ? s->hist_cap * 2 : 8;
-        uint64_t *h = realloc(s->hist, cap * sizeof *h);
+        uint64_t *h = ar_realloc(s->hist, cap * sizeof *h);
         if (!h) return false;
         s->hist = h;
         s->hist_cap = cap;
@@ -582,7 +590,7 @@ static int sup_init(ar_proc_t *self, void *arg, void **state)
     const ar_sup_spec_t *spec = arg;
     int rc = ar__sup_check_spec(spec);
     if (rc) return rc;
-    sup_t *s = calloc(1, sizeof *s);
+    sup_t *s = ar_calloc(1, sizeof *s);
     if (!s) return AR_ENOMEM;
     s->strategy = spec->strategy;
     s->intensity = spec->intensity == AR_NO_RESTARTS ? 0 : (spec->intensity ? spec->intensity : 1);
@@ -599,7 +607,7 @@ static int sup_init(ar_proc_t *self, void *arg, void **state)
         child_t *t = child_new(&spec->children[0]);
         if (!t) goto fail;
         s->template_ = *t;
-        free(t);
+        ar_free(t);
         return 0;
     }
     for (size_t i = 0; i < spec->nchildren; i++) {
@@ -615,11 +623,11 @@ static int sup_init(ar_proc_t *self, void *arg, void **state)
 fail: /* the started ones stop in reverse order; nothing is left behind */
     stop_from(self, s, 0);
     for (size_t i = 0; i < s->n; i++) child_free(s->kids[i]); /* NULL holes: no-op */
-    free(s->kids);
-    free(s->by_pid.keys);
-    free(s->by_pid.vals);
-    free(s->template_.id);
-    free(s);
+    ar_free(s->kids);
+    ar_free(s->by_pid.keys);
+    ar_free(s->by_pid.vals);
+    ar_free(s->template_.id);
+    ar_free(s);
     *state = NULL;
     return rc ? rc : AR_ENOMEM;
 }
@@ -644,8 +652,8 @@ static void handle_call(ar_proc_t *self, sup_t *s, const ar_msg_t *m)
     case AR__SUP_START: {
         child_t *nk;
         if (simple) {
-            nk = calloc(1, sizeof *nk);
-            if (nk) *nk = s->template_, nk->id = strdup(s->template_.id), nk->arg = q->arg;
+            nk = ar_calloc(1, sizeof *nk);
+            if (nk) *nk = s->template_, nk->id = dup_str(s->template_.id), nk->arg = q->arg;
         } else {
             if ((r.rc = ar__sup_check_child(&q->spec)) != 0) break;
             if ((k = by_id(s, q->spec.id)) != NULL) {
@@ -727,7 +735,7 @@ static void handle_call(ar_proc_t *self, sup_t *s, const ar_msg_t *m)
     case AR__SUP_WHICH: {
         compact(s);
         size_t bytes = sizeof(size_t) + s->n * sizeof(ar_child_info_t);
-        char *buf = calloc(1, bytes);
+        char *buf = ar_calloc(1, bytes);
         if (!buf) {
             r.rc = AR_ENOMEM;
             break;
@@ -742,7 +750,7 @@ static void handle_call(ar_proc_t *self, sup_t *s, const ar_msg_t *m)
             out[i].type = s->kids[i]->type;
         }
         ar_reply(ar_node(self), m->reply_to, buf, bytes);
-        free(buf);
+        ar_free(buf);
         return;
     }
     case AR__SUP_STOP:
@@ -790,12 +798,12 @@ static void sup_terminate(ar_proc_t *self, void *state, ar_reason_t why)
     /* killed: its children follow through their links; otherwise take them down in order */
     if (why.code != AR_KILLED) stop_from(self, s, 0);
     for (size_t i = 0; i < s->n; i++) child_free(s->kids[i]); /* NULL holes: no-op */
-    free(s->kids);
-    free(s->hist);
-    free(s->by_pid.keys);
-    free(s->by_pid.vals);
-    free(s->template_.id);
-    free(s);
+    ar_free(s->kids);
+    ar_free(s->hist);
+    ar_free(s->by_pid.keys);
+    ar_free(s->by_pid.vals);
+    ar_free(s->template_.id);
+    ar_free(s);
 }
 
 const ar_behaviour_t ar_supervisor = {

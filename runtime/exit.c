@@ -1,0 +1,135 @@
+/* The exit sequence: how anything with a pid ends.
+ *
+ * A process after its terminate, a process whose init failed, and a foreign thread's
+ * waiter all end through ar__exit_sequence, whose steps run in this order:
+ *
+ *   1. release what it owns: the message it was handling, its timers, its wait's timer,
+ *      its outstanding asks (sockets, later, close here);
+ *   2. release its name (names and registry keys hook in here, so a name is free before
+ *      anyone hears of the death);
+ *   3. unpublish its pid: from here every route to it fails, so whoever learns of the
+ *      death sees it dead;
+ *   4. notify: every half it holds becomes the signal it stands for (EXIT to links, DOWN
+ *      to watchers, DEMONITOR to the processes it monitored, failed replies to the calls
+ *      it owed), then whatever is still queued is answered and the mailbox marked dead;
+ *   5. emit its exit event (the lifecycle event stream hooks in here, after the name);
+ *   6. free its memory and give its slot back.
+ *
+ * Step 4 allocates nothing but the room for a reason's text: every signal was reserved
+ * as a half when its link, monitor or call was made (halves.c).
+ * Runs on the thread that owns p: its scheduler, or the waiter's foreign thread.
+ */
+#include "internal.h"
+
+/* Step 1. */
+static void release_owned(ar_proc_t *p)
+{
+    ar_node_t *node = p->node;
+    ar__env_t *h = p->handling;
+    if (h) { /* its handler crashed: an owed CALL stays a half, answered in step 4 */
+        p->handling = NULL;
+        h->flags &= (uint8_t)~ENVF_HANDED;
+        if (!(h->flags & ENVF_OWED)) ar__env_free(h);
+    }
+    ar__proc_cancel_timers(p);
+    if (p->wait_timer) { /* it ended while parked in a timed wait */
+        ar__timer_cancel(node, p->wait_timer);
+        p->wait_timer = NULL;
+    }
+    p->wait_ref = 0;
+    struct ar__ask *a = p->ext ? p->ext->asks : NULL;
+    while (a) {
+        struct ar__ask *n = a->next;
+        if (a->timer) ar__timer_cancel(node, a->timer);
+        ar__free(a);
+        a = n;
+    }
+    if (p->ext) p->ext->asks = NULL;
+}
+
+/* Step 3. */
+static void unpublish(ar_proc_t *p)
+{
+    /* release: pairs with the lookups' acquire; senders that got in before are answered
+     * in step 4 */
+    atomic_store_explicit(&p->pid_lo, 0, memory_order_release);
+}
+
+/* The signal a half stands for, as the ending process sends it. */
+static ar__env_t *as_signal(ar__env_t *h, ar_pid_t self, ar_reason_t told, enum ar__end how)
+{
+    ar_reply_to_t key = h->msg.reply_to;
+    switch (h->half) {
+    case HALF_LINK:
+        if (how == END_START_FAILED) /* as if it never linked */
+            return ar__env_recycle(h, ENV_UNLINK, self, 0, AR_REASON(AR_NORMAL));
+        h = ar__env_recycle(h, ENV_EXIT, self, 0, told);
+        h->flags = ENVF_LINK;
+        return h;
+    case HALF_WATCHED: return ar__env_recycle(h, ENV_DOWN, self, key.ref, told);
+    case HALF_MONITOR:
+        return ar__env_recycle(h, ENV_DEMONITOR, self, key.ref, AR_REASON(AR_NORMAL));
+    case HALF_CALL: return ar__env_recycle_reply(h, self, key, told);
+    default: AR__ASSERT(!"a half of no kind"); return h;
+    }
+}
+
+/* Step 4: each half becomes its signal, then the queue is answered. Signals go out kind
+ * by kind, links first and DOWNs next, so a process linked to and monitoring the one that
+ * ends sees its EXIT before its DOWN, as one sender's order requires. */
+static void notify(ar_proc_t *p, ar_pid_t self, ar_reason_t why, enum ar__end how)
+{
+    static const enum ar__half_kind order[] = {HALF_LINK, HALF_WATCHED, HALF_MONITOR, HALF_CALL};
+    ar_node_t *node = p->node;
+    ar_reason_t told = how == END_EXITED ? why : AR_REASON(AR_NOPROC);
+    ar__env_t *by_kind[HALF_CALL + 1] = {NULL};
+    for (ar__env_t *h = ar__halves_take_all(p), *next; h; h = next) {
+        next = (ar__env_t *)atomic_load_explicit(&h->q.next, memory_order_relaxed);
+        AR__ASSERT(h->half > HALF_NONE && h->half <= HALF_CALL);
+        atomic_store_explicit(&h->q.next, (struct ar__qnode *)by_kind[h->half], memory_order_relaxed);
+        by_kind[h->half] = h;
+    }
+    for (size_t k = 0; k < sizeof order / sizeof order[0]; k++)
+        for (ar__env_t *h = by_kind[order[k]], *next; h; h = next) {
+            next = (ar__env_t *)atomic_load_explicit(&h->q.next, memory_order_relaxed);
+            ar_pid_t peer = h->msg.reply_to.pid;
+            ar__route_or_free(node, peer, as_signal(h, self, told, how));
+        }
+    /* What it still has queued learns how it ended: a LINK or MONITOR that arrived while
+     * it lived, a CALL it never took. What arrives after the mark gets AR_NOPROC. */
+    ar__env_t *e = p->inner_head;
+    p->inner_head = p->inner_tail = NULL;
+    while (e) {
+        ar__env_t *n = (ar__env_t *)atomic_load_explicit(&e->q.next, memory_order_relaxed);
+        ar__dead_letter(node, p, e, told);
+        e = n;
+    }
+    while ((e = ar__mb_pop(p)) != NULL) ar__dead_letter(node, p, e, told);
+    ar__mb_drain_dead(node, p, NULL);
+}
+
+/* Step 6. */
+static void free_slot(ar_proc_t *p, enum ar__end how)
+{
+    ar_node_t *node = p->node;
+    if (p->ext) {
+        ar__free(p->ext->reason_text);
+        ar__free(p->ext->timers);
+        ar__free(p->ext);
+        p->ext = NULL;
+    }
+    ar__proc_release(p); /* p may be someone else from here */
+    if (how == END_EXITED) ar__count(ar__current_sched(), node, AR__EXITED);
+    if (how != END_WAITER) ar__note_exit(node);
+}
+
+void ar__exit_sequence(ar_proc_t *p, ar_reason_t why, enum ar__end how)
+{
+    ar_pid_t self = ar__proc_pid(p);
+    release_owned(p);
+    /* step 2, the name: names are not in yet */
+    unpublish(p);
+    notify(p, self, why, how);
+    /* step 5, the exit event: the event stream is not in yet */
+    free_slot(p, how);
+}

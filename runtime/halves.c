@@ -1,0 +1,163 @@
+/* Halves: what one process holds of its links, of the monitors it holds and the monitors
+ * on it, and of the calls it owes an answer to.
+ *
+ * Each half is an envelope: the signal the process will owe when it ends (the EXIT of a
+ * link, the DOWN of a monitor on it, the DEMONITOR of a monitor it holds, the failed reply
+ * of a call). It is reserved when the link, monitor or call is made (the LINK and MONITOR
+ * envelopes themselves become the receiver's halves, as ERTS keeps a monitor's DOWN in
+ * the monitor's own structure), so making one is what may fail with AR_ENOMEM, and an
+ * ending process never needs memory to tell anyone.
+ *
+ * The table is an intrusive chained hash: an envelope chains through its queue link,
+ * which is free while it is held. Putting never allocates; the bucket array doubles at a
+ * load of one, and if it cannot, chains just grow longer. Keys are msg.reply_to: the
+ * other pid (whole: it may live on another node) and the ref (0 for links). Monitors one
+ * holds are found by ref alone (ar_demonitor knows nothing else); the others by both.
+ *
+ * Owner-only, like the rest of a process's state.
+ */
+#include "internal.h"
+
+#include <string.h>
+
+/* The bucket array's size limit: beyond it chains grow instead (2^26 buckets is a
+ * 512 MiB array: no process holds that many halves). */
+#define MAX_BUCKETS_LOG2 26
+
+static inline ar__env_t *next_of(ar__env_t *e)
+{
+    return (ar__env_t *)atomic_load_explicit(&e->q.next, memory_order_relaxed);
+}
+static inline void set_next(ar__env_t *e, ar__env_t *n)
+{
+    atomic_store_explicit(&e->q.next, n ? &n->q : NULL, memory_order_relaxed);
+}
+
+/* Refs come in sequence (even numbers) and pids differ in their low index: folding keeps
+ * keys made one after another in neighbouring buckets, so halves made and ended in order
+ * stream through memory. */
+static inline uint32_t bucket_of(const ar__halves_t *t, ar_pid_t peer, ar_ref_t ref,
+                                 enum ar__half_kind kind)
+{
+    uint64_t k = (ref && kind != HALF_LINK) ? ref >> 1 : peer.lo ^ peer.hi;
+    return (uint32_t)(k ^ (k >> 32) ^ (k >> 45)) & t->mask;
+}
+
+static inline bool matches(const ar__env_t *e, enum ar__half_kind kind, ar_pid_t peer,
+                           ar_ref_t ref)
+{
+    return e->half == kind && e->msg.reply_to.ref == ref &&
+           (kind == HALF_MONITOR || ar_pid_eq(e->msg.reply_to.pid, peer));
+}
+
+void ar__halves_init(ar__halves_t *t)
+{
+    t->one = NULL;
+    t->b = &t->one;
+    t->mask = 0;
+    t->n = 0;
+}
+
+static _Atomic uint32_t *counter(ar_proc_t *p, enum ar__half_kind kind)
+{
+    switch (kind) {
+    case HALF_LINK: return &p->nlinks;
+    case HALF_MONITOR: return &p->nmonitors;
+    case HALF_WATCHED: return &p->nmonitored_by;
+    default: return NULL;
+    }
+}
+
+static void count(ar_proc_t *p, enum ar__half_kind kind, int by)
+{
+    _Atomic uint32_t *c = counter(p, kind);
+    if (c) /* owner-only writes: a load and a store */
+        atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + (uint32_t)by,
+                              memory_order_relaxed);
+}
+
+static void grow(ar__halves_t *t)
+{
+    uint32_t old = t->mask + 1, cap = old * 2;
+    if (cap < 8) cap = 8;
+    if (cap > (1u << MAX_BUCKETS_LOG2)) return;
+    ar__env_t **nb = ar__calloc(cap, sizeof *nb);
+    if (!nb) return; /* no memory: longer chains, still correct */
+    ar__env_t **ob = t->b;
+    t->b = nb;
+    t->mask = cap - 1;
+    for (uint32_t i = 0; i < old; i++) {
+        ar__env_t *e = ob[i];
+        while (e) {
+            ar__env_t *n = next_of(e);
+            uint32_t j = bucket_of(t, e->msg.reply_to.pid, e->msg.reply_to.ref, e->half);
+            set_next(e, nb[j]);
+            nb[j] = e;
+            e = n;
+        }
+    }
+    if (ob != &t->one) ar__free(ob);
+    t->one = NULL;
+}
+
+void ar__half_put(ar_proc_t *p, ar__env_t *e, enum ar__half_kind kind, ar_pid_t peer,
+                  ar_ref_t ref)
+{
+    ar__halves_t *t = &p->halves;
+    if (t->n >= t->mask + 1) grow(t);
+    e->half = (uint8_t)kind;
+    e->msg.reply_to = (ar_reply_to_t){peer, ref};
+    uint32_t j = bucket_of(t, peer, ref, kind);
+    set_next(e, t->b[j]);
+    t->b[j] = e;
+    t->n++;
+    count(p, kind, 1);
+}
+
+ar__env_t *ar__half_take(ar_proc_t *p, enum ar__half_kind kind, ar_pid_t peer, ar_ref_t ref)
+{
+    ar__halves_t *t = &p->halves;
+    if (!t->n) return NULL;
+    uint32_t j = bucket_of(t, peer, ref, kind);
+    for (ar__env_t *prev = NULL, *e = t->b[j]; e; prev = e, e = next_of(e))
+        if (matches(e, kind, peer, ref)) {
+            if (prev)
+                set_next(prev, next_of(e));
+            else
+                t->b[j] = next_of(e);
+            set_next(e, NULL);
+            e->half = HALF_NONE;
+            t->n--;
+            count(p, kind, -1);
+            return e;
+        }
+    return NULL;
+}
+
+bool ar__half_has(ar_proc_t *p, enum ar__half_kind kind, ar_pid_t peer, ar_ref_t ref)
+{
+    ar__halves_t *t = &p->halves;
+    if (!t->n) return false;
+    for (ar__env_t *e = t->b[bucket_of(t, peer, ref, kind)]; e; e = next_of(e))
+        if (matches(e, kind, peer, ref)) return true;
+    return false;
+}
+
+ar__env_t *ar__halves_take_all(ar_proc_t *p)
+{
+    ar__halves_t *t = &p->halves;
+    ar__env_t *all = NULL;
+    for (uint32_t i = 0; t->n && i <= t->mask; i++) {
+        ar__env_t *e = t->b[i];
+        while (e) {
+            ar__env_t *n = next_of(e);
+            count(p, (enum ar__half_kind)e->half, -1);
+            set_next(e, all);
+            all = e;
+            e = n;
+        }
+    }
+    if (t->b != &t->one) ar__free(t->b);
+    ar__halves_init(t);
+    return all;
+}
