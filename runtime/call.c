@@ -126,7 +126,13 @@ int ar_call(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *req, size_t 
         return call_in_proc(p, to, tag, req, len, reply, timeout_ms);
     }
     if (ar__current_sched() && ar__current_sched()->node == node) return AR_ENOTPROC;
-    return call_foreign(node, to, tag, req, len, reply, timeout_ms);
+    ar__outside_enter(node);
+    /* a stopping node takes no new calls from outside: the stop does not wait on them */
+    rc = atomic_load_explicit(&node->stopping, memory_order_seq_cst)
+             ? AR_ECLOSED
+             : call_foreign(node, to, tag, req, len, reply, timeout_ms);
+    ar__outside_leave(node);
+    return rc;
 }
 
 int ar_ask(ar_proc_t *self, ar_pid_t to, uint32_t tag, const void *req, size_t len,

@@ -5,9 +5,8 @@
 
 #include <string.h>
 
-int ar_proc_info(ar_node_t *node, ar_pid_t pid, ar_proc_info_t *out)
+static int proc_info(ar_node_t *node, ar_pid_t pid, ar_proc_info_t *out)
 {
-    if (!node || !out) return AR_EINVAL;
     ar_proc_t *p = ar__proc_lookup(node, pid);
     if (!p) return AR_ENOPROC;
     ar_proc_info_t i;
@@ -33,9 +32,19 @@ int ar_proc_info(ar_node_t *node, ar_pid_t pid, ar_proc_info_t *out)
     return 0;
 }
 
+int ar_proc_info(ar_node_t *node, ar_pid_t pid, ar_proc_info_t *out)
+{
+    if (!node || !out) return AR_EINVAL;
+    bool outside = ar__outside_enter(node);
+    int rc = proc_info(node, pid, out);
+    if (outside) ar__outside_leave(node);
+    return rc;
+}
+
 void ar_node_stats(ar_node_t *node, ar_node_stats_t *out)
 {
     if (!node || !out) return;
+    bool outside = ar__outside_enter(node);
     ar_node_stats_t st;
     uint64_t c[AR__NCOUNTS];
     for (int k = 0; k < AR__NCOUNTS; k++) {
@@ -50,4 +59,5 @@ void ar_node_stats(ar_node_t *node, ar_node_stats_t *out)
     st.exited = c[AR__EXITED];
     st.processes = (size_t)atomic_load_explicit(&node->live, memory_order_relaxed);
     *out = st;
+    if (outside) ar__outside_leave(node);
 }

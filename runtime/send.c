@@ -92,15 +92,14 @@ int ar_send(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *data, size_t
     if (!node) return AR_EINVAL;
     int rc = ar__check_payload(node, data, len);
     if (rc) return rc;
+    bool outside = ar__outside_enter(node);
     rc = ar__send_msg(node, to, AR_MSG_CAST, tag, data, len, (ar_reply_to_t){AR_PID_NONE, 0});
+    if (outside) ar__outside_leave(node);
     return rc == AR_ENOPROC ? 0 : rc; /* a send to a dead pid is dropped (and counted) */
 }
 
-int ar_reply(ar_node_t *node, ar_reply_to_t to, const void *data, size_t len)
+static int reply(ar_node_t *node, ar_reply_to_t to, const void *data, size_t len)
 {
-    if (!node || to.ref == 0 || ar_pid_is_none(to.pid)) return AR_EINVAL;
-    int rc = ar__check_payload(node, data, len);
-    if (rc) return rc;
     ar_proc_t *self = calling_proc(node);
     /* the process that took the call answers it: it owes nothing more */
     ar__env_t *owed = self ? ar__half_take(self, HALF_CALL, to.pid, to.ref) : NULL;
@@ -125,4 +124,15 @@ int ar_reply(ar_node_t *node, ar_reply_to_t to, const void *data, size_t len)
     e->flags = (uint8_t)(((to.ref & 1) ? ENVF_SYNC : 0) | (settled ? ENVF_RELEASED : 0));
     ar__route_or_free(node, to.pid, e); /* a caller that is gone is no error of the replier's */
     return 0;
+}
+
+int ar_reply(ar_node_t *node, ar_reply_to_t to, const void *data, size_t len)
+{
+    if (!node || to.ref == 0 || ar_pid_is_none(to.pid)) return AR_EINVAL;
+    int rc = ar__check_payload(node, data, len);
+    if (rc) return rc;
+    bool outside = ar__outside_enter(node);
+    rc = reply(node, to, data, len);
+    if (outside) ar__outside_leave(node);
+    return rc;
 }

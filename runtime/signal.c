@@ -140,7 +140,9 @@ int ar_exit(ar_node_t *node, ar_pid_t target, ar_reason_t why)
                      !(atomic_load_explicit(&self->flags, memory_order_relaxed) & P_FOREIGN))
                         ? ar__proc_pid(self)
                         : AR_PID_NONE;
+    bool outside = ar__outside_enter(node);
     int rc = ar__send_exit(node, from, target, why, 0);
+    if (outside) ar__outside_leave(node);
     return rc == AR_ENOPROC ? 0 : rc; /* an exit to a dead pid does nothing */
 }
 

@@ -450,26 +450,25 @@ static int cancel_ref(ar_node_t *node, ar_ref_t ref)
     return ar__timer_cancel(node, t) ? 0 : AR_ENOENT;
 }
 
-/* Remembers a timer its owner set, so the owner's end cancels it. */
-static void note_owned(ar_proc_t *p, ar_ref_t ref)
+/* Makes room to remember one more timer of p's, so that p's end cancels it: done before
+ * the timer is armed, so a timer is never armed that its owner's end could not cancel. */
+static int reserve_owned(ar_proc_t *p)
 {
     struct ar__proc_ext *x = ar__proc_ext(p);
-    if (!x) return;
-    if (x->ntimers == x->timers_cap) {
-        /* forget the ones that fired or were cancelled before growing */
-        size_t k = 0;
-        for (size_t i = 0; i < x->ntimers; i++)
-            if (map_has(p->node->timers, x->timers[i])) x->timers[k++] = x->timers[i];
-        x->ntimers = k;
-        if (k * 2 > x->timers_cap || x->timers_cap == 0) {
-            size_t cap = x->timers_cap ? x->timers_cap * 2 : 4;
-            ar_ref_t *n = ar__realloc(x->timers, cap * sizeof *n);
-            if (!n) return;
-            x->timers = n;
-            x->timers_cap = cap;
-        }
-    }
-    x->timers[x->ntimers++] = ref;
+    if (!x) return AR_ENOMEM;
+    if (x->ntimers < x->timers_cap) return 0;
+    /* forget the ones that fired or were cancelled before growing */
+    size_t k = 0;
+    for (size_t i = 0; i < x->ntimers; i++)
+        if (map_has(p->node->timers, x->timers[i])) x->timers[k++] = x->timers[i];
+    x->ntimers = k;
+    if (k * 2 <= x->timers_cap && k < x->timers_cap) return 0;
+    size_t cap = x->timers_cap ? x->timers_cap * 2 : 4;
+    ar_ref_t *n = ar__realloc(x->timers, cap * sizeof *n);
+    if (!n) return AR_ENOMEM;
+    x->timers = n;
+    x->timers_cap = cap;
+    return 0;
 }
 
 void ar__proc_cancel_timers(ar_proc_t *p)
@@ -479,22 +478,20 @@ void ar__proc_cancel_timers(ar_proc_t *p)
     p->ext->ntimers = 0;
 }
 
-int ar_send_after(ar_node_t *node, int ms, ar_pid_t to, uint32_t tag, const void *data,
-                  size_t len, ar_ref_t *timer)
+static int send_after(ar_node_t *node, int ms, ar_pid_t to, uint32_t tag, const void *data,
+                      size_t len, ar_ref_t *timer)
 {
-    if (!node || ms < 0) return AR_EINVAL;
-    int rc = ar__check_payload(node, data, len);
-    if (rc) return rc;
     if (atomic_load_explicit(&node->stopping, memory_order_acquire)) return AR_ECLOSED;
+    ar_proc_t *self = ar__current_proc();
+    if (self && (self->node != node ||
+                 (atomic_load_explicit(&self->flags, memory_order_relaxed) & P_FOREIGN)))
+        self = NULL;
+    if (self && reserve_owned(self) != 0) return AR_ENOMEM;
     ar__env_t *e = ar__env_new(len);
     if (!e) return AR_ENOMEM;
     if (len) memcpy(ar__env_payload(e), data, len);
     e->msg.kind = AR_MSG_TIMER;
     e->msg.tag = tag;
-    ar_proc_t *self = ar__current_proc();
-    if (self && (self->node != node ||
-                 (atomic_load_explicit(&self->flags, memory_order_relaxed) & P_FOREIGN)))
-        self = NULL;
     e->msg.from = self ? ar__proc_pid(self) : AR_PID_NONE;
     ar_ref_t ref = ar__make_ref(node);
     e->msg.ref = ref;
@@ -503,14 +500,29 @@ int ar_send_after(ar_node_t *node, int ms, ar_pid_t to, uint32_t tag, const void
         ar__env_free(e);
         return AR_ENOMEM;
     }
-    if (self) note_owned(self, ref);
+    if (self) self->ext->timers[self->ext->ntimers++] = ref; /* room reserved above */
     if (timer) *timer = ref;
     return 0;
+}
+
+int ar_send_after(ar_node_t *node, int ms, ar_pid_t to, uint32_t tag, const void *data,
+                  size_t len, ar_ref_t *timer)
+{
+    if (!node || ms < 0) return AR_EINVAL;
+    int rc = ar__check_payload(node, data, len);
+    if (rc) return rc;
+    bool outside = ar__outside_enter(node);
+    rc = send_after(node, ms, to, tag, data, len, timer);
+    if (outside) ar__outside_leave(node);
+    return rc;
 }
 
 int ar_cancel_timer(ar_node_t *node, ar_ref_t timer)
 {
     if (!node) return AR_EINVAL;
     if (timer == 0) return AR_ENOENT;
-    return cancel_ref(node, timer);
+    bool outside = ar__outside_enter(node);
+    int rc = cancel_ref(node, timer);
+    if (outside) ar__outside_leave(node);
+    return rc;
 }
