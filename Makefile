@@ -3,7 +3,7 @@
 #   make test       the Criterion suite         make demo    the flagship example
 #   make bench      the benchmarks              make asan    the suite under ASan+LSan+UBSan
 #   make tsan       stress programs under TSan  make install PREFIX=/usr/local DESTDIR=
-#   make test-portable  the suite with the portable context switch (non-x86-64 CPUs)
+#   make test-portable  the suite with the portable switch and guards (other CPUs, kernels)
 .SUFFIXES:
 SHELL := /bin/bash
 .DELETE_ON_ERROR:
@@ -99,11 +99,12 @@ demo: deps
 	@$(MAKE) --no-print-directory build
 	$(BUILD)/examples/bank
 
-# The suite again with the portable ucontext switch, as CPUs without a hand-written one
-# (anything but x86-64 for now) run it.
+# The suite again with the portable ucontext switch and mprotect'ed guard pages, as CPUs
+# without a hand-written switch (anything but x86-64 for now) and kernels older than 6.13
+# (no guard regions) run it.
 .PHONY: test-portable
 test-portable: deps
-	@$(MAKE) --no-print-directory BUILD=build/portable EXTRA_CFLAGS=-DAR_CTX_UCONTEXT run-tests
+	@$(MAKE) --no-print-directory BUILD=build/portable EXTRA_CFLAGS="-DAR_CTX_UCONTEXT -DAR_STACK_MPROTECT" run-tests
 
 .PHONY: run-tests
 run-tests: $(TEST_BIN)

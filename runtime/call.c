@@ -15,9 +15,6 @@
 #include <errno.h>
 #include <time.h>
 
-ar__env_t *ar__wait(ar_proc_t *p, bool (*pred)(ar__env_t *, void *), void *ud);
-ar__timer_t *ar__wake_after(ar_proc_t *p, int ms);
-void ar__wait_done(ar_proc_t *p, ar__timer_t *t);
 
 static bool call_pred(ar__env_t *e, void *arg)
 {
@@ -73,6 +70,7 @@ static int call_in_proc(ar_proc_t *p, ar_pid_t to, uint32_t tag, const void *req
     ar__env_t *e = ar__wait(p, call_pred, &ref);
     ar__wait_done(p, t);
     release_target(node, ar__proc_pid(p), to, ref, e);
+    if (!e) return AR_ENOMEM; /* it could not park: the call is given up */
     /* A reply fetched together with the timeout's wake-up (or a second reply) must not
      * outlive the call: nothing for this ref reaches the handler. */
     ar__env_t *extra;

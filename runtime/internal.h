@@ -191,10 +191,10 @@ struct ar__catch {
 };
 typedef struct ar__stack {
     struct ar__stack *next_free;
-    char *base;   /* lowest usable byte (the guard page, if any, is just below) */
+    char *guard;  /* its guard page, just below base */
+    char *base;   /* lowest usable byte */
     size_t size;  /* usable bytes */
-    void *map;    /* the mapping, or NULL when from the heap (unguarded, canary) */
-    size_t map_len;
+    size_t map_len; /* a mapping of its own from guard on; 0: part of a chunk */
     void *sp;     /* saved stack pointer while switched out */
 #ifdef AR__CTX_UCONTEXT
     ucontext_t uc; /* the saved context, in the portable fallback */
@@ -213,7 +213,7 @@ void ar__stack_prepare(ar__stack_t *st, void (*fn)(void *), void *arg);
 ar__stack_t *ar__stack_get(struct ar__sched *s);
 void ar__stack_put(struct ar__sched *s, ar__stack_t *st);
 void ar__stack_destroy(ar__stack_t *st);
-void ar__stack_check_canary(ar__stack_t *st);
+void ar__stacks_destroy(struct ar_node *node); /* the node's free stacks and chunks */
 void ar__stack_unpoison_below(ar__stack_t *st, const void *addr);
 /* Switches from the running stack `from` (its context saved there; NULL: abandoned for
  * good) to `to`, with the sanitizer fiber annotations; ar__switch_done runs first thing
@@ -375,6 +375,15 @@ ar__env_t *ar__waiter_wait(ar__waiter_t *w, bool (*pred)(ar__env_t *, void *), v
                            const struct timespec *deadline);
 void ar__waiter_close(ar__waiter_t *w);
 
+/* ---- Blocking in a process (receive.c) ------------------------------------------------ */
+/* Waits until pred accepts an envelope of p's and returns it, unlinked; a fatal signal
+ * unwinds p. NULL when p cannot park (no stack can be had): the wait fails AR_ENOMEM. */
+ar__env_t *ar__wait(ar_proc_t *p, bool (*pred)(ar__env_t *, void *), void *ud);
+/* Arms a wake-up for p's current wait (p->wait_ref) after ms; NULL on out of memory. */
+struct ar__timer *ar__wake_after(ar_proc_t *p, int ms);
+/* Ends a wait: its wake-up can no longer arrive unseen (a fired one is dropped). */
+void ar__wait_done(ar_proc_t *p, struct ar__timer *t);
+
 /* ---- Mailbox (mailbox.c) ------------------------------------------------------------ */
 void ar__mb_init(ar_proc_t *p, uintptr_t bits);
 /* Pushes; returns the tag bits the push found (MB_EMPTY: schedule; MB_DEAD: drain). */
@@ -459,8 +468,9 @@ void ar__schedule_on(ar__sched_t *s, struct ar_node *node, ar_proc_t *p); /* s: 
 /* After a push reported MB_EMPTY/MB_DEAD bits: schedule, wake a foreign waiter, or drain. */
 void ar__after_push(struct ar_node *node, ar_proc_t *p, uintptr_t bits);
 void ar__after_push_on(ar__sched_t *s, struct ar_node *node, ar_proc_t *p, uintptr_t bits);
-/* Parks the calling process until its mailbox gets something (or it must exit). */
-void ar__park(ar_proc_t *p);
+/* Parks the calling process until its mailbox gets something (or it must exit); false
+ * when no stack could be had for the scheduler to go on with (nothing changed). */
+bool ar__park(ar_proc_t *p);
 _Noreturn void ar__resume(ar_proc_t *p);
 void ar__requeue(ar_proc_t *p);        /* back on a run queue, after others */
 void ar__set_current_proc(ar_proc_t *p);
@@ -567,8 +577,11 @@ struct ar_node {
     uint64_t start_ns;
     size_t stack_size;
     uint64_t spin_ns;
-    pthread_mutex_t stack_lock; /* node-wide free stacks */
+    pthread_mutex_t stack_lock; /* node-wide free stacks and the chunks they come from */
     ar__stack_t *stacks;
+    struct ar__stack_chunk *stack_chunks;
+    char *chunk_next;           /* the newest chunk's next stack */
+    size_t chunk_left;
 };
 
 ar_ref_t ar__make_ref(struct ar_node *node);

@@ -48,11 +48,7 @@ static bool on_own_thread(ar_node_t *node)
 static void node_free(ar_node_t *node)
 {
     ar__sched_free(node);
-    while (node->stacks) {
-        ar__stack_t *st = node->stacks;
-        node->stacks = st->next_free;
-        ar__stack_destroy(st);
-    }
+    ar__stacks_destroy(node);
     ar__timers_destroy(node);
     ar__depot_destroy(&node->depot);
     ar__proc_table_destroy(node);

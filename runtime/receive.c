@@ -9,7 +9,6 @@
 
 bool ar__timeout_ok(int timeout_ms) { return timeout_ms >= 0 || timeout_ms == AR_INFINITY; }
 
-/* Waits until pred accepts an envelope of p's and returns it, unlinked. */
 ar__env_t *ar__wait(ar_proc_t *p, bool (*pred)(ar__env_t *, void *), void *ud)
 {
     for (;;) {
@@ -20,11 +19,10 @@ ar__env_t *ar__wait(ar_proc_t *p, bool (*pred)(ar__env_t *, void *), void *ud)
             ar__proc_unwind(p);
         e = ar__inner_take(p, pred, ud);
         if (e) return e;
-        ar__park(p);
+        if (!ar__park(p)) return NULL;
     }
 }
 
-/* Arms a wake-up for p's current wait (p->wait_ref) after ms; NULL on out of memory. */
 ar__timer_t *ar__wake_after(ar_proc_t *p, int ms)
 {
     ar__timer_t *t = ar__timer_start_wake(p->node, ms, ar__proc_pid(p), p->wait_ref);
@@ -32,7 +30,6 @@ ar__timer_t *ar__wake_after(ar_proc_t *p, int ms)
     return t;
 }
 
-/* Ends a wait: its wake-up can no longer arrive unseen (a fired one is dropped). */
 void ar__wait_done(ar_proc_t *p, ar__timer_t *t)
 {
     p->wait_ref = 0;
@@ -86,6 +83,7 @@ int ar_receive(ar_proc_t *self, bool (*match)(const ar_msg_t *m, void *ud), void
         }
         e = ar__wait(p, recv_pred, &r);
         ar__wait_done(p, t);
+        if (!e) return AR_ENOMEM;
         if (e->kind == ENV_WAKE) {
             ar__env_free(e);
             return AR_ETIMEDOUT;
@@ -121,6 +119,7 @@ int ar_sleep(ar_proc_t *self, int ms)
     }
     ar__env_t *e = ar__wait(p, wake_pred, &ref);
     ar__wait_done(p, t);
+    if (!e) return AR_ENOMEM;
     ar__env_free(e);
     return 0;
 }

@@ -412,13 +412,14 @@ static void loop_entry(void *arg)
     }
 }
 
-/* Switches the running process p's stack (p parked) to a fresh loop, or back again. */
-void ar__park(ar_proc_t *p)
+/* Switches the running process p's stack (p parked) to a fresh loop, or back again.
+ * false: no stack could be had for the loop, so p cannot park. */
+bool ar__park(ar_proc_t *p)
 {
     ar__sched_t *s = ar__current_sched();
     ar__stack_t *mine = s->cur_stack;
     ar__stack_t *fresh = ar__stack_get(s);
-    if (!fresh) return; /* no stack to be had: the caller polls instead of parking */
+    if (!fresh) return false;
     ar__stack_prepare(fresh, loop_entry, NULL);
     p->stack = mine;
     p->parked = 1;
@@ -431,6 +432,7 @@ void ar__park(ar_proc_t *p)
     p->parked = 0;
     atomic_store_explicit(&p->blocked, 0, memory_order_relaxed);
     ar__set_current_proc(p);
+    return true;
 }
 
 /* Resumes a parked process: this loop's stack is given up. */

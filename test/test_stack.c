@@ -1,9 +1,12 @@
 /* Handler stacks: an overflow ends only that process ("stack overflow"), the configured
- * size is usable, deep stacks survive parking, and thousands of processes can be parked
- * at once. */
+ * size is usable, deep stacks survive parking, thousands of processes can be parked at
+ * once, every stack is guarded, and a wait that finds no stack fails cleanly. */
 #include "test_helpers.h"
 
 #include <limits.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 enum { FRAME = 512 };
 
@@ -229,9 +232,11 @@ Test(stack, a_handler_parked_deep_in_its_stack_resumes_with_its_frames_intact,
 }
 
 /* ---- thousands parked at once ---------------------------------------------------------------- */
-enum { TAG_START = 1, TAG_GO = 2 };
+enum { TAG_START = 1, TAG_GO = 2, CROWD_MAX = 20000 };
+enum { WAITING, PARK_FAILED, RELEASED };
 typedef struct crowd {
-    atomic_int entered, released, bad, failed;
+    atomic_int entered, released, bad, failed, enomem;
+    atomic_int state[CROWD_MAX]; /* by id */
 } crowd_t;
 
 static bool is_go(const ar_msg_t *m, void *ud)
@@ -251,8 +256,9 @@ static void crowd_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
     atomic_fetch_add(&c->entered, 1);
     ar_msg_t *go = NULL;
     int rc = ar_receive(self, is_go, NULL, AR_INFINITY, &go);
-    if (rc != 0) {
-        atomic_fetch_add(&c->failed, 1);
+    if (rc != 0) { /* no stack to park on: the wait fails at once, nothing spins */
+        atomic_fetch_add(rc == AR_ENOMEM ? &c->enomem : &c->failed, 1);
+        atomic_store(&c->state[id], PARK_FAILED);
         return;
     }
     ar_msg_release(self, go);
@@ -262,29 +268,63 @@ static void crowd_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
             break;
         }
     atomic_fetch_add(&c->released, 1);
+    atomic_store(&c->state[id], RELEASED);
 }
 static const ar_behaviour_t crowd_b = {"crowd", arg_init, crowd_handle, NULL};
 
-/* Parks n processes in ar_receive at once, checks the node still serves others, releases
- * them all and checks each one's stack frames came back intact. */
-static void park_crowd(uint32_t n, crowd_t *c, ar_pid_t *pids)
+/* Whether every stack can have a guard page however many there are: the kernel's guard
+ * regions, in a build that uses them (the portable run guards with mprotect instead,
+ * within a share of the kernel's map count). */
+static bool guards_are_free(void)
 {
-    ar_node_t *node = th_node(2);
-    for (uint32_t i = 0; i < n; i++) {
-        pids[i] = th_spawn(node, &crowd_b, c);
-        th_send(node, pids[i], TAG_START, &i, sizeof i);
-    }
+#ifdef AR_STACK_MPROTECT
+    return false;
+#else
+    long ps = sysconf(_SC_PAGESIZE);
+    char *m = mmap(NULL, 2 * (size_t)ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    cr_assert_neq(m, MAP_FAILED);
+    bool ok = madvise(m, (size_t)ps, 102 /* MADV_GUARD_INSTALL */) == 0;
+    munmap(m, 2 * (size_t)ps);
+    return ok;
+#endif
+}
+
+static void crowd_start(ar_node_t *node, uint32_t n, ar_pid_t *pids)
+{
+    for (uint32_t i = 0; i < n; i++) th_send(node, pids[i], TAG_START, &i, sizeof i);
+}
+
+/* Waits until each of the n is parked or has failed to park. */
+static void crowd_settle(ar_node_t *node, uint32_t n, crowd_t *c, ar_pid_t *pids)
+{
     th_await(atomic_load(&c->entered) == (int)n);
-    for (uint32_t i = 0; i < n; i++) th_await(th_proc_blocked(node, pids[i]));
+    for (uint32_t i = 0; i < n; i++)
+        th_await(atomic_load(&c->state[i]) == PARK_FAILED || th_proc_blocked(node, pids[i]));
     cr_assert_eq(atomic_load(&c->released), 0);
-    ar_pid_t echo = th_spawn(node, &th_echo, NULL);
-    th_echo_check(node, echo); /* the node still serves others */
-    for (uint32_t i = 0; i < n; i++) th_send(node, pids[i], TAG_GO, NULL, 0);
-    th_await(atomic_load(&c->released) + atomic_load(&c->failed) == (int)n);
-    cr_assert_eq(atomic_load(&c->failed), 0);
+    cr_assert_eq(atomic_load(&c->failed), 0, "a wait failed with another error than AR_ENOMEM");
+}
+
+/* Releases the parked ones; each finds its stack frames as it left them. */
+static void crowd_release(ar_node_t *node, uint32_t n, crowd_t *c, ar_pid_t *pids)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (atomic_load(&c->state[i]) == WAITING) th_send(node, pids[i], TAG_GO, NULL, 0);
+    th_await(atomic_load(&c->released) + atomic_load(&c->enomem) == (int)n);
     cr_assert_eq(atomic_load(&c->bad), 0, "%d processes found their stack changed",
                  atomic_load(&c->bad));
-    th_node_stop(node);
+}
+
+/* Parks n processes in ar_receive at once, checks the node still serves others, releases
+ * them all; returns how many could not park for want of a stack. */
+static int park_crowd(ar_node_t *node, uint32_t n, crowd_t *c, ar_pid_t *pids)
+{
+    for (uint32_t i = 0; i < n; i++) pids[i] = th_spawn(node, &crowd_b, c);
+    crowd_start(node, n, pids);
+    crowd_settle(node, n, c, pids);
+    th_echo_check(node, th_spawn(node, &th_echo, NULL)); /* the node still serves others */
+    crowd_release(node, n, c, pids);
+    return atomic_load(&c->enomem);
 }
 
 Test(stack, two_thousand_processes_parked_in_receive_at_once_are_all_released,
@@ -292,14 +332,101 @@ Test(stack, two_thousand_processes_parked_in_receive_at_once_are_all_released,
 {
     static crowd_t c;
     static ar_pid_t pids[2000];
-    park_crowd(2000, &c, pids);
+    ar_node_t *node = th_node(2);
+    cr_assert_eq(park_crowd(node, 2000, &c, pids), 0);
+    th_node_stop(node);
 }
 
-/* More parked processes than the kernel's mapping limit leaves guarded stacks for (about
- * 32 thousand; arbor guards at most 16384 at once): the rest run on heap stacks. */
-Test(stack, more_processes_parked_than_guarded_stacks_exist_still_work, .timeout = TH_TIMEOUT)
+/* More parked processes than mprotect'ed guard pages allow (two mappings each, within a
+ * quarter of the kernel's 65530): with guard regions every one parks, each on a guarded
+ * stack; without, those beyond the share get AR_ENOMEM from their wait, and no stack is
+ * ever unguarded. */
+Test(stack, more_processes_parked_than_mprotect_guards_allow_park_or_fail_cleanly,
+     .timeout = TH_TIMEOUT)
 {
     static crowd_t c;
-    static ar_pid_t pids[20000];
-    park_crowd(20000, &c, pids);
+    static ar_pid_t pids[CROWD_MAX];
+    ar_node_t *node = th_node(2);
+    int failed = park_crowd(node, CROWD_MAX, &c, pids);
+    if (guards_are_free())
+        cr_assert_eq(failed, 0, "%d of %d could not park", failed, CROWD_MAX);
+    else
+        cr_assert(failed > 0 && atomic_load(&c.released) > CROWD_MAX / 2,
+                  "%d failed, %d parked and came back", failed, atomic_load(&c.released));
+    th_node_stop(node);
+}
+
+/* The stack of a process that overflows while twenty thousand others are parked is
+ * guarded like the first one: it ends with "stack overflow" and nothing else changes. */
+Test(stack, an_overflow_beyond_twenty_thousand_parked_stacks_is_caught, .timeout = TH_TIMEOUT)
+{
+    static crowd_t c;
+    static ar_pid_t pids[CROWD_MAX];
+    ar_node_t *node = th_node(2);
+    for (uint32_t i = 0; i < CROWD_MAX; i++) pids[i] = th_spawn(node, &crowd_b, &c);
+    crowd_start(node, CROWD_MAX, pids);
+    crowd_settle(node, CROWD_MAX, &c, pids);
+    ar_pid_t echo = th_spawn(node, &th_echo, NULL);
+    overflow_one(node, echo);
+    overflow_one(node, echo);
+    crowd_release(node, CROWD_MAX, &c, pids);
+    th_node_stop(node);
+}
+
+/* One scheduler, and a process that must park when no stack can be made: its wait fails
+ * with AR_ENOMEM at once (it used to spin for ever, starving the only scheduler). Stacks
+ * run out where the address space is capped (with guard regions) or the map count's
+ * share is used up (mprotect guards). */
+static atomic_int gate_open;
+static void gate_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    (void)self, (void)state, (void)m;
+    while (!atomic_load(&gate_open)) th_nap(); /* holds the only scheduler on purpose */
+}
+static const ar_behaviour_t gate_b = {"gate", NULL, gate_handle, NULL};
+
+static long vm_size_bytes(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    cr_assert_not_null(f);
+    char line[256];
+    long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmSize: %ld kB", &kb) == 1) break;
+    fclose(f);
+    cr_assert_gt(kb, 0);
+    return kb * 1024;
+}
+
+Test(stack, with_one_scheduler_a_wait_that_finds_no_stack_fails_instead_of_spinning,
+     .timeout = TH_TIMEOUT)
+{
+    static crowd_t c;
+    static ar_pid_t pids[CROWD_MAX];
+    bool capped = guards_are_free();
+#if defined(__SANITIZE_ADDRESS__)
+    if (capped) cr_skip_test("AddressSanitizer cannot run with its address space capped");
+#endif
+    uint32_t n = capped ? 2000 : CROWD_MAX;
+    ar_node_t *node = th_node(1);
+    ar_pid_t echo = th_spawn(node, &th_echo, NULL);
+    for (uint32_t i = 0; i < n; i++) pids[i] = th_spawn(node, &crowd_b, &c);
+    th_send(node, th_spawn(node, &gate_b, NULL), 0, NULL, 0);
+    crowd_start(node, n, pids); /* queued behind the gate: nothing parks yet */
+    struct rlimit old;
+    cr_assert_eq(getrlimit(RLIMIT_AS, &old), 0);
+    if (capped) { /* room for a few hundred stacks, not two thousand */
+        struct rlimit cap = {(rlim_t)vm_size_bytes() + 16 * 1024 * 1024, old.rlim_max};
+        cr_assert_eq(setrlimit(RLIMIT_AS, &cap), 0);
+    }
+    atomic_store(&gate_open, 1);
+    th_await(atomic_load(&c.entered) == (int)n);
+    for (uint32_t i = 0; i < n; i++)
+        th_await(atomic_load(&c.state[i]) == PARK_FAILED || th_proc_blocked(node, pids[i]));
+    cr_assert_eq(setrlimit(RLIMIT_AS, &old), 0);
+    cr_assert_gt(atomic_load(&c.enomem), 0, "every one of %u parked", n);
+    cr_assert_gt((int)n - atomic_load(&c.enomem), 0, "none could park");
+    th_echo_check(node, echo);
+    crowd_release(node, n, &c, pids);
+    th_node_stop(node);
 }
