@@ -595,6 +595,16 @@ uint64_t ar__now_ns(void);
 bool ar__timeout_ok(int timeout_ms);
 
 /* ---- I/O thread (loop.c) ------------------------------------------------------------ */
+struct uv_loop_s;
+/* Work for the I/O thread: run is called there, once, with its libuv loop; commands one
+ * thread submits run in the order it submitted them. The submitter owns the memory until
+ * run is called (run frees it if it must). */
+typedef struct ar__io_cmd {
+    _Atomic(struct ar__io_cmd *) next;
+    void (*run)(struct ar__io_cmd *cmd, struct uv_loop_s *loop);
+} ar__io_cmd_t;
+/* From any thread, lock-free; never fails. Not once ar_node_stop has stopped the loop. */
+void ar__io_submit(struct ar_node *node, ar__io_cmd_t *cmd);
 int ar__loop_start(struct ar_node *node);
 void ar__loop_stop(struct ar_node *node);
 

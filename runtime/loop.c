@@ -1,6 +1,19 @@
-/* The I/O thread: one libuv loop per node. For now it turns SIGINT/SIGTERM into a
- * graceful stop request (node config handle_signals); the distribution layer's sockets
- * will live here too. Other threads reach the loop only through uv_async_send. */
+/* The I/O thread: one libuv loop per node, running from ar_node_start to ar_node_stop.
+ *
+ * Other threads hand it work through its command inbox: Vyukov's intrusive MPSC queue
+ * (one atomic exchange per command, no lock) and one uv_async_t. uv_async_send coalesces
+ * (a million sends come out as some thousands of callbacks), so the callback drains the
+ * whole inbox each time; a command whose push is still linking in when the callback runs
+ * is taken by the callback its own uv_async_send brings. Commands run on the I/O thread,
+ * once each, in the order each submitting thread pushed them. No libuv handle is ever
+ * touched from another thread.
+ *
+ * It also turns SIGINT/SIGTERM into a graceful stop request (node config handle_signals);
+ * sockets and the distribution layer will live here too.
+ *
+ * Stop: ar_node_stop stops the loop after every process has ended, so nothing submits any
+ * more; the last commands run before the handles close.
+ */
 #include "internal.h"
 
 #include <signal.h>
@@ -8,11 +21,64 @@
 
 struct ar__loop {
     uv_loop_t loop;
-    uv_async_t stop;
+    uv_async_t wake; /* commands arrived, or the stop */
     uv_signal_t sigint, sigterm;
     uv_thread_t thread;
     ar_node_t *node;
+    _Atomic int stopping;
+    /* the inbox: producers exchange `head`; the I/O thread alone moves `tail` */
+    _Atomic(ar__io_cmd_t *) head;
+    ar__io_cmd_t *tail;
+    ar__io_cmd_t stub;
 };
+
+static void inbox_init(struct ar__loop *l)
+{
+    atomic_store_explicit(&l->stub.next, NULL, memory_order_relaxed);
+    atomic_store_explicit(&l->head, &l->stub, memory_order_relaxed);
+    l->tail = &l->stub;
+}
+
+static void inbox_push(struct ar__loop *l, ar__io_cmd_t *c)
+{
+    atomic_store_explicit(&c->next, NULL, memory_order_relaxed);
+    /* acq_rel: orders c's contents before the link, and this push after earlier ones */
+    ar__io_cmd_t *prev = atomic_exchange_explicit(&l->head, c, memory_order_acq_rel);
+    /* release: the I/O thread's acquire load of `next` sees the whole command */
+    atomic_store_explicit(&prev->next, c, memory_order_release);
+}
+
+/* The next command, or NULL if none is visible yet (I/O thread only). */
+static ar__io_cmd_t *inbox_pop(struct ar__loop *l)
+{
+    ar__io_cmd_t *tail = l->tail;
+    ar__io_cmd_t *next = atomic_load_explicit(&tail->next, memory_order_acquire);
+    if (tail == &l->stub) {
+        if (!next) return NULL;
+        l->tail = tail = next;
+        next = atomic_load_explicit(&next->next, memory_order_acquire);
+    }
+    if (next) {
+        l->tail = next;
+        return tail;
+    }
+    if (atomic_load_explicit(&l->head, memory_order_acquire) != tail)
+        return NULL; /* a push is linking in: its own wake-up brings the callback back */
+    inbox_push(l, &l->stub); /* tail is the last: rest the stub behind it */
+    next = atomic_load_explicit(&tail->next, memory_order_acquire);
+    if (next) {
+        l->tail = next;
+        return tail;
+    }
+    return NULL;
+}
+
+void ar__io_submit(ar_node_t *node, ar__io_cmd_t *cmd)
+{
+    struct ar__loop *l = node->loop;
+    inbox_push(l, cmd);
+    uv_async_send(&l->wake);
+}
 
 static void on_signal(uv_signal_t *h, int signum)
 {
@@ -20,15 +86,19 @@ static void on_signal(uv_signal_t *h, int signum)
     ar_node_request_stop(((struct ar__loop *)h->data)->node);
 }
 
-static void on_close_walk(uv_handle_t *h, void *arg)
+static void close_handle(uv_handle_t *h, void *arg)
 {
     (void)arg;
     if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
-static void on_stop(uv_async_t *h)
+static void on_wake(uv_async_t *h)
 {
-    uv_walk(h->loop, on_close_walk, NULL);
+    struct ar__loop *l = h->data;
+    ar__io_cmd_t *c;
+    while ((c = inbox_pop(l)) != NULL) c->run(c, &l->loop);
+    /* acquire: pairs with ar__loop_stop's store; every command came before it */
+    if (atomic_load_explicit(&l->stopping, memory_order_acquire)) uv_walk(h->loop, close_handle, NULL);
 }
 
 static void loop_main(void *arg)
@@ -39,28 +109,32 @@ static void loop_main(void *arg)
 
 int ar__loop_start(ar_node_t *node)
 {
-    if (!node->cfg.handle_signals) return 0; /* nothing for the I/O thread to do yet */
     struct ar__loop *l = ar__calloc(1, sizeof *l);
     if (!l) return AR_ENOMEM;
     l->node = node;
+    inbox_init(l);
     if (uv_loop_init(&l->loop) != 0) {
         ar__free(l);
         return AR_ENOMEM;
     }
-    uv_async_init(&l->loop, &l->stop, on_stop);
-    uv_signal_init(&l->loop, &l->sigint);
-    uv_signal_init(&l->loop, &l->sigterm);
-    l->sigint.data = l->sigterm.data = l;
-    uv_signal_start(&l->sigint, on_signal, SIGINT);
-    uv_signal_start(&l->sigterm, on_signal, SIGTERM);
+    uv_async_init(&l->loop, &l->wake, on_wake);
+    l->wake.data = l;
+    if (node->cfg.handle_signals) {
+        uv_signal_init(&l->loop, &l->sigint);
+        uv_signal_init(&l->loop, &l->sigterm);
+        l->sigint.data = l->sigterm.data = l;
+        uv_signal_start(&l->sigint, on_signal, SIGINT);
+        uv_signal_start(&l->sigterm, on_signal, SIGTERM);
+    }
+    node->loop = l; /* before the thread: a command may come at once */
     if (uv_thread_create(&l->thread, loop_main, l) != 0) {
-        uv_walk(&l->loop, on_close_walk, NULL);
+        node->loop = NULL;
+        uv_walk(&l->loop, close_handle, NULL);
         uv_run(&l->loop, UV_RUN_DEFAULT);
         uv_loop_close(&l->loop);
         ar__free(l);
         return AR_ENOMEM;
     }
-    node->loop = l;
     return 0;
 }
 
@@ -68,8 +142,11 @@ void ar__loop_stop(ar_node_t *node)
 {
     struct ar__loop *l = node->loop;
     if (!l) return;
-    uv_async_send(&l->stop);
+    /* release: the commands submitted before are seen by the callback that sees this */
+    atomic_store_explicit(&l->stopping, 1, memory_order_release);
+    uv_async_send(&l->wake);
     uv_thread_join(&l->thread);
+    AR__ASSERT(inbox_pop(l) == NULL); /* nothing may be submitted once processes are gone */
     uv_loop_close(&l->loop);
     ar__free(l);
     node->loop = NULL;
