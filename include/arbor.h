@@ -319,7 +319,16 @@ AR_EXTERN extern const ar_behaviour_t ar_supervisor; /* arg: const ar_sup_spec_t
  * anything starts; a child's start error as is, with nothing left behind. */
 AR_EXTERN int ar_sup_start(ar_node_t *node, const ar_sup_spec_t *spec,
                            const ar_spawn_opts_t *o, ar_pid_t *out);
-/* Stops its children in reverse order, then the supervisor ends with AR_SHUTDOWN. */
+/* How long every ar_sup_* call but ar_sup_stop waits for the supervisor's answer: then it
+ * returns AR_ETIMEDOUT (the supervisor may still carry the request out). A supervisor
+ * answers once it has done what was asked, so a call may wait for a child's init or for
+ * children's shutdowns. */
+#define AR_SUP_CALL_MS 60000
+/* Stops its children in reverse order, each by its shutdown policy, then the supervisor
+ * ends with AR_SHUTDOWN; returns once it has ended. Within timeout_ms (AR_INFINITY: no
+ * limit) for the whole tree: when it runs out, what is left is killed (child supervisors
+ * get the time left for their own trees) and the result is AR_ETIMEDOUT; a supervisor that
+ * does not even answer by then is killed. AR_ENOPROC for a dead supervisor. */
 AR_EXTERN int ar_sup_stop(ar_node_t *node, ar_pid_t sup, int timeout_ms);
 AR_EXTERN int ar_sup_start_child(ar_node_t *node, ar_pid_t sup, const ar_child_spec_t *spec,
                                  void *arg, ar_pid_t *child);

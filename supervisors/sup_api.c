@@ -1,17 +1,19 @@
 /* The ar_sup_* calls: each is an ar_call to the supervisor process (so they work from
- * any thread or process), answered by supervisor.c. A dead supervisor: AR_ENOPROC. */
+ * any thread or process), answered by supervisor.c. A dead supervisor: AR_ENOPROC.
+ * Each waits at most AR_SUP_CALL_MS for the answer (AR_ETIMEDOUT), but ar_sup_stop, whose
+ * caller says how long the whole stop may take. */
 #include "sup_internal.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#define SUP_CALL_MS AR_INFINITY /* a supervisor answers once its children did what it asked */
+int ar__sup_call_ms = AR_SUP_CALL_MS;
 
 static int ask(ar_node_t *node, ar_pid_t sup, uint32_t tag, const ar__sup_req_t *q,
                ar__sup_reply_t *r)
 {
     ar_buf_t b;
-    int rc = ar_call(node, sup, tag, q, sizeof *q, &b, SUP_CALL_MS);
+    int rc = ar_call(node, sup, tag, q, sizeof *q, &b, ar__sup_call_ms);
     if (rc) return rc;
     if (b.len != sizeof *r) {
         ar_buf_free(&b);
@@ -38,13 +40,32 @@ int ar_sup_start(ar_node_t *node, const ar_sup_spec_t *spec, const ar_spawn_opts
     return ar_spawn(node, &ar_supervisor, (void *)spec, o, out);
 }
 
+/* Waits until sup has ended: once it answered a STOP (or was killed) it takes no more
+ * calls, so one more call fails as soon as it is gone. */
+static void await_end(ar_node_t *node, ar_pid_t sup)
+{
+    ar__sup_req_t q = {0};
+    ar_buf_t b;
+    if (ar_call(node, sup, AR__SUP_COUNT, &q, sizeof q, &b, ar__sup_call_ms) == 0)
+        ar_buf_free(&b);
+}
+
 int ar_sup_stop(ar_node_t *node, ar_pid_t sup, int timeout_ms)
 {
-    (void)timeout_ms; /* each child's own shutdown policy bounds the wait */
-    if (!node) return AR_EINVAL;
-    ar__sup_req_t q = {0};
+    if (!node || (timeout_ms < 0 && timeout_ms != AR_INFINITY)) return AR_EINVAL;
+    ar__sup_req_t q = {.timeout_ms = timeout_ms};
     ar__sup_reply_t r;
-    return ask(node, sup, AR__SUP_STOP, &q, &r);
+    int wait = timeout_ms == AR_INFINITY ? AR_INFINITY : timeout_ms + AR__SUP_STOP_GRACE_MS;
+    ar_buf_t b;
+    int rc = ar_call(node, sup, AR__SUP_STOP, &q, sizeof q, &b, wait);
+    if (rc == 0) {
+        rc = b.len == sizeof r ? (memcpy(&r, b.data, sizeof r), r.rc) : AR_EBADMSG;
+        ar_buf_free(&b);
+    } else if (rc == AR_ETIMEDOUT) { /* no answer in time: the tree goes down with it */
+        ar_exit(node, sup, AR_REASON(AR_KILL));
+    }
+    if (rc == 0 || rc == AR_ETIMEDOUT) await_end(node, sup);
+    return rc;
 }
 
 int ar_sup_start_child(ar_node_t *node, ar_pid_t sup, const ar_child_spec_t *spec, void *arg,
@@ -96,7 +117,7 @@ int ar_sup_which_children(ar_node_t *node, ar_pid_t sup, ar_child_info_t *out, s
     if (!node || !n || (cap && !out)) return AR_EINVAL;
     ar__sup_req_t q = {0};
     ar_buf_t b;
-    int rc = ar_call(node, sup, AR__SUP_WHICH, &q, sizeof q, &b, SUP_CALL_MS);
+    int rc = ar_call(node, sup, AR__SUP_WHICH, &q, sizeof q, &b, ar__sup_call_ms);
     if (rc) return rc;
     size_t have;
     if (b.len < sizeof have) {

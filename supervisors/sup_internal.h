@@ -19,6 +19,7 @@ enum {
 };
 
 typedef struct ar__sup_req {
+    int timeout_ms;       /* STOP: the whole tree is stopped within it (AR_INFINITY: no limit) */
     ar_child_spec_t spec; /* START (not simple_one_for_one): its strings live during the call */
     void *arg;            /* START on simple_one_for_one */
     char id[AR_NAME_MAX]; /* TERMINATE, RESTART, DELETE */
@@ -30,6 +31,13 @@ typedef struct ar__sup_reply {
     ar_pid_t pid;
     ar_child_counts_t counts;
 } ar__sup_reply_t;
+
+/* A supervisor answers STOP once its tree is down: the caller waits the stop's own time
+ * and this much more for the answer to travel, before it kills the supervisor. */
+#define AR__SUP_STOP_GRACE_MS 1000
+/* How long the ar_sup_* calls but ar_sup_stop wait for an answer: AR_SUP_CALL_MS,
+ * shortened only by the tests. */
+extern int ar__sup_call_ms;
 
 int ar__sup_check_spec(const ar_sup_spec_t *s);
 int ar__sup_check_child(const ar_child_spec_t *c);

@@ -17,6 +17,9 @@
 #include <string.h>
 #include <time.h>
 
+/* The longest pause between tries when memory runs out: 2^7 = 128 ms. */
+#define OOM_PAUSE_MAX_LOG2 7
+
 static uint64_t now_ms(void)
 {
     struct timespec ts;
@@ -79,23 +82,23 @@ static bool pm_insert(pidmap_t *m, uint64_t key, child_t *v)
     }
 }
 
-static bool pm_put(pidmap_t *m, uint64_t key, child_t *v)
+/* Makes room for one more entry, so the insert that follows cannot fail. */
+static bool pm_reserve(pidmap_t *m)
 {
-    if ((m->n + 1) * 4 > m->cap * 3) {
-        pidmap_t g = {ar_calloc(m->cap ? m->cap * 2 : 16, sizeof(uint64_t)),
-                      ar_calloc(m->cap ? m->cap * 2 : 16, sizeof(child_t *)), m->cap ? m->cap * 2 : 16, 0};
-        if (!g.keys || !g.vals) {
-            ar_free(g.keys);
-            ar_free(g.vals);
-            return false;
-        }
-        for (size_t i = 0; i < m->cap; i++)
-            if (m->keys[i]) pm_insert(&g, m->keys[i], m->vals[i]);
-        ar_free(m->keys);
-        ar_free(m->vals);
-        *m = g;
+    if ((m->n + 1) * 4 <= m->cap * 3) return true;
+    size_t cap = m->cap ? m->cap * 2 : 16;
+    pidmap_t g = {ar_calloc(cap, sizeof(uint64_t)), ar_calloc(cap, sizeof(child_t *)), cap, 0};
+    if (!g.keys || !g.vals) {
+        ar_free(g.keys);
+        ar_free(g.vals);
+        return false;
     }
-    return pm_insert(m, key, v);
+    for (size_t i = 0; i < m->cap; i++)
+        if (m->keys[i]) pm_insert(&g, m->keys[i], m->vals[i]);
+    ar_free(m->keys);
+    ar_free(m->vals);
+    *m = g;
+    return true;
 }
 
 static child_t *pm_get(const pidmap_t *m, uint64_t key)
@@ -271,17 +274,47 @@ static void drop(sup_t *s, child_t *k)
     child_free(k);
 }
 
+/* ---- memory pressure ---- */
+/* Out of memory, a supervisor waits a moment and tries again: what it was doing cannot be
+ * left half done (a child left running, a retry or an answer lost), and memory comes back
+ * as processes end. */
+static void pause_for_memory(ar_proc_t *self, unsigned *attempt)
+{
+    int ms = 1 << (*attempt < OOM_PAUSE_MAX_LOG2 ? *attempt : OOM_PAUSE_MAX_LOG2);
+    (*attempt)++;
+    ar_sleep(self, ms); /* without memory for its timer, the next try comes at once */
+}
+
+static void signal_child(ar_proc_t *self, ar_pid_t pid, ar_exit_code_t code)
+{
+    unsigned attempt = 0;
+    while (ar_exit(ar_node(self), pid, AR_REASON(code)) == AR_ENOMEM)
+        pause_for_memory(self, &attempt);
+}
+
+static void send_self(ar_proc_t *self, uint32_t tag, const void *data, size_t len)
+{
+    unsigned attempt = 0;
+    while (ar_send(ar_node(self), ar_self(self), tag, data, len) == AR_ENOMEM)
+        pause_for_memory(self, &attempt);
+}
+
+static void answer(ar_proc_t *self, ar_reply_to_t to, const void *data, size_t len)
+{
+    unsigned attempt = 0;
+    while (ar_reply(ar_node(self), to, data, len) == AR_ENOMEM) pause_for_memory(self, &attempt);
+}
+
 /* ---- starting and stopping one child ---- */
 static int start_one(ar_proc_t *self, sup_t *s, child_t *k)
 {
+    /* room to find it by pid first: a child the supervisor cannot find is not started */
+    if (!pm_reserve(&s->by_pid)) return AR_ENOMEM;
     ar_spawn_opts_t o = {.link = true};
     ar_pid_t pid;
     int rc = ar_spawn(ar_node(self), k->b, k->arg, &o, &pid);
     if (rc == 0) {
-        if (!pm_put(&s->by_pid, pid.lo, k)) { /* cannot find it by pid: do not keep it */
-            ar_exit(ar_node(self), pid, AR_REASON(AR_KILL));
-            return AR_ENOMEM;
-        }
+        pm_insert(&s->by_pid, pid.lo, k);
         k->pid = pid;
         k->restarting = false;
         k->started_at = now_ms();
@@ -289,156 +322,211 @@ static int start_one(ar_proc_t *self, sup_t *s, child_t *k)
     return rc;
 }
 
+/* How a stopping child's end is seen: its DOWN, or (with no memory for a monitor) the
+ * EXIT of its link, which the supervisor keeps and, trapping exits, receives. */
+typedef struct watch {
+    ar_pid_t pid;
+    ar_ref_t ref; /* 0: watched through the link */
+} watch_t;
+
+static bool end_of(const ar_msg_t *m, void *ud)
+{
+    const watch_t *w = ud;
+    if (w->ref) return m->kind == AR_MSG_DOWN && m->ref == w->ref;
+    return m->kind == AR_MSG_EXIT && ar_pid_eq(m->from, w->pid);
+}
+
 static bool exit_from(const ar_msg_t *m, void *ud)
 {
     return m->kind == AR_MSG_EXIT && ar_pid_eq(m->from, *(ar_pid_t *)ud);
 }
 
-static bool down_of(const ar_msg_t *m, void *ud)
+static watch_t watch(ar_proc_t *self, ar_pid_t pid)
 {
-    return m->kind == AR_MSG_DOWN && m->ref == *(ar_ref_t *)ud;
-}
-
-static void wait_down(ar_proc_t *self, ar_ref_t ref, int ms, bool *timed_out)
-{
-    ar_msg_t *m = NULL;
-    int rc = ar_receive(self, down_of, &ref, ms, &m);
-    if (rc == 0) ar_msg_release(self, m);
-    if (timed_out) *timed_out = rc == AR_ETIMEDOUT;
-}
-
-/* Stops a running child by its shutdown policy; its end is neither restarted nor reported. */
-static void stop_one(ar_proc_t *self, sup_t *s, child_t *k)
-{
-    if (ar_pid_is_none(k->pid)) return;
-    ar_node_t *node = ar_node(self);
-    ar_pid_t pid = k->pid;
-    ar_ref_t ref;
-    ar_monitor(self, pid, &ref);
+    watch_t w = {pid, 0};
+    if (ar_monitor(self, pid, &w.ref) != 0) return (watch_t){pid, 0};
     ar_unlink(self, pid);
     ar_msg_t *m = NULL; /* an EXIT of it already queued is not a crash to act on */
     while (ar_receive(self, exit_from, &pid, 0, &m) == 0) ar_msg_release(self, m);
-    if (k->shutdown_ms == AR_SHUTDOWN_BRUTAL) {
-        ar_exit(node, pid, AR_REASON(AR_KILL));
-        wait_down(self, ref, AR_INFINITY, NULL);
-    } else {
-        bool late = false;
-        ar_exit(node, pid, AR_REASON(AR_SHUTDOWN));
-        wait_down(self, ref, k->shutdown_ms == AR_SHUTDOWN_INFINITY ? AR_INFINITY : k->shutdown_ms,
-                  &late);
-        if (late) { /* it did not stop in time: kill it */
-            ar_exit(node, pid, AR_REASON(AR_KILL));
-            wait_down(self, ref, AR_INFINITY, NULL);
-        }
+    return w;
+}
+
+/* Waits up to ms (AR_INFINITY: no limit) for the watched child's end: 0, AR_ETIMEDOUT, or
+ * AR_ENOMEM when the supervisor cannot even block (its caller then kills the child and
+ * gives up waiting: the late DOWN or EXIT finds no child and is ignored). */
+static int wait_end(ar_proc_t *self, watch_t *w, int ms)
+{
+    ar_msg_t *m = NULL;
+    int rc = ar_receive(self, end_of, w, ms, &m);
+    if (rc == 0) ar_msg_release(self, m);
+    return rc;
+}
+
+/* Milliseconds left until `until` (0: no deadline) for a wait of up to ms. */
+static int bounded(int ms, uint64_t until)
+{
+    if (!until) return ms;
+    uint64_t now = now_ms();
+    int left = now >= until ? 0 : (int)(until - now);
+    return (ms == AR_INFINITY || ms > left) ? left : ms;
+}
+
+static int shutdown_wait(const child_t *k)
+{
+    return k->shutdown_ms == AR_SHUTDOWN_INFINITY ? AR_INFINITY : k->shutdown_ms;
+}
+
+/* A child supervisor of ours stopped under a deadline is asked to stop within the time
+ * left, so the deadline reaches the whole tree; an exit signal carries no deadline. */
+static bool stop_subtree(ar_proc_t *self, const child_t *k, uint64_t until)
+{
+    if (!until || k->b != &ar_supervisor) return false;
+    ar__sup_req_t q = {.timeout_ms = bounded(AR_INFINITY, until)};
+    ar_buf_t b;
+    if (ar_call(ar_node(self), k->pid, AR__SUP_STOP, &q, sizeof q, &b,
+                q.timeout_ms + AR__SUP_STOP_GRACE_MS) == 0)
+        ar_buf_free(&b);
+    return true;
+}
+
+/* Stops a running child by its shutdown policy, within `until` (0: no deadline); its end
+ * is neither restarted nor reported. false if it had to be killed for the deadline. */
+static bool stop_one(ar_proc_t *self, sup_t *s, child_t *k, uint64_t until)
+{
+    if (ar_pid_is_none(k->pid)) return true;
+    bool in_time = true;
+    watch_t w = watch(self, k->pid);
+    int rc = AR_ETIMEDOUT;
+    if (k->shutdown_ms != AR_SHUTDOWN_BRUTAL) {
+        if (!stop_subtree(self, k, until)) signal_child(self, k->pid, AR_SHUTDOWN);
+        int own = shutdown_wait(k), ms = bounded(own, until);
+        rc = wait_end(self, &w, ms);
+        if (rc == AR_ETIMEDOUT && ms != own) in_time = false; /* cut short by the deadline */
+    }
+    if (rc != 0) { /* brutal, or it did not stop in time: kill it */
+        signal_child(self, k->pid, AR_KILL);
+        wait_end(self, &w, AR_INFINITY);
     }
     not_running(s, k);
+    return in_time;
 }
+
+typedef struct by_ref {
+    ar_ref_t ref;
+    size_t at; /* its watch */
+} by_ref_t;
 
 static int cmp_ref(const void *a, const void *b)
 {
-    ar_ref_t x = *(const ar_ref_t *)a, y = *(const ar_ref_t *)b;
+    ar_ref_t x = ((const by_ref_t *)a)->ref, y = ((const by_ref_t *)b)->ref;
+    return x < y ? -1 : x > y;
+}
+
+static int cmp_watch_pid(const void *a, const void *b)
+{
+    uint64_t x = ((const watch_t *)a)->pid.lo, y = ((const watch_t *)b)->pid.lo;
     return x < y ? -1 : x > y;
 }
 
 struct stopping {
-    ar_pid_t *pids; /* sorted by lo */
-    size_t n;
+    watch_t *ws;   /* sorted by pid */
+    by_ref_t *refs; /* the monitored ones, sorted by ref */
+    size_t n, nrefs;
 };
 
-static int cmp_pid(const void *a, const void *b)
+/* Which stopping child a message tells the end of (SIZE_MAX: none). An EXIT of a
+ * monitored one came before its unlink and tells nothing; its DOWN follows. */
+static size_t ended(const struct stopping *st, const ar_msg_t *m)
 {
-    uint64_t x = ((const ar_pid_t *)a)->lo, y = ((const ar_pid_t *)b)->lo;
-    return x < y ? -1 : x > y;
+    if (m->kind == AR_MSG_DOWN) {
+        by_ref_t key = {m->ref, 0}, *hit = bsearch(&key, st->refs, st->nrefs, sizeof key, cmp_ref);
+        return hit ? hit->at : SIZE_MAX;
+    }
+    watch_t key = {m->from, 0}, *hit = bsearch(&key, st->ws, st->n, sizeof key, cmp_watch_pid);
+    return hit && !hit->ref ? (size_t)(hit - st->ws) : SIZE_MAX;
 }
 
-/* A DOWN, or an EXIT one of the stopping children sent before it was unlinked (each
- * child's EXIT comes before its DOWN, so one pass drops them all). */
+/* A DOWN, or an EXIT of one of the stopping children (dropped, or an end). */
 static bool down_or_their_exit(const ar_msg_t *m, void *ud)
 {
     const struct stopping *st = ud;
     if (m->kind == AR_MSG_DOWN) return true;
-    return m->kind == AR_MSG_EXIT && bsearch(&m->from, st->pids, st->n, sizeof *st->pids, cmp_pid);
+    watch_t key = {m->from, 0};
+    return m->kind == AR_MSG_EXIT && bsearch(&key, st->ws, st->n, sizeof key, cmp_watch_pid);
 }
 
 /* simple_one_for_one: all children are alike, so they stop together, under one timer:
- * every one gets its exit at once, then the DOWNs are awaited until the template's
- * shutdown time; whoever is left is killed. */
-static void stop_all_parallel(ar_proc_t *self, sup_t *s)
+ * every one gets its exit at once, then their ends are awaited until the template's
+ * shutdown time (or the deadline); whoever is left is killed. false if the deadline
+ * killed any. */
+static bool stop_all_parallel(ar_proc_t *self, sup_t *s, uint64_t until)
 {
-    ar_node_t *node = ar_node(self);
-    size_t n = 0;
-    ar_ref_t *refs = ar_malloc((s->n ? s->n : 1) * sizeof *refs);
-    ar_pid_t *pids = ar_malloc((s->n ? s->n : 1) * sizeof *pids);
-    bool *seen = ar_calloc(s->n ? s->n : 1, sizeof *seen);
-    if (!refs || !pids || !seen) { /* no memory for the batch: one at a time */
+    size_t cap = s->n ? s->n : 1, n = 0;
+    watch_t *ws = ar_malloc(cap * sizeof *ws);
+    by_ref_t *refs = ar_malloc(cap * sizeof *refs);
+    bool *seen = ar_calloc(cap, sizeof *seen);
+    if (!ws || !refs || !seen) { /* no memory for the batch: one at a time */
+        ar_free(ws);
         ar_free(refs);
-        ar_free(pids);
         ar_free(seen);
+        bool in_time = true;
         for (size_t i = s->n; i-- > 0;)
-            if (s->kids[i]) stop_one(self, s, s->kids[i]);
-        return;
+            if (s->kids[i]) in_time &= stop_one(self, s, s->kids[i], until);
+        return in_time;
     }
     int ms = s->template_.shutdown_ms;
     for (size_t i = 0; i < s->n; i++) {
         child_t *k = s->kids[i];
         if (!k || ar_pid_is_none(k->pid)) continue;
-        ar_monitor(self, k->pid, &refs[n]);
-        ar_unlink(self, k->pid);
-        ar_exit(node, k->pid, AR_REASON(ms == AR_SHUTDOWN_BRUTAL ? AR_KILL : AR_SHUTDOWN));
-        pids[n++] = k->pid;
+        ws[n] = watch(self, k->pid);
+        signal_child(self, k->pid, ms == AR_SHUTDOWN_BRUTAL ? AR_KILL : AR_SHUTDOWN);
+        n++;
         not_running(s, k);
     }
-    qsort(refs, n, sizeof *refs, cmp_ref);
-    struct stopping st = {pids, n};
-    ar_pid_t *sorted = ar_malloc((n ? n : 1) * sizeof *sorted);
-    if (sorted) {
-        memcpy(sorted, pids, n * sizeof *sorted);
-        qsort(sorted, n, sizeof *sorted, cmp_pid);
-        st.pids = sorted;
-    } else {
-        st.n = 0; /* no memory to tell their EXITs apart: they stay queued, harmless */
-    }
+    qsort(ws, n, sizeof *ws, cmp_watch_pid);
+    struct stopping st = {ws, refs, n, 0};
+    for (size_t i = 0; i < n; i++)
+        if (ws[i].ref) refs[st.nrefs++] = (by_ref_t){ws[i].ref, i};
+    qsort(refs, st.nrefs, sizeof *refs, cmp_ref);
     size_t left = n;
-    uint64_t until = ms >= 0 ? now_ms() + (uint64_t)ms : 0;
-    bool killed = ms == AR_SHUTDOWN_BRUTAL;
+    int own = ms == AR_SHUTDOWN_INFINITY ? AR_INFINITY : ms, limit = bounded(own, until);
+    uint64_t end = limit == AR_INFINITY ? 0 : now_ms() + (uint64_t)limit;
+    bool killed = ms == AR_SHUTDOWN_BRUTAL, in_time = true;
     while (left > 0) {
-        int wait = AR_INFINITY;
-        if (!killed && until) {
-            uint64_t now = now_ms();
-            wait = now >= until ? 0 : (int)(until - now);
-        }
         ar_msg_t *m = NULL;
-        if (ar_receive(self, down_or_their_exit, &st, wait, &m) == 0) {
-            if (m->kind == AR_MSG_EXIT) { /* from before the unlink: not a crash to act on */
-                ar_msg_release(self, m);
-                continue;
-            }
-            ar_ref_t *hit = bsearch(&m->ref, refs, n, sizeof *refs, cmp_ref);
-            if (hit && !seen[hit - refs]) {
-                seen[hit - refs] = true;
+        int rc = ar_receive(self, down_or_their_exit, &st,
+                            killed || !end ? AR_INFINITY : bounded(AR_INFINITY, end), &m);
+        if (rc == 0) {
+            size_t at = ended(&st, m);
+            if (at != SIZE_MAX && !seen[at]) {
+                seen[at] = true;
                 left--;
             }
             ar_msg_release(self, m);
-        } else if (!killed) { /* time is up: the rest are killed */
-            for (size_t i = 0; i < n; i++) ar_exit(node, pids[i], AR_REASON(AR_KILL));
+        } else if (!killed) { /* time is up (or it cannot block): the rest are killed */
+            for (size_t i = 0; i < n; i++)
+                if (!seen[i]) signal_child(self, ws[i].pid, AR_KILL);
             killed = true;
+            if (limit != own) in_time = false; /* cut short by the deadline */
+        } else {
+            break; /* it cannot block at all: the killed ones end on their own */
         }
     }
+    ar_free(ws);
     ar_free(refs);
-    ar_free(pids);
     ar_free(seen);
-    ar_free(sorted);
+    return in_time;
 }
 
-/* Stops the children at [from, n) in reverse start order. */
-static void stop_from(ar_proc_t *self, sup_t *s, size_t from)
+/* Stops the children at [from, n) in reverse start order, within `until` (0: none).
+ * false if the deadline made it kill any. */
+static bool stop_from(ar_proc_t *self, sup_t *s, size_t from, uint64_t until)
 {
-    if (s->strategy == AR_SIMPLE_ONE_FOR_ONE && from == 0) {
-        stop_all_parallel(self, s);
-        return;
-    }
+    if (s->strategy == AR_SIMPLE_ONE_FOR_ONE && from == 0) return stop_all_parallel(self, s, until);
+    bool in_time = true;
     for (size_t i = s->n; i-- > from;)
-        if (s->kids[i]) stop_one(self, s, s->kids[i]);
+        if (s->kids[i]) in_time &= stop_one(self, s, s->kids[i], until);
+    return in_time;
 }
 
 /* ---- restarts ---- */
@@ -468,7 +556,7 @@ static bool may_restart(sup_t *s)
 
 static void give_up(ar_proc_t *self, sup_t *s)
 {
-    stop_from(self, s, 0);
+    stop_from(self, s, 0, 0);
     ar_stop(self, AR_REASON(AR_SHUTDOWN));
 }
 
@@ -503,7 +591,7 @@ static void retry_later(ar_proc_t *self, sup_t *s, child_t *k)
         ar_send_after(ar_node(self), backoff_ms(s, k), ar_self(self), AR__SUP_RETRY, &r,
                       sizeof r, NULL) == 0)
         return;
-    ar_send(ar_node(self), ar_self(self), AR__SUP_RETRY, &r, sizeof r);
+    send_self(self, AR__SUP_RETRY, &r, sizeof r); /* no timer: retried at once */
 }
 
 /* Starts k again now; a failed start is retried through the mailbox. */
@@ -545,11 +633,11 @@ static void restart_by_strategy(ar_proc_t *self, sup_t *s, child_t *k)
         restart_one(self, s, k);
         break;
     case AR_ONE_FOR_ALL:
-        stop_from(self, s, 0);
+        stop_from(self, s, 0, 0);
         restart_from(self, s, 0, k);
         break;
     case AR_REST_FOR_ONE:
-        stop_from(self, s, at + 1);
+        stop_from(self, s, at + 1, 0);
         restart_from(self, s, at, k);
         break;
     }
@@ -621,7 +709,7 @@ static int sup_init(ar_proc_t *self, void *arg, void **state)
     }
     return 0;
 fail: /* the started ones stop in reverse order; nothing is left behind */
-    stop_from(self, s, 0);
+    stop_from(self, s, 0, 0);
     for (size_t i = 0; i < s->n; i++) child_free(s->kids[i]); /* NULL holes: no-op */
     ar_free(s->kids);
     ar_free(s->by_pid.keys);
@@ -634,7 +722,7 @@ fail: /* the started ones stop in reverse order; nothing is left behind */
 
 static void reply(ar_proc_t *self, const ar_msg_t *m, const ar__sup_reply_t *r)
 {
-    ar_reply(ar_node(self), m->reply_to, r, sizeof *r);
+    answer(self, m->reply_to, r, sizeof *r);
 }
 
 static void handle_call(ar_proc_t *self, sup_t *s, const ar_msg_t *m)
@@ -687,7 +775,7 @@ static void handle_call(ar_proc_t *self, sup_t *s, const ar_msg_t *m)
                 r.rc = ar_proc_info(ar_node(self), q->pid, &pi) == AR_ENOPROC ? 0 : AR_ENOENT;
                 break;
             }
-            stop_one(self, s, k);
+            stop_one(self, s, k, 0);
             drop(s, k);
             break;
         }
@@ -695,7 +783,7 @@ static void handle_call(ar_proc_t *self, sup_t *s, const ar_msg_t *m)
             r.rc = AR_ENOENT;
             break;
         }
-        stop_one(self, s, k);
+        stop_one(self, s, k, 0);
         k->restarting = false;
         if (k->restart == AR_TEMPORARY) drop(s, k);
         break;
@@ -749,15 +837,17 @@ static void handle_call(ar_proc_t *self, sup_t *s, const ar_msg_t *m)
             out[i].restart = s->kids[i]->restart;
             out[i].type = s->kids[i]->type;
         }
-        ar_reply(ar_node(self), m->reply_to, buf, bytes);
+        answer(self, m->reply_to, buf, bytes);
         ar_free(buf);
         return;
     }
-    case AR__SUP_STOP:
-        stop_from(self, s, 0);
+    case AR__SUP_STOP: { /* within the caller's time, then it ends */
+        uint64_t until = q->timeout_ms == AR_INFINITY ? 0 : now_ms() + (uint64_t)q->timeout_ms;
+        if (!stop_from(self, s, 0, until)) r.rc = AR_ETIMEDOUT;
         reply(self, m, &r);
         ar_stop(self, AR_REASON(AR_SHUTDOWN));
         return;
+    }
     default:
         r.rc = AR_EINVAL;
     }
@@ -777,7 +867,7 @@ static void sup_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
         } else if ((ar_pid_eq(m->from, s->parent) || ar_pid_is_none(s->parent)) &&
                    m->reason.code != AR_NORMAL) {
             /* the parent (or, with none, anyone) asks us to stop: children first */
-            stop_from(self, s, 0);
+            stop_from(self, s, 0, 0);
             ar_stop(self, m->reason);
         } /* other processes' exits are no concern of a supervisor */
     } else if ((m->kind == AR_MSG_CAST || m->kind == AR_MSG_TIMER) && m->tag == AR__SUP_RETRY &&
@@ -796,7 +886,7 @@ static void sup_terminate(ar_proc_t *self, void *state, ar_reason_t why)
     sup_t *s = state;
     if (!s) return;
     /* killed: its children follow through their links; otherwise take them down in order */
-    if (why.code != AR_KILLED) stop_from(self, s, 0);
+    if (why.code != AR_KILLED) stop_from(self, s, 0, 0);
     for (size_t i = 0; i < s->n; i++) child_free(s->kids[i]); /* NULL holes: no-op */
     ar_free(s->kids);
     ar_free(s->hist);
