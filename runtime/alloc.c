@@ -2,7 +2,7 @@
  * size-class pools envelopes come from.
  *
  * Pools: each scheduler keeps a free list per size class (its cache, owner-only). A cache
- * that grows past CACHE_MAX hands a batch of BATCH blocks to the node's depot (a mutex,
+ * that grows past its maximum (AR__POOL_CACHE_MAX) hands a batch of BATCH blocks to the node's depot (a mutex,
  * one lock per BATCH frees); an empty cache takes a batch back. Blocks freed on a thread
  * without a cache (foreign threads) go straight back to the hook. Every pooled block is
  * exactly its class size, so blocks move freely between caches, depots and the hook.
@@ -71,9 +71,7 @@ _Noreturn void ar__panic(const char *file, int line, const char *fmt, ...)
 
 /* ---- pools ---- */
 static const size_t class_size[AR__POOL_CLASSES] = {128, 192, 256, 384, 512, 1024, 2048, 4096};
-/* A cache holds at most CACHE_MAX blocks per class: enough for a burst of sends between
- * two turns, small enough that an idle scheduler does not hoard memory. */
-#define CACHE_MAX 512 /* the inline fast path in internal.h knows this bound */
+bool ar__pool_bypass;
 #define BATCH 256
 /* The depot keeps at most this many batches per class; beyond, blocks go back to libc. */
 #define DEPOT_MAX 64
@@ -184,12 +182,12 @@ void ar__pool_free_slow(ar__sched_t *s, void *p, size_t size)
 {
     int k = class_of(size);
     if (!p) return;
-    if (k < 0 || !s) {
+    if (k < 0 || !s || !s->cache.max) {
         ar__free(p);
         return;
     }
     struct ar__pool_cache *c = &s->cache;
     set_next(p, c->free[k]);
     c->free[k] = p;
-    if (++c->count[k] > CACHE_MAX) spill(&s->node->depot, c, k);
+    if (++c->count[k] > c->max) spill(&s->node->depot, c, k);
 }

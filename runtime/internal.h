@@ -61,7 +61,14 @@ struct ar__sched;
 struct ar__pool_cache {
     void *free[AR__POOL_CLASSES];
     uint32_t count[AR__POOL_CLASSES];
+    uint32_t max; /* blocks kept per class (0: none, every block goes to the hook) */
 };
+/* A cache holds at most this many blocks per class: enough for a burst of sends between
+ * two turns, small enough that an idle scheduler does not hoard memory. */
+#define AR__POOL_CACHE_MAX 512
+/* Set before a node starts, its schedulers keep no blocks: every envelope then comes from
+ * the allocator hook, so the tests' out-of-memory sweeps reach each one. */
+extern bool ar__pool_bypass;
 struct ar__depot {
     pthread_mutex_t lock;
     void *batches[AR__POOL_CLASSES]; /* each batch: a free list, linked through word 1 */
@@ -492,7 +499,7 @@ static inline void *ar__pool_alloc_on(ar__sched_t *s, size_t size)
 }
 static inline void ar__pool_free_on(ar__sched_t *s, void *p, size_t size)
 {
-    if (p && s && size <= AR__POOL_SMALL && s->cache.count[0] < 512) {
+    if (p && s && size <= AR__POOL_SMALL && s->cache.count[0] < s->cache.max) {
         *(void **)p = s->cache.free[0];
         s->cache.free[0] = p;
         s->cache.count[0]++;

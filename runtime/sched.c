@@ -475,6 +475,7 @@ int ar__sched_start(ar_node_t *node)
                                          ~(uintptr_t)(AR__CACHE_LINE - 1));
         memset(s, 0, sizeof *s);
         s->alloc_base = mem;
+        s->cache.max = ar__pool_bypass ? 0 : AR__POOL_CACHE_MAX;
         s->node = node;
         s->id = i;
         ar__sem_init(&s->sem);

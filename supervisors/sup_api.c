@@ -119,17 +119,18 @@ int ar_sup_which_children(ar_node_t *node, ar_pid_t sup, ar_child_info_t *out, s
     ar_buf_t b;
     int rc = ar_call(node, sup, AR__SUP_WHICH, &q, sizeof q, &b, ar__sup_call_ms);
     if (rc) return rc;
-    size_t have;
-    if (b.len < sizeof have) {
-        ar_buf_free(&b);
-        return b.len == sizeof(ar__sup_reply_t) ? AR_ENOMEM : AR_EBADMSG;
-    }
-    memcpy(&have, b.data, sizeof have);
-    if (b.len != sizeof have + have * sizeof *out) {
+    ar__sup_reply_t r; /* the header: rc, and how many children follow */
+    if (b.len < sizeof r) {
         ar_buf_free(&b);
         return AR_EBADMSG;
     }
-    memcpy(out, (char *)b.data + sizeof have, (have < cap ? have : cap) * sizeof *out);
+    memcpy(&r, b.data, sizeof r);
+    size_t have = r.counts.specs;
+    if (r.rc != 0 || b.len != sizeof r + have * sizeof *out) {
+        ar_buf_free(&b);
+        return r.rc ? r.rc : AR_EBADMSG;
+    }
+    memcpy(out, (char *)b.data + sizeof r, (have < cap ? have : cap) * sizeof *out);
     *n = have;
     ar_buf_free(&b);
     return 0;

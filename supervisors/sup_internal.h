@@ -26,7 +26,7 @@ typedef struct ar__sup_req {
     ar_pid_t pid;         /* TERMINATE on simple_one_for_one */
 } ar__sup_req_t;
 
-typedef struct ar__sup_reply {
+typedef struct ar__sup_reply { /* WHICH: the header, children follow (counts.specs) */
     int rc;
     ar_pid_t pid;
     ar_child_counts_t counts;

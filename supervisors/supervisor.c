@@ -820,16 +820,17 @@ static void handle_call(ar_proc_t *self, sup_t *s, const ar_msg_t *m)
                 r.counts.workers++;
         }
         break;
-    case AR__SUP_WHICH: {
+    case AR__SUP_WHICH: { /* the answer's header, then the children */
         compact(s);
-        size_t bytes = sizeof(size_t) + s->n * sizeof(ar_child_info_t);
+        size_t bytes = sizeof r + s->n * sizeof(ar_child_info_t);
         char *buf = ar_calloc(1, bytes);
         if (!buf) {
             r.rc = AR_ENOMEM;
             break;
         }
-        memcpy(buf, &s->n, sizeof(size_t));
-        ar_child_info_t *out = (ar_child_info_t *)(buf + sizeof(size_t));
+        r.counts.specs = s->n;
+        memcpy(buf, &r, sizeof r);
+        ar_child_info_t *out = (ar_child_info_t *)(buf + sizeof r);
         for (size_t i = 0; i < s->n; i++) {
             snprintf(out[i].id, sizeof out[i].id, "%s", s->kids[i]->id);
             out[i].pid = s->kids[i]->pid;

@@ -455,3 +455,320 @@ Test(alloc, call_from_a_process_out_of_memory_is_enomem_and_not_handled,
     cr_assert(done, "ar_call never succeeded within %d allocations", MAX_N);
     (void)failures; /* a path may need no allocation at all (pooled) */
 }
+
+/* ---- links, monitors, timers, the exit path and supervisors --------------------------------- *
+ * Each sweep fails the n-th allocation of one operation, for every n, on a node whose
+ * schedulers keep no envelope caches (so every envelope comes from the hook): the
+ * operation either fails with AR_ENOMEM and changes nothing, or succeeds and its signal
+ * is delivered; nothing hangs and nothing leaks. */
+extern bool ar__pool_bypass; /* white-box: see runtime/internal.h */
+
+enum { OP_LINK = 1, OP_MONITOR, OP_SEND_AFTER, OP_TIMER_TAG = 77 };
+typedef struct op {
+    long n;       /* fail the n-th allocation of the operation; 0: none */
+    ar_pid_t pid; /* its target */
+} op_t;
+typedef struct op_result {
+    int rc;
+    bool injected;
+    ar_ref_t ref;
+} op_result_t;
+
+/* The actor: runs one armed operation per CALL and answers how it went; it traps exits
+ * and logs every other message. */
+static void actor_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    th_log_t *log = state;
+    if (th_sync_answer(self, log, m)) return;
+    if (m->kind != AR_MSG_CALL) {
+        th_log_msg(log, m);
+        return;
+    }
+    op_t op;
+    memcpy(&op, m->data, sizeof op);
+    op_result_t r = {0};
+    if (op.n) th_alloc_arm(&alloc, op.n);
+    switch (m->tag) {
+    case OP_LINK: r.rc = ar_link(self, op.pid); break;
+    case OP_MONITOR: r.rc = ar_monitor(self, op.pid, &r.ref); break;
+    case OP_SEND_AFTER:
+        r.rc = ar_send_after(ar_node(self), 0, op.pid, OP_TIMER_TAG, &op.n, sizeof op.n, &r.ref);
+        break;
+    }
+    r.injected = op.n && th_alloc_disarm(&alloc);
+    int rc;
+    do rc = ar_reply(ar_node(self), m->reply_to, &r, sizeof r);
+    while (rc == AR_ENOMEM);
+}
+static int actor_init(ar_proc_t *self, void *arg, void **state)
+{
+    ar_trap_exit(self, true);
+    return th_rec_init(self, arg, state);
+}
+static const ar_behaviour_t actor_b = {"actor", actor_init, actor_handle, NULL};
+
+static op_result_t run_op(ar_node_t *node, ar_pid_t actor, uint32_t tag, long n, ar_pid_t pid)
+{
+    op_t op = {n, pid};
+    ar_buf_t b = {0};
+    int rc = ar_call(node, actor, tag, &op, sizeof op, &b, TH_WAIT_MS);
+    cr_assert_eq(rc, 0, "n=%ld: the actor did not answer: %s", n, ar_err_name(rc));
+    op_result_t r;
+    memcpy(&r, b.data, sizeof r);
+    ar_buf_free(&b);
+    cr_assert(r.rc == 0 || (r.rc == AR_ENOMEM && r.injected), "n=%ld: %s", n, ar_err_name(r.rc));
+    return r;
+}
+
+/* How many of the actor's logged messages are of kind from `from` (ref 0: any). */
+static int logged(th_log_t *log, ar_msg_kind_t kind, ar_pid_t from, ar_ref_t ref)
+{
+    int k = 0;
+    for (size_t i = 0; i < th_log_len(log); i++)
+        if (log->e[i].kind == kind && ar_pid_eq(log->e[i].from, from) && (!ref || log->e[i].ref == ref))
+            k++;
+    return k;
+}
+
+/* Kills target and waits until its end has been told to everyone: the node is back to
+ * `processes` and the actor has handled what was queued before a sync. */
+static void kill_and_settle(ar_node_t *node, ar_pid_t target, size_t processes, ar_pid_t actor)
+{
+    cr_assert_eq(ar_exit(node, target, AR_REASON(AR_KILL)), 0);
+    th_await(th_stats(node).processes == processes);
+    th_sync(node, actor);
+}
+
+/* Runs sweep(n) for n = 1, 2, ... until an iteration injected no failure. */
+static void sweep(bool (*one)(long n))
+{
+    ar__pool_bypass = true;
+    th_alloc_install(&alloc);
+    bool done = false;
+    int failed = 0;
+    for (long n = 1; n <= MAX_N && !done; n++) {
+        done = !one(n);
+        if (!done) failed++;
+        cr_assert_eq(atomic_load(&alloc.live), 0, "n=%ld: %ld blocks leaked", n,
+                     atomic_load(&alloc.live));
+    }
+    cr_assert(done, "the operation still failed after %d allocations", MAX_N);
+    cr_assert_gt(failed, 0, "no allocation of the operation failed");
+}
+
+static bool link_once(long n)
+{
+    static th_log_t log, tlog;
+    memset(&log, 0, sizeof log);
+    memset(&tlog, 0, sizeof tlog);
+    ar_node_t *node = th_node(2);
+    ar_pid_t actor = th_spawn(node, &actor_b, &log);
+    ar_pid_t target = th_spawn(node, &th_recorder, &tlog);
+    ar_ref_t barrier = run_op(node, actor, OP_MONITOR, 0, target).ref; /* DOWN after EXIT */
+    size_t before = th_stats(node).processes;
+    op_result_t r = run_op(node, actor, OP_LINK, n, target);
+    ar_proc_info_t ai, ti;
+    cr_assert_eq(ar_proc_info(node, actor, &ai), 0);
+    cr_assert_eq(ar_proc_info(node, target, &ti), 0);
+    th_sync(node, target); /* the LINK has been fetched */
+    cr_assert_eq(ar_proc_info(node, target, &ti), 0);
+    cr_assert_eq(ai.links, r.rc == 0 ? 1u : 0u, "n=%ld: the actor's links", n);
+    cr_assert_eq(ti.links, r.rc == 0 ? 1u : 0u, "n=%ld: the target's links", n);
+    kill_and_settle(node, target, before - 1, actor);
+    cr_assert_eq(logged(&log, AR_MSG_DOWN, target, barrier), 1);
+    cr_assert_eq(logged(&log, AR_MSG_EXIT, target, 0), r.rc == 0 ? 1 : 0,
+                 "n=%ld (%s): a link's EXIT is delivered exactly when the link was made", n,
+                 ar_err_name(r.rc));
+    th_node_stop(node);
+    return r.injected;
+}
+
+Test(alloc, link_out_of_memory_is_enomem_and_changes_nothing_else_its_exit_arrives,
+     .timeout = 60)
+{
+    sweep(link_once);
+}
+
+static bool monitor_once(long n)
+{
+    static th_log_t log;
+    memset(&log, 0, sizeof log);
+    ar_node_t *node = th_node(2);
+    ar_pid_t actor = th_spawn(node, &actor_b, &log);
+    ar_pid_t target = th_spawn(node, &th_echo, NULL);
+    size_t before = th_stats(node).processes;
+    op_result_t r = run_op(node, actor, OP_MONITOR, n, target);
+    ar_proc_info_t ai;
+    cr_assert_eq(ar_proc_info(node, actor, &ai), 0);
+    cr_assert_eq(ai.monitors, r.rc == 0 ? 1u : 0u, "n=%ld: the actor's monitors", n);
+    kill_and_settle(node, target, before - 1, actor);
+    cr_assert_eq(logged(&log, AR_MSG_DOWN, target, 0), r.rc == 0 ? 1 : 0,
+                 "n=%ld (%s): one DOWN exactly when the monitor was made", n, ar_err_name(r.rc));
+    if (r.rc == 0) cr_assert_eq(logged(&log, AR_MSG_DOWN, target, r.ref), 1);
+    th_node_stop(node);
+    return r.injected;
+}
+
+Test(alloc, monitor_out_of_memory_is_enomem_else_its_down_arrives, .timeout = 60)
+{
+    sweep(monitor_once);
+}
+
+static bool send_after_once(long n)
+{
+    static th_log_t log, tlog;
+    memset(&log, 0, sizeof log);
+    memset(&tlog, 0, sizeof tlog);
+    ar_node_t *node = th_node(2);
+    ar_pid_t actor = th_spawn(node, &actor_b, &log);
+    ar_pid_t target = th_spawn(node, &th_recorder, &tlog);
+    op_result_t r = run_op(node, actor, OP_SEND_AFTER, n, target);
+    /* a second 0 ms timer of the same owner fires after the first on the same wheel */
+    op_result_t last = run_op(node, actor, OP_SEND_AFTER, 0, target);
+    cr_assert_eq(last.rc, 0);
+    th_await(th_log_len(&tlog) >= (r.rc == 0 ? 2u : 1u));
+    th_sync(node, target);
+    cr_assert_eq(th_log_len(&tlog), r.rc == 0 ? 2u : 1u,
+                 "n=%ld (%s): the timer fires exactly when it was set", n, ar_err_name(r.rc));
+    cr_assert_eq(tlog.e[th_log_len(&tlog) - 1].kind, AR_MSG_TIMER);
+    th_node_stop(node);
+    return r.injected;
+}
+
+Test(alloc, send_after_out_of_memory_is_enomem_else_the_timer_fires, .timeout = 60)
+{
+    sweep(send_after_once);
+}
+
+/* ---- the exit path ---- *
+ * A victim linked to three processes, monitored by three, owing answers to two callers,
+ * is killed with a reason text while the n-th allocation fails: every EXIT, DOWN and
+ * failed reply still arrives (only the text may be lost). */
+enum { LINKED = 3, WATCHERS = 3, CALLERS = 2, TAG_CALL_VICTIM = 5 };
+static ar_pid_t victim_pid;
+static void victim_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    (void)self, (void)state, (void)m; /* takes calls and never answers: it owes them */
+}
+static const ar_behaviour_t victim_b = {"victim", NULL, victim_handle, NULL};
+
+typedef struct owed_caller {
+    atomic_int rc, done;
+} owed_caller_t;
+static void owed_caller_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    owed_caller_t *c = state;
+    if (m->kind != AR_MSG_CAST) return;
+    ar_buf_t b = {0};
+    atomic_store(&c->rc, ar_call(ar_node(self), victim_pid, TAG_CALL_VICTIM, NULL, 0, &b,
+                                 AR_INFINITY));
+    ar_buf_free(&b);
+    atomic_store(&c->done, 1);
+}
+static const ar_behaviour_t owed_caller_b = {"owed_caller", arg_init, owed_caller_handle, NULL};
+
+static bool exit_path_once(long n)
+{
+    static th_log_t logs[LINKED + WATCHERS];
+    static owed_caller_t callers[CALLERS];
+    memset(logs, 0, sizeof logs);
+    memset(callers, 0, sizeof callers);
+    ar_node_t *node = th_node(2);
+    ar_pid_t victim = victim_pid = th_spawn(node, &victim_b, NULL);
+    ar_pid_t actors[LINKED + WATCHERS];
+    for (int i = 0; i < LINKED + WATCHERS; i++) {
+        actors[i] = th_spawn(node, &actor_b, &logs[i]);
+        run_op(node, actors[i], i < LINKED ? OP_LINK : OP_MONITOR, 0, victim);
+    }
+    for (int i = 0; i < CALLERS; i++) th_send(node, th_spawn(node, &owed_caller_b, &callers[i]), 1, NULL, 0);
+    ar_proc_info_t vi; /* the calls are taken: the victim owes them */
+    th_await(ar_proc_info(node, victim, &vi) == 0 && vi.handled == CALLERS);
+    size_t before = th_stats(node).processes;
+    th_alloc_arm(&alloc, n);
+    int rc;
+    while ((rc = ar_exit(node, victim, (ar_reason_t){AR_ERROR, "the victim's own reason"})) ==
+           AR_ENOMEM) {
+    }
+    cr_assert_eq(rc, 0);
+    th_await(th_stats(node).processes == before - 1);
+    bool injected = th_alloc_disarm(&alloc);
+    for (int i = 0; i < CALLERS; i++) {
+        th_await(atomic_load(&callers[i].done));
+        cr_assert_eq(atomic_load(&callers[i].rc), AR_ENOPROC, "n=%ld: caller %d", n, i);
+    }
+    for (int i = 0; i < LINKED + WATCHERS; i++) {
+        th_sync(node, actors[i]);
+        ar_msg_kind_t kind = i < LINKED ? AR_MSG_EXIT : AR_MSG_DOWN;
+        cr_assert_eq(logged(&logs[i], kind, victim, 0), 1, "n=%ld: process %d missed its %s",
+                     n, i, i < LINKED ? "EXIT" : "DOWN");
+        cr_assert_eq(logs[i].e[0].code, AR_ERROR, "n=%ld: the code is exact", n);
+    }
+    th_node_stop(node);
+    return injected;
+}
+
+Test(alloc, a_process_ending_out_of_memory_still_delivers_every_exit_down_and_reply,
+     .timeout = 60)
+{
+    sweep(exit_path_once);
+}
+
+/* ---- the supervisor API ---- */
+static atomic_int sup_inits, sup_terms;
+static int sw_init(ar_proc_t *self, void *arg, void **state)
+{
+    (void)self, (void)arg, (void)state;
+    atomic_fetch_add(&sup_inits, 1);
+    return 0;
+}
+static void sw_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    (void)self, (void)state, (void)m;
+}
+static void sw_terminate(ar_proc_t *self, void *state, ar_reason_t why)
+{
+    (void)self, (void)state, (void)why;
+    atomic_fetch_add(&sup_terms, 1);
+}
+static const ar_behaviour_t sw_b = {"sup_worker", sw_init, sw_handle, sw_terminate};
+
+static bool sup_api_once(long n)
+{
+    atomic_store(&sup_inits, 0);
+    atomic_store(&sup_terms, 0);
+    ar_node_t *node = th_node(2);
+    ar_child_spec_t kids[] = {{.id = "a", .behaviour = &sw_b}, {.id = "b", .behaviour = &sw_b}};
+    ar_sup_spec_t spec = {.strategy = AR_ONE_FOR_ONE, .intensity = 100, .children = kids,
+                          .nchildren = 2};
+    ar_pid_t sup;
+    cr_assert_eq(ar_sup_start(node, &spec, NULL, &sup), 0);
+    ar_child_spec_t c = {.id = "c", .behaviour = &sw_b};
+    th_alloc_arm(&alloc, n);
+    int rc[6];
+    ar_child_info_t info[4];
+    size_t count = 0;
+    rc[0] = ar_sup_start_child(node, sup, &c, NULL, NULL);
+    rc[1] = ar_sup_terminate_child(node, sup, "a", AR_PID_NONE);
+    rc[2] = ar_sup_restart_child(node, sup, "a", NULL);
+    rc[3] = ar_sup_which_children(node, sup, info, 4, &count);
+    rc[4] = ar_sup_delete_child(node, sup, "b");
+    rc[5] = ar_sup_stop(node, sup, 5000);
+    bool injected = th_alloc_disarm(&alloc);
+    static const int allowed[6][3] = {{0, AR_ENOMEM, 0},      {0, AR_ENOMEM, 0},
+                                      {0, AR_ENOMEM, AR_EBUSY}, {0, AR_ENOMEM, 0},
+                                      {AR_EBUSY, AR_ENOMEM, 0}, {0, AR_ENOMEM, 0}};
+    for (int i = 0; i < 6; i++)
+        cr_assert(rc[i] == allowed[i][0] || rc[i] == allowed[i][1] || rc[i] == allowed[i][2],
+                  "n=%ld: call %d returned %s", n, i, ar_err_name(rc[i]));
+    if (rc[5] != 0) cr_assert_eq(ar_sup_stop(node, sup, 5000), 0, "n=%ld", n);
+    cr_assert_eq(atomic_load(&sup_terms), atomic_load(&sup_inits),
+                 "n=%ld: a child outlived its stopped supervisor", n);
+    th_node_stop(node);
+    return injected;
+}
+
+Test(alloc, supervisor_calls_out_of_memory_return_an_error_or_succeed_and_leave_no_child,
+     .timeout = 120)
+{
+    sweep(sup_api_once);
+}
