@@ -600,16 +600,20 @@ static void restart_one(ar_proc_t *self, sup_t *s, child_t *k)
     if (start_one(self, s, k) != 0) retry_later(self, s, k);
 }
 
-/* Restarts the children at [from, n) in start order (temporary bystanders go). */
-static void restart_from(ar_proc_t *self, sup_t *s, size_t from, child_t *dead)
+/* A group was stopped for a restart: its temporary children are gone for good, before
+ * any start (one that fails would otherwise leave those after it kept). */
+static void drop_temporaries(sup_t *s, size_t from)
+{
+    for (size_t i = from; i < s->n; i++)
+        if (s->kids[i] && s->kids[i]->restart == AR_TEMPORARY) drop(s, s->kids[i]);
+}
+
+/* Restarts the children at [from, n) in start order. */
+static void restart_from(ar_proc_t *self, sup_t *s, size_t from)
 {
     for (size_t i = from; i < s->n; i++) {
         child_t *k = s->kids[i];
         if (!k) continue;
-        if (k != dead && k->restart == AR_TEMPORARY) {
-            drop(s, k);
-            continue;
-        }
         if (start_one(self, s, k) != 0) { /* the group start stops here; retried as a group */
             retry_later(self, s, k);
             return;
@@ -634,11 +638,13 @@ static void restart_by_strategy(ar_proc_t *self, sup_t *s, child_t *k)
         break;
     case AR_ONE_FOR_ALL:
         stop_from(self, s, 0, 0);
-        restart_from(self, s, 0, k);
+        drop_temporaries(s, 0);
+        restart_from(self, s, 0);
         break;
     case AR_REST_FOR_ONE:
         stop_from(self, s, at + 1, 0);
-        restart_from(self, s, at, k);
+        drop_temporaries(s, at + 1);
+        restart_from(self, s, at);
         break;
     }
 }

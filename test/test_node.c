@@ -458,3 +458,201 @@ Test(node, stats_count_sent_delivered_and_dropped_messages, .timeout = TH_TIMEOU
     cr_assert_eq(s2.delivered, s1.delivered, "a dropped message is not delivered");
     th_node_stop(node);
 }
+
+/* ---- the ordered stop is a handshake ------------------------------------------------------ *
+ * Two top-level processes, the later one's terminate blocking in ar_sleep: a stop without
+ * a deadline waits for it, however long, and only then stops the earlier one; with a
+ * deadline that is long enough the same holds. The stop used to move on after 100 ms and
+ * to send its shutdown again, which cut the terminate short. */
+typedef struct slow {
+    int sleep_ms;          /* in terminate; AR_INFINITY: until killed */
+    atomic_int terminates; /* started */
+    atomic_int finished;   /* terminate returned on its own (not cut short) */
+    ar_exit_code_t why;
+    uint64_t began_ns, ended_ns;
+} slow_t;
+
+static int slow_init(ar_proc_t *self, void *arg, void **state)
+{
+    (void)self;
+    *state = arg;
+    return 0;
+}
+static void slow_terminate(ar_proc_t *self, void *state, ar_reason_t why)
+{
+    slow_t *s = state;
+    s->why = why.code;
+    s->began_ns = th_now_ns();
+    atomic_fetch_add(&s->terminates, 1);
+    int rc = s->sleep_ms ? ar_sleep(self, s->sleep_ms) : 0;
+    s->ended_ns = th_now_ns();
+    if (rc == 0) atomic_store(&s->finished, 1); /* an unwinding sleep never returns */
+}
+static const ar_behaviour_t slow_b = {"slow", slow_init, idle_handle, slow_terminate};
+
+static void check_patient_stop(int timeout_ms)
+{
+    static slow_t first, later;
+    memset(&first, 0, sizeof first);
+    memset(&later, 0, sizeof later);
+    later.sleep_ms = 300;
+    ar_node_t *node = th_node(2);
+    th_spawn(node, &slow_b, &first);
+    th_spawn(node, &slow_b, &later);
+    cr_assert_eq(ar_node_stop(node, timeout_ms), 0);
+    cr_assert_eq(atomic_load(&later.finished), 1, "the later one's terminate was cut short");
+    cr_assert_geq((later.ended_ns - later.began_ns) / 1000000u, 300);
+    cr_assert_eq(atomic_load(&first.terminates), 1);
+    cr_assert_geq(first.began_ns, later.ended_ns,
+                  "the earlier one was stopped while the later one was still terminating");
+    cr_assert_eq(first.why, AR_SHUTDOWN);
+    cr_assert_eq(later.why, AR_SHUTDOWN);
+}
+
+Test(node, stop_without_a_deadline_waits_for_each_terminate_in_order, .timeout = TH_TIMEOUT)
+{
+    check_patient_stop(AR_INFINITY);
+}
+
+Test(node, stop_with_a_long_enough_deadline_waits_for_each_terminate_in_order,
+     .timeout = TH_TIMEOUT)
+{
+    check_patient_stop(5000);
+}
+
+/* A process left over from a dead parent (not top-level) gets the stop's shutdown once:
+ * its slow terminate runs to its end. */
+static void orphaner_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    (void)m;
+    slow_t *orphan = state;
+    if (ar_spawn(ar_node(self), &slow_b, orphan, NULL, NULL) != 0) orphan->why = AR_ERROR;
+    ar_stop(self, AR_REASON(AR_NORMAL)); /* the orphan outlives it, unlinked */
+}
+static const ar_behaviour_t orphaner_b = {"orphaner", slow_init, orphaner_handle, NULL};
+
+Test(node, stop_sends_a_leftover_process_its_shutdown_once, .timeout = TH_TIMEOUT)
+{
+    static slow_t orphan;
+    orphan.sleep_ms = 300;
+    ar_node_t *node = th_node(2);
+    ar_pid_t parent = th_spawn(node, &orphaner_b, &orphan);
+    th_send(node, parent, 1, NULL, 0);
+    th_await(!th_proc_alive(node, parent) && th_stats(node).processes == 1);
+    cr_assert_neq(orphan.why, AR_ERROR, "the orphan was not spawned");
+    cr_assert_eq(ar_node_stop(node, AR_INFINITY), 0);
+    cr_assert_eq(atomic_load(&orphan.terminates), 1);
+    cr_assert_eq(atomic_load(&orphan.finished), 1, "a second shutdown cut its terminate short");
+    cr_assert_eq(orphan.why, AR_SHUTDOWN);
+}
+
+/* With a deadline, nothing is killed before it passes: a terminate that never returns is
+ * cut short at the deadline, then everything left is killed (terminate still runs, with
+ * AR_KILLED), and the stop says AR_ETIMEDOUT. */
+Test(node, stop_with_a_deadline_kills_only_when_it_passes, .timeout = TH_TIMEOUT)
+{
+    static slow_t first, stuck;
+    stuck.sleep_ms = AR_INFINITY;
+    ar_node_t *node = th_node(2);
+    th_spawn(node, &slow_b, &first);
+    th_spawn(node, &slow_b, &stuck);
+    uint64_t t0 = th_now_ns();
+    cr_assert_eq(ar_node_stop(node, 300), AR_ETIMEDOUT);
+    cr_assert_eq(atomic_load(&stuck.terminates), 1);
+    cr_assert_eq(atomic_load(&stuck.finished), 0);
+    cr_assert_geq((stuck.ended_ns - t0) / 1000000u, 300, "cut short before the deadline");
+    cr_assert_eq(atomic_load(&first.terminates), 1, "terminate runs for the killed too");
+    cr_assert_eq(first.why, AR_KILLED, "the earlier one was killed at the deadline");
+    cr_assert_geq(first.began_ns, stuck.ended_ns);
+}
+
+/* Calls from other threads may overlap the stop: those in flight finish, new foreign
+ * calls get AR_ECLOSED, and nothing is freed under them (ASan would see it). The last
+ * top-level process's terminate holds the stop until every thread is out. */
+enum { CALLER_THREADS = 3 };
+static atomic_int threads_out, saw_closed;
+typedef struct hammer {
+    ar_node_t *node;
+    ar_pid_t echo;
+} hammer_t;
+static void *hammer_main(void *arg)
+{
+    hammer_t *h = arg;
+    for (;;) {
+        ar_buf_t r = {0};
+        int rc = ar_call(h->node, h->echo, 1, "x", 1, &r, TH_WAIT_MS);
+        ar_buf_free(&r);
+        if (rc == AR_ECLOSED) break;
+        if (rc != 0 && rc != AR_ENOPROC) break; /* reported below by the counts */
+        ar_send(h->node, h->echo, 2, "y", 1);
+        ar_proc_info_t pi;
+        ar_proc_info(h->node, h->echo, &pi);
+        ar_node_stats_t st;
+        ar_node_stats(h->node, &st);
+    }
+    atomic_fetch_add(&saw_closed, 1);
+    atomic_fetch_add(&threads_out, 1);
+    return NULL;
+}
+static void holder_terminate(ar_proc_t *self, void *state, ar_reason_t why)
+{
+    (void)state, (void)why;
+    while (atomic_load(&threads_out) < CALLER_THREADS) ar_sleep(self, 1);
+}
+static const ar_behaviour_t holder_b = {"holder", NULL, idle_handle, holder_terminate};
+
+Test(node, calls_from_other_threads_overlapping_the_stop_finish_before_it_frees,
+     .timeout = TH_TIMEOUT)
+{
+    ar_node_t *node = th_node(2);
+    th_spawn(node, &holder_b, NULL);
+    static hammer_t h;
+    h = (hammer_t){node, th_spawn(node, &th_echo, NULL)};
+    pthread_t t[CALLER_THREADS];
+    for (int i = 0; i < CALLER_THREADS; i++)
+        cr_assert_eq(pthread_create(&t[i], NULL, hammer_main, &h), 0);
+    th_await(th_stats(node).delivered > 3000); /* they are well under way */
+    cr_assert_eq(ar_node_stop(node, AR_INFINITY), 0);
+    for (int i = 0; i < CALLER_THREADS; i++) pthread_join(t[i], NULL);
+    cr_assert_eq(atomic_load(&saw_closed), CALLER_THREADS);
+}
+
+/* Spawns from other threads racing the stop are either refused (AR_ECLOSED) or stopped
+ * with the rest: terminate runs once for every process that started, and the stop ends. */
+static atomic_int race_inits, race_terms, spawner_refused;
+static int race_init(ar_proc_t *self, void *arg, void **state)
+{
+    (void)self, (void)arg, (void)state;
+    atomic_fetch_add(&race_inits, 1);
+    return 0;
+}
+static void race_terminate(ar_proc_t *self, void *state, ar_reason_t why)
+{
+    (void)self, (void)state, (void)why;
+    atomic_fetch_add(&race_terms, 1);
+}
+static const ar_behaviour_t race_b = {"race", race_init, idle_handle, race_terminate};
+static void *spawner_main(void *arg)
+{
+    ar_node_t *node = arg;
+    int rc;
+    while ((rc = ar_spawn(node, &race_b, NULL, NULL, NULL)) == 0) {
+    }
+    if (rc == AR_ECLOSED) atomic_fetch_add(&spawner_refused, 1);
+    atomic_fetch_add(&threads_out, 1);
+    return NULL;
+}
+
+Test(node, spawns_racing_the_stop_are_refused_or_stopped, .timeout = TH_TIMEOUT)
+{
+    ar_node_t *node = th_node(2);
+    th_spawn(node, &holder_b, NULL); /* stopped last: holds the stop until they are out */
+    pthread_t t[CALLER_THREADS];
+    for (int i = 0; i < CALLER_THREADS; i++)
+        cr_assert_eq(pthread_create(&t[i], NULL, spawner_main, node), 0);
+    th_await(atomic_load(&race_inits) > 500);
+    cr_assert_eq(ar_node_stop(node, AR_INFINITY), 0);
+    for (int i = 0; i < CALLER_THREADS; i++) pthread_join(t[i], NULL);
+    cr_assert_eq(atomic_load(&spawner_refused), CALLER_THREADS);
+    cr_assert_eq(atomic_load(&race_terms), atomic_load(&race_inits));
+}

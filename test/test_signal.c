@@ -1353,3 +1353,78 @@ Test(signal, link_and_monitor_on_a_foreign_call_fire_when_the_call_ends, .timeou
     th_await(info_of(node, p).links == 0 && info_of(node, p).monitors == 0);
     th_node_stop(node);
 }
+
+/* ar_link racing the target's death: AR_ENOPROC means nothing changed (the caller, not
+ * trapping exits, lives on and no EXIT ever comes); 0 means the link was made before the
+ * death, and its exit signal arrives (killing the caller with the target's reason). The
+ * caller used to keep its half on AR_ENOPROC, so the dead letter's EXIT killed it. */
+typedef struct racer {
+    ar_pid_t target;
+    atomic_int rc, linked;
+    th_log_t log; /* terminate reason */
+} racer_t;
+static int racer_init(ar_proc_t *self, void *arg, void **state)
+{
+    (void)self;
+    *state = arg;
+    return 0;
+}
+static void racer_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    racer_t *r = state;
+    if (m->kind == AR_MSG_CALL) { /* a barrier: what was queued before is handled */
+        ar_reply(ar_node(self), m->reply_to, NULL, 0);
+        return;
+    }
+    atomic_store(&r->rc, ar_link(self, r->target));
+    atomic_store(&r->linked, 1);
+}
+static void racer_terminate(ar_proc_t *self, void *state, ar_reason_t why)
+{
+    (void)self;
+    th_log_reason(&((racer_t *)state)->log, why);
+}
+static const ar_behaviour_t racer_b = {"racer", racer_init, racer_handle, racer_terminate};
+
+Test(signal, link_racing_the_targets_death_is_enoproc_with_nothing_changed_or_linked,
+     .timeout = 60)
+{
+    enum { ROUNDS = 2000 };
+    ar_node_t *node = th_node(2);
+    static racer_t r[ROUNDS];
+    int made = 0, refused = 0;
+    for (int i = 0; i < ROUNDS; i++) {
+        size_t before = th_stats(node).processes;
+        r[i].target = th_spawn(node, &th_echo, NULL);
+        ar_pid_t racer = th_spawn(node, &racer_b, &r[i]);
+        th_send(node, racer, 1, NULL, 0);
+        cr_assert_eq(ar_exit(node, r[i].target, AR_REASON(AR_KILL)), 0);
+        th_await(atomic_load(&r[i].linked));
+        int rc = atomic_load(&r[i].rc);
+        cr_assert(rc == 0 || rc == AR_ENOPROC, "round %d: %s", i, ar_err_name(rc));
+        if (rc == 0) { /* linked before the death: the EXIT ends it with the reason */
+            made++;
+            th_await(atomic_load(&r[i].log.terminates) == 1);
+            cr_assert_eq(r[i].log.why, AR_KILLED, "round %d: the racer ended with %s", i,
+                         ar_exit_code_name(r[i].log.why));
+            th_await(th_stats(node).processes == before);
+        } else { /* nothing changed: the target ends, the racer lives, unlinked */
+            refused++;
+            th_await(th_stats(node).processes == before + 1);
+            ar_buf_t b = {0};
+            int crc = ar_call(node, racer, 1, NULL, 0, &b, TH_WAIT_MS);
+            cr_assert_eq(crc, 0, "round %d: refused, yet the racer is gone (%s, ended %s)", i,
+                         ar_err_name(crc), ar_exit_code_name(r[i].log.why));
+            ar_buf_free(&b);
+            ar_proc_info_t pi;
+            cr_assert_eq(ar_proc_info(node, racer, &pi), 0, "round %d: the racer died", i);
+            cr_assert_eq(pi.links, 0);
+            cr_assert_eq(atomic_load(&r[i].log.terminates), 0);
+            cr_assert_eq(ar_exit(node, racer, AR_REASON(AR_KILL)), 0);
+            th_await(th_stats(node).processes == before);
+        }
+    }
+    cr_log_info("linked %d, refused %d of %d", made, refused, ROUNDS);
+    cr_assert_gt(made + refused, 0);
+    th_node_stop(node);
+}
