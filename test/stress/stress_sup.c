@@ -38,10 +38,10 @@
 #define ST_WATCHDOG_S (ST_TSAN ? 120 : 60) /* several rounds, each with a full node stop */
 #include "stress_util.h"
 
-#define ROUNDS (ST_TSAN ? 4 : 8)
+#define ROUNDS (ST_TSAN ? 8 : 10)
 /* The stop comes at a random moment this long after the storm began. */
 #define STORM_MIN_MS (ST_TSAN ? 1500 : 300)
-#define STORM_MAX_MS (ST_TSAN ? 4000 : 1500)
+#define STORM_MAX_MS (ST_TSAN ? 3500 : 1500)
 #define STOP_TIMEOUT_MS ST_WAIT_MS /* generous: every shutdown in the tree is bounded */
 
 #define N_MIDS 4
@@ -292,6 +292,13 @@ static void check_mid_children(actor_t *a, unsigned mi, const ar_child_info_t *c
         ST_CHECK(!c[i].restarting || ar_pid_is_none(c[i].pid), "round %" PRIu64 ": %s: "
                  "which_children of %s: %s is restarting yet has pid %s", g_round, a->name,
                  g_mid[mi].name, c[i].id, st_pid_str(c[i].pid, pb));
+        /* A temporary child's spec goes when it stops, so one listed is running (or dead
+         * with its EXIT not yet handled): never restarting, never without a pid. */
+        ST_CHECK(c[i].restart != AR_TEMPORARY || !ar_pid_is_none(c[i].pid), "round %" PRIu64
+                 ": %s: which_children of %s lists temporary child %s with no pid%s (nothing "
+                 "of a temporary child is kept once it stopped)%s", g_round, a->name,
+                 g_mid[mi].name, c[i].id, c[i].restarting ? ", restarting" : "",
+                 stop_begun() ? "; the node stop had begun" : "");
         if (is_simple(mi))
             ST_CHECK(c[i].restart == g_mid[mi].children[0].restart, "round %" PRIu64 ": %s: "
                      "which_children of %s: a child is %s, its template %s", g_round, a->name,
@@ -541,8 +548,9 @@ static int worker_init(ar_proc_t *self, void *arg, void **state)
     ar_pid_t sup = rc == 0 ? pi.parent : AR_PID_NONE;
     uint64_t prev = atomic_exchange_explicit(&s->last_parent, sup.lo, memory_order_relaxed);
     ST_CHECK(s->restart != AR_TEMPORARY || prev != sup.lo, "round %" PRIu64 ": temporary "
-             "child %s of %s started again by the same supervisor %s", g_round, s->id,
-             g_mid[s->mid].name, st_pid_str(sup, pb));
+             "child %s of %s started again by the same supervisor %s (temporary children "
+             "are never restarted)%s", g_round, s->id, g_mid[s->mid].name, st_pid_str(sup, pb),
+             stop_begun() ? "; the node stop had begun" : "");
     note_mid(s->mid, sup.lo);
     if (st_get(&g_storm) && st_chance(&rng, s->init_fail_pct)) {
         atomic_fetch_add_explicit(&g_init_fails, 1, memory_order_relaxed);
