@@ -36,9 +36,12 @@
 #define ST_TSAN 0
 #endif
 
-/* Bound of any single wait for an event, and of a whole program run. */
+/* Bound of any single wait for an event, and of a whole program run (a program that
+ * runs longer by design defines its own ST_WATCHDOG_S before including this header). */
 #define ST_WAIT_MS (ST_TSAN ? 40000 : 15000)
+#ifndef ST_WATCHDOG_S
 #define ST_WATCHDOG_S (ST_TSAN ? 55 : 30)
+#endif
 /* How many violations are printed in full before only counting them. */
 #define ST_MAX_PRINTED 20
 
