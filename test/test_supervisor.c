@@ -968,6 +968,22 @@ ParameterizedTestParameters(supervisor, bystanders_of_a_group_restart)
          AR_ERROR},
         {"transient_rest_for_one", AR_REST_FOR_ONE, AR_TRANSIENT, false,
          AR_AUTO_SHUTDOWN_NEVER, AR_ERROR},
+        {"significant_transient_any_one_for_all", AR_ONE_FOR_ALL, AR_TRANSIENT, true,
+         AR_AUTO_SHUTDOWN_ANY, AR_ERROR},
+        {"significant_transient_all_one_for_all", AR_ONE_FOR_ALL, AR_TRANSIENT, true,
+         AR_AUTO_SHUTDOWN_ALL, AR_ERROR},
+        {"significant_transient_any_rest_for_one", AR_REST_FOR_ONE, AR_TRANSIENT, true,
+         AR_AUTO_SHUTDOWN_ANY, AR_ERROR},
+        {"significant_transient_all_rest_for_one", AR_REST_FOR_ONE, AR_TRANSIENT, true,
+         AR_AUTO_SHUTDOWN_ALL, AR_ERROR},
+        {"significant_temporary_any_one_for_all", AR_ONE_FOR_ALL, AR_TEMPORARY, true,
+         AR_AUTO_SHUTDOWN_ANY, AR_ERROR},
+        {"significant_temporary_all_one_for_all", AR_ONE_FOR_ALL, AR_TEMPORARY, true,
+         AR_AUTO_SHUTDOWN_ALL, AR_ERROR},
+        {"significant_temporary_any_rest_for_one", AR_REST_FOR_ONE, AR_TEMPORARY, true,
+         AR_AUTO_SHUTDOWN_ANY, AR_ERROR},
+        {"significant_temporary_all_rest_for_one", AR_REST_FOR_ONE, AR_TEMPORARY, true,
+         AR_AUTO_SHUTDOWN_ALL, AR_ERROR},
     };
     return TH_ROWS(bystander_row_t, rows);
 }
