@@ -78,6 +78,8 @@ typedef struct wk {
     bool trap;               /* traps exits; an EXIT ends it with the same reason */
     bool ignore_exit;        /* trapping: ignores EXIT messages */
     int exit_delay_ms;       /* trapping: parks this long before obeying an EXIT */
+    ar_exit_code_t own_code; /* trapping, with own_text: an EXIT ends it with this reason */
+    const char *own_text;    /*   (AR_ERROR: a crash with that text) */
     atomic_int attempts, inits, terms, exits_seen, unlinked;
     atomic_int why;          /* last terminate reason */
     int whys[256];           /* the reason of each terminate, in order */
@@ -142,6 +144,11 @@ static void wk_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
     } else if (m->kind == AR_MSG_EXIT) {
         atomic_store(&w->exit_code, (int)m->reason.code);
         atomic_fetch_add(&w->exits_seen, 1);
+        if (w->own_text) {
+            if (w->own_code == AR_ERROR) AR_FAIL(self, "%s", w->own_text);
+            ar_stop(self, (ar_reason_t){w->own_code, w->own_text});
+            return;
+        }
         if (w->ignore_exit) return;
         ar_exit_code_t code = m->reason.code;
         if (w->exit_delay_ms) ar_sleep(self, w->exit_delay_ms);
@@ -711,6 +718,86 @@ Test(supervisor, simple_one_for_one_shutdown, .timeout = TH_TIMEOUT)
     cr_assert_eq(atomic_load(&s2.why), AR_SHUTDOWN);
     cr_assert_eq(atomic_load(&s3.why), AR_KILLED);
     cr_assert_eq(atomic_load(&tmpl.attempts), 0, "the template's own arg is never used");
+    th_node_stop(node);
+}
+
+/* A child that ends by itself while the supervisor stops it keeps its own reason: a
+ * monitor on it sees that reason (not AR_SHUTDOWN or AR_KILLED), and the supervisor goes on
+ * as it would have: terminate_child leaves it stopped (a permanent child, not restarted),
+ * ar_sup_stop ends the supervisor, a one_for_all restart starts it again once (intensity 1
+ * is not exceeded). The child traps exits and, on the supervisor's shutdown EXIT, ends
+ * with its own reason: a crash, or a normal end with its own text. */
+typedef enum { BY_TERMINATE_CHILD, BY_SUP_STOP, BY_GROUP_RESTART } stop_by_t;
+typedef struct own_row {
+    char name[40];
+    stop_by_t by;
+    int shutdown_ms;
+    ar_exit_code_t own; /* AR_ERROR: AR_FAIL("own reason"); AR_NORMAL: "own normal" */
+} own_row_t;
+
+ParameterizedTestParameters(supervisor, child_ending_by_itself_during_shutdown_keeps_its_reason)
+{
+    static own_row_t rows[] = {
+        {"terminate_child_own_error", BY_TERMINATE_CHILD, 5000, AR_ERROR},
+        {"terminate_child_own_normal", BY_TERMINATE_CHILD, AR_SHUTDOWN_INFINITY, AR_NORMAL},
+        {"sup_stop_own_error", BY_SUP_STOP, AR_SHUTDOWN_INFINITY, AR_ERROR},
+        {"sup_stop_own_normal", BY_SUP_STOP, 5000, AR_NORMAL},
+        {"group_restart_own_error", BY_GROUP_RESTART, 5000, AR_ERROR},
+        {"group_restart_own_normal", BY_GROUP_RESTART, AR_SHUTDOWN_INFINITY, AR_NORMAL},
+    };
+    return TH_ROWS(own_row_t, rows);
+}
+
+ParameterizedTest(own_row_t *r, supervisor, child_ending_by_itself_during_shutdown_keeps_its_reason,
+                  .timeout = TH_TIMEOUT)
+{
+    th_row_begin(r->name);
+    ar_node_t *node = node_up();
+    const char *text = r->own == AR_ERROR ? "own reason" : "own normal";
+    wk_t f = {.name = "f"};
+    wk_t o = {.name = "o", .trap = true, .own_code = r->own, .own_text = text};
+    ar_child_spec_t ch[] = {cs("first", &f, AR_PERMANENT, 1000),
+                            cs("own", &o, AR_PERMANENT, r->shutdown_ms)};
+    ar_sup_spec_t spec = ss(AR_ONE_FOR_ALL, 1, 3600000, ch, 2);
+    ar_pid_t sup = sup_watched(node, &spec);
+    ar_pid_t own = wk_pid(&o);
+    watch(node, &g_w, own);
+    int m = ev_mark();
+    if (r->by == BY_TERMINATE_CHILD) {
+        assert_rc(ar_sup_terminate_child(node, sup, "own", AR_PID_NONE), 0);
+    } else if (r->by == BY_SUP_STOP) {
+        assert_rc(ar_sup_stop(node, sup, TH_WAIT_MS), 0);
+        assert_sup_ended(&g_w, sup, AR_SHUTDOWN);
+    } else {
+        end_child(node, &f, AR_ERROR);
+        th_await(atomic_load(&f.inits) == 2 && atomic_load(&o.inits) == 2);
+    }
+    const wrec_t *d = await_down(&g_w, own);
+    cr_assert_eq(d->code, r->own, TH_AT "the child's DOWN says %s (%s), want its own %s", TH_ROW,
+                 ar_exit_code_name(d->code), d->text, ar_exit_code_name(r->own));
+    cr_assert_str_eq(d->text, text, TH_AT "the child's DOWN text \"%s\"", TH_ROW, d->text);
+    cr_assert_eq(o.whys[0], (int)r->own, TH_AT "the child's terminate saw %s", TH_ROW,
+                 ar_exit_code_name((ar_exit_code_t)o.whys[0]));
+    cr_assert_eq(atomic_load(&o.exits_seen), 1, TH_AT "the child saw %d shutdown EXITs", TH_ROW,
+                 atomic_load(&o.exits_seen));
+    cr_assert_eq(atomic_load(&o.exit_code), AR_SHUTDOWN, TH_AT "the shutdown EXIT carried %s",
+                 TH_ROW, ar_exit_code_name((ar_exit_code_t)atomic_load(&o.exit_code)));
+    if (r->by == BY_TERMINATE_CHILD) {
+        assert_kids(node, sup, "first own-");
+        assert_trace(m, "-o");
+    } else if (r->by == BY_SUP_STOP) {
+        assert_trace(m, "-o -f");
+        cr_assert_eq(atomic_load(&f.why), AR_SHUTDOWN);
+    } else {
+        assert_trace(m, "-f -o +f +o");
+        assert_kids(node, sup, "first own");
+        cr_assert(ar_pid_eq(kid(node, sup, "own").pid, wk_pid(&o)), TH_AT "own's pid", TH_ROW);
+    }
+    if (r->by != BY_SUP_STOP) {
+        cr_assert(th_proc_alive(node, sup), TH_AT "the supervisor ended", TH_ROW);
+        cr_assert(find_rec(&g_w, AR_MSG_DOWN, sup) == NULL, TH_AT "the supervisor ended",
+                  TH_ROW);
+    }
     th_node_stop(node);
 }
 
