@@ -78,6 +78,7 @@ typedef struct wk {
     bool trap;               /* traps exits; an EXIT ends it with the same reason */
     bool ignore_exit;        /* trapping: ignores EXIT messages */
     int exit_delay_ms;       /* trapping: parks this long before obeying an EXIT */
+    int obey_when_exits;     /* trapping: obeys an EXIT once this many EXITs reached workers */
     ar_exit_code_t own_code; /* trapping, with own_text: an EXIT ends it with this reason */
     const char *own_text;    /*   (AR_ERROR: a crash with that text) */
     atomic_int attempts, inits, terms, exits_seen, unlinked;
@@ -86,6 +87,8 @@ typedef struct wk {
     atomic_int exit_code;    /* last EXIT message's reason */
     ar_pid_t pid;            /* last successful init (under g_mu) */
 } wk_t;
+
+static atomic_int g_exits_seen; /* EXIT messages handled by all workers */
 
 static ar_pid_t wk_pid(wk_t *w)
 {
@@ -144,6 +147,7 @@ static void wk_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
     } else if (m->kind == AR_MSG_EXIT) {
         atomic_store(&w->exit_code, (int)m->reason.code);
         atomic_fetch_add(&w->exits_seen, 1);
+        atomic_fetch_add(&g_exits_seen, 1);
         if (w->own_text) {
             if (w->own_code == AR_ERROR) AR_FAIL(self, "%s", w->own_text);
             ar_stop(self, (ar_reason_t){w->own_code, w->own_text});
@@ -152,6 +156,8 @@ static void wk_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
         if (w->ignore_exit) return;
         ar_exit_code_t code = m->reason.code;
         if (w->exit_delay_ms) ar_sleep(self, w->exit_delay_ms);
+        /* parked a millisecond at a time: the other EXITs are signals to other processes */
+        while (atomic_load(&g_exits_seen) < w->obey_when_exits) ar_sleep(self, 1);
         ar_stop(self, AR_REASON(code));
     }
 }
@@ -694,16 +700,16 @@ ParameterizedTest(stop_row_t *r, supervisor, sup_stop_by_shutdown_policy, .timeo
 
 Test(supervisor, simple_one_for_one_shutdown, .timeout = TH_TIMEOUT)
 {
-    /* children of a simple_one_for_one stop in parallel under one timer: two take
-     * 300 ms to obey, one ignores the shutdown and is killed after 600 ms; stopped one
-     * after the other this would take 1200 ms */
+    /* children of a simple_one_for_one stop in parallel under one timer: s1 and s2 obey
+     * only once all three have their shutdown EXIT (stopped one after the other, s1 would
+     * wait for ever and be killed), s3 ignores it and is killed when the time is up */
     ar_node_t *node = node_up();
     wk_t tmpl = {.name = "t"};
-    ar_child_spec_t t = cs("child", &tmpl, AR_PERMANENT, 600);
+    ar_child_spec_t t = cs("child", &tmpl, AR_PERMANENT, 2000);
     ar_sup_spec_t spec = ss(AR_SIMPLE_ONE_FOR_ONE, 2, 3600000, &t, 1);
     ar_pid_t sup = sup_watched(node, &spec);
-    wk_t s1 = {.name = "s1", .trap = true, .exit_delay_ms = 300};
-    wk_t s2 = {.name = "s2", .trap = true, .exit_delay_ms = 300};
+    wk_t s1 = {.name = "s1", .trap = true, .obey_when_exits = 3};
+    wk_t s2 = {.name = "s2", .trap = true, .obey_when_exits = 3};
     wk_t s3 = {.name = "s3", .trap = true, .ignore_exit = true};
     add_child(node, sup, NULL, &s1);
     add_child(node, sup, NULL, &s2);
@@ -712,10 +718,11 @@ Test(supervisor, simple_one_for_one_shutdown, .timeout = TH_TIMEOUT)
     assert_rc(ar_sup_stop(node, sup, TH_WAIT_MS), 0);
     assert_sup_ended(&g_w, sup, AR_SHUTDOWN);
     double ms = th_ms_since(t0);
-    cr_assert_geq(ms, 550.0, "stop took %.0f ms: s3 must be given its 600 ms", ms);
-    cr_assert_lt(ms, 1100.0, "stop took %.0f ms: children were not stopped in parallel", ms);
-    cr_assert_eq(atomic_load(&s1.why), AR_SHUTDOWN);
-    cr_assert_eq(atomic_load(&s2.why), AR_SHUTDOWN);
+    cr_assert_geq(ms, 1900.0, "stop took %.0f ms: s3 must be given its 2000 ms", ms);
+    cr_assert_eq(atomic_load(&s1.why), AR_SHUTDOWN, "s1 ended with %s: not stopped in parallel",
+                 ar_exit_code_name((ar_exit_code_t)atomic_load(&s1.why)));
+    cr_assert_eq(atomic_load(&s2.why), AR_SHUTDOWN, "s2 ended with %s: not stopped in parallel",
+                 ar_exit_code_name((ar_exit_code_t)atomic_load(&s2.why)));
     cr_assert_eq(atomic_load(&s3.why), AR_KILLED);
     cr_assert_eq(atomic_load(&tmpl.attempts), 0, "the template's own arg is never used");
     th_node_stop(node);
