@@ -1,8 +1,9 @@
-/* Links, monitors, exit signals and trap_exit: kill vs killed, normal exits, exits to
- * oneself, unlink, dead pids, bidirectional and idempotent links, monitors and their refs,
- * demonitor with and without flush, message order before EXIT/DOWN, link chains, the trap
- * flag at arrival, spawn with .link, killing parked processes, a kill that skips a full
- * mailbox, monitors of a process that dies first, and the introspection counts.
+/* Links, monitors, exit signals and trap_exit: how an exit signal arrives (a table of
+ * sender x reason x trap flag), unlink, dead pids, bidirectional and idempotent links,
+ * monitors and their refs, demonitor with and without flush, one sender's order across
+ * messages and signals, message order before EXIT/DOWN, link chains, the trap flag at
+ * arrival, spawn with .link, killing parked processes, a kill that skips a full mailbox,
+ * monitors of a process that dies first, and the introspection counts.
  *
  * Processes are driven by an "agent": the test thread sends it commands (calls answered
  * with a result, or casts for actions that may end it) and it logs every other message
@@ -159,6 +160,39 @@ static res_t agent_command(ar_proc_t *self, agent_t *a, const ar_msg_t *m, const
     return r;
 }
 
+#define ORDER_TEXT "order"
+#define FATAL_TEXT "target ends"
+
+/* CAST_SCRIPT: runs the script c->text against c->pid, all in this one handler run:
+ * 'm' a DATA cast carrying its number (0, 1, ...), 'L' ar_link, 'U' ar_unlink, 'M'
+ * ar_monitor (its ref kept in a->ref), 'D' ar_demonitor of the last monitor, 'X' ar_exit
+ * with AR_ERROR ORDER_TEXT, 'k' a CAST_FAIL command that crashes the target with
+ * FATAL_TEXT. Returns how many of the calls failed. */
+static int run_script(ar_proc_t *self, agent_t *a, const cmd_t *c)
+{
+    ar_node_t *node = ar_node(self);
+    int seq = 0, failed = 0;
+    for (const char *p = c->text; *p; p++) {
+        int rc;
+        cmd_t fatal = {.text = FATAL_TEXT};
+        switch (*p) {
+        case 'm':
+            rc = ar_send(node, c->pid, TAG_DATA, &seq, sizeof seq);
+            seq++;
+            break;
+        case 'L': rc = ar_link(self, c->pid); break;
+        case 'U': rc = ar_unlink(self, c->pid); break;
+        case 'M': rc = ar_monitor(self, c->pid, &a->ref); break;
+        case 'D': rc = ar_demonitor(self, a->ref, false); break;
+        case 'X': rc = ar_exit(node, c->pid, (ar_reason_t){AR_ERROR, ORDER_TEXT}); break;
+        case 'k': rc = ar_send(node, c->pid, CAST_FAIL, &fatal, sizeof fatal); break;
+        default: rc = AR_EINVAL; break;
+        }
+        if (rc) failed++;
+    }
+    return failed;
+}
+
 static void agent_action(ar_proc_t *self, agent_t *a, const ar_msg_t *m, const cmd_t *c)
 {
     ar_node_t *node = ar_node(self);
@@ -225,6 +259,9 @@ static void agent_action(ar_proc_t *self, agent_t *a, const ar_msg_t *m, const c
     }
     case CAST_SLEEP:
         a->rc = ar_sleep(self, c->n);
+        break;
+    case CAST_SCRIPT:
+        a->rc2 = run_script(self, a, c);
         break;
     case CAST_MONITOR_SELF:
         a->rc = ar_monitor(self, ar_self(self), &a->ref);
@@ -856,6 +893,108 @@ Test(signal, kill_to_a_process_with_100k_queued_messages_skips_them, .timeout = 
     cr_assert_eq(atomic_load(&v.handled), 0, "handled %ld queued messages before dying",
                  atomic_load(&v.handled));
     th_await(!th_proc_alive(node, vp));
+    th_node_stop(node);
+}
+
+/* ---- one sender's order across kinds of signal ------------------------------------------ */
+/* A sender (trapping) runs a script against a trapping target in one handler run: messages,
+ * link, unlink, monitor, demonitor and ar_exit (see run_script). The target must log the
+ * messages and the EXITs exactly in script order, and once it has handled the last message
+ * every earlier link/unlink and monitor/demonitor has acted, in order: the target's links
+ * and monitored_by are what the script leaves (an unlink acted on before its link would
+ * leave a link, a demonitor before its monitor a monitor). Then the sender ends: an EXIT
+ * through the link if the script left one, never after link-then-unlink, and the DOWN of
+ * the target's monitor after it. A script ending with 'k' crashes the target with a message
+ * instead: the link and monitor sent before it are in place when it dies, so the sender
+ * gets the target's own reason (not AR_NOPROC, not nothing). */
+Test(signal, one_senders_messages_and_signals_arrive_in_the_order_sent, .timeout = TH_TIMEOUT)
+{
+    static const struct {
+        const char *name, *script;
+    } rows[] = {
+        {"unlinked_at_death", "mLmUmMmDmXm"},
+        {"linked_again_at_death", "mLmUmLmXmMm"},
+        {"exits_around_link_and_unlink", "XLmXmUmXMmDm"},
+        {"link_and_monitor_before_the_fatal_message", "mLmMmXk"},
+        {"link_and_monitor_right_before_the_fatal_message", "LMk"},
+    };
+    ar_node_t *node = th_node(2);
+    for (size_t k = 0; k < sizeof rows / sizeof rows[0]; k++) {
+        th_row_begin(rows[k].name);
+        const char *script = rows[k].script;
+        /* the model: the target's entries ('m' or 'X'), and what the script leaves */
+        char want[32];
+        size_t n = 0;
+        bool linked = false, fatal = false;
+        int monitors = 0;
+        for (const char *p = script; *p; p++) {
+            if (*p == 'm' || *p == 'X') want[n++] = *p;
+            linked = *p == 'L' ? true : *p == 'U' ? false : linked;
+            monitors += *p == 'M' ? 1 : *p == 'D' ? -1 : 0;
+            fatal = fatal || *p == 'k';
+        }
+        agent_t *sa = new_agent(), *ta = new_agent();
+        ar_pid_t s = spawn_agent(node, sa, true);
+        ar_pid_t t = spawn_agent(node, ta, true);
+        ar_ref_t rd = fatal ? 0 : do_monitor(node, t, s); /* the sender's end closes the log */
+        cmd_t c = {.pid = t};
+        snprintf(c.text, sizeof c.text, "%s", script);
+        act(node, s, CAST_SCRIPT, c);
+        th_await(atomic_load(&sa->done) == 1);
+        cr_assert_eq(sa->rc2, 0, TH_AT "%d calls of the script failed", TH_ROW, sa->rc2);
+        th_await(th_log_len(&ta->log) >= n);
+        for (size_t i = 0, seq = 0; i < n; i++) {
+            const th_entry_t *e = entry(ta, i);
+            if (want[i] == 'X') {
+                assert_exit(ta, i, s, AR_ERROR);
+                cr_assert_str_eq(ta->text[i], ORDER_TEXT);
+                continue;
+            }
+            int got = -1;
+            if (e->len == sizeof got) memcpy(&got, e->data, sizeof got);
+            cr_assert(e->kind == AR_MSG_CAST && e->tag == TAG_DATA && got == (int)seq,
+                      TH_AT "entry %zu: kind %d tag %u number %d, want message %zu", TH_ROW, i,
+                      e->kind, e->tag, got, seq);
+            seq++;
+        }
+        if (fatal) {
+            assert_ended(ta, AR_ERROR, FATAL_TEXT);
+            cr_assert_eq(th_log_len(&ta->log), n);
+            size_t got = (size_t)linked + (size_t)monitors;
+            th_await(th_log_len(&sa->log) >= got);
+            for (size_t i = 0; i < got; i++) {
+                if (entry(sa, i)->kind == AR_MSG_EXIT) assert_exit(sa, i, t, AR_ERROR);
+                else assert_down(sa, i, t, sa->ref, AR_ERROR);
+                cr_assert_str_eq(sa->text[i], FATAL_TEXT, TH_AT "entry %zu: text \"%s\"", TH_ROW,
+                                 i, sa->text[i]);
+            }
+            if (got == 2)
+                cr_assert_neq(entry(sa, 0)->kind, entry(sa, 1)->kind,
+                              TH_AT "two of one kind, want an EXIT and a DOWN", TH_ROW);
+            assert_alive(node, s, sa);
+            cr_assert_eq(th_log_len(&sa->log), got);
+            continue;
+        }
+        /* the last entry is a message: every signal sent before it has acted */
+        ar_proc_info_t ti = info_of(node, t);
+        cr_assert_eq(ti.links, linked ? 1u : 0u, TH_AT "the target has %zu links, want %d",
+                     TH_ROW, ti.links, (int)linked);
+        cr_assert_eq(ti.monitored_by, (size_t)monitors,
+                     TH_AT "the target is monitored %zu times, want %d", TH_ROW, ti.monitored_by,
+                     monitors);
+        crash(node, s, "sender ends");
+        await_end(sa);
+        th_await(th_log_len(&ta->log) >= n + 1 + linked);
+        if (linked) {
+            assert_exit(ta, n, s, AR_ERROR);
+            cr_assert_str_eq(ta->text[n], "sender ends");
+        }
+        assert_down(ta, n + linked, s, rd, AR_ERROR);
+        assert_alive(node, t, ta);
+        cr_assert_eq(th_log_len(&ta->log), n + 1 + linked, TH_AT "%zu entries, want %zu", TH_ROW,
+                     th_log_len(&ta->log), n + 1 + linked);
+        th_await(info_of(node, t).links == 0 && info_of(node, t).monitored_by == 0);
+    }
     th_node_stop(node);
 }
 
