@@ -375,6 +375,18 @@ static void await_end(agent_t *a)
     th_await(atomic_load(&a->log.terminates) == 1);
 }
 
+/* The pid of an agent that ended (normally) and is gone; *out (optional) is its agent. */
+static ar_pid_t dead_agent(ar_node_t *node, agent_t **out)
+{
+    agent_t *dead = new_agent();
+    ar_pid_t dp = spawn_agent(node, dead, false);
+    act(node, dp, CAST_STOP, (cmd_t){.code = AR_NORMAL});
+    await_end(dead);
+    th_await(!th_proc_alive(node, dp));
+    if (out) *out = dead;
+    return dp;
+}
+
 static ar_proc_info_t info_of(ar_node_t *node, ar_pid_t pid)
 {
     ar_proc_info_t i;
@@ -596,12 +608,9 @@ Test(signal, unlink_then_death_gives_no_exit, .timeout = TH_TIMEOUT)
 Test(signal, link_to_a_dead_pid_is_enoproc_and_changes_nothing, .timeout = TH_TIMEOUT)
 {
     ar_node_t *node = th_node(2);
-    agent_t *a = new_agent(), *dead = new_agent();
+    agent_t *a = new_agent();
     ar_pid_t ap = spawn_agent(node, a, true);
-    ar_pid_t dp = spawn_agent(node, dead, false);
-    act(node, dp, CAST_STOP, (cmd_t){.code = AR_SHUTDOWN});
-    await_end(dead);
-    th_await(!th_proc_alive(node, dp));
+    ar_pid_t dp = dead_agent(node, NULL);
     cr_assert_eq(ctl(node, ap, CMD_LINK, (cmd_t){.pid = dp}).rc, AR_ENOPROC);
     cr_assert_eq(info_of(node, ap).links, 0);
     /* No exit signal: a marker from the test thread is all that arrives. */
@@ -1035,12 +1044,9 @@ Test(signal, last_messages_before_the_end_arrive_before_exit_and_down, .timeout 
 Test(signal, monitor_of_a_dead_pid_gives_an_immediate_noproc_down, .timeout = TH_TIMEOUT)
 {
     ar_node_t *node = th_node(2);
-    agent_t *a = new_agent(), *dead = new_agent();
+    agent_t *a = new_agent();
     ar_pid_t ap = spawn_agent(node, a, false);
-    ar_pid_t dp = spawn_agent(node, dead, false);
-    act(node, dp, CAST_STOP, (cmd_t){.code = AR_NORMAL});
-    await_end(dead);
-    th_await(!th_proc_alive(node, dp));
+    ar_pid_t dp = dead_agent(node, NULL);
     ar_ref_t ref = do_monitor(node, ap, dp);
     th_await(th_log_len(&a->log) == 1);
     assert_down(a, 0, dp, ref, AR_NOPROC);
@@ -1163,12 +1169,9 @@ Test(signal, demonitor_with_flush_of_a_dead_pid_monitor_leaves_no_down,
      .timeout = TH_TIMEOUT)
 {
     ar_node_t *node = th_node(2);
-    agent_t *a = new_agent(), *dead = new_agent();
+    agent_t *a = new_agent();
     ar_pid_t ap = spawn_agent(node, a, false);
-    ar_pid_t dp = spawn_agent(node, dead, false);
-    act(node, dp, CAST_STOP, (cmd_t){.code = AR_NORMAL});
-    await_end(dead);
-    th_await(!th_proc_alive(node, dp));
+    ar_pid_t dp = dead_agent(node, NULL);
     act(node, ap, CAST_DEAD_DEMONITOR, (cmd_t){.pid = dp, .flag = true});
     th_await(th_log_len(&a->log) >= 1);
     (void)th_sync(node, ap);
@@ -1303,11 +1306,8 @@ Test(signal, trap_exit_returns_the_old_value, .timeout = TH_TIMEOUT)
 Test(signal, exit_to_a_dead_pid_is_a_no_op_and_null_node_is_einval, .timeout = TH_TIMEOUT)
 {
     ar_node_t *node = th_node(2);
-    agent_t *dead = new_agent();
-    ar_pid_t dp = spawn_agent(node, dead, false);
-    act(node, dp, CAST_STOP, (cmd_t){.code = AR_NORMAL});
-    await_end(dead);
-    th_await(!th_proc_alive(node, dp));
+    agent_t *dead;
+    ar_pid_t dp = dead_agent(node, &dead);
     ar_node_stats_t s0 = th_stats(node);
     cr_assert_eq(ar_exit(node, dp, AR_REASON(AR_KILL)), 0);
     cr_assert_eq(ar_exit(node, dp, AR_REASON(AR_ERROR)), 0);
