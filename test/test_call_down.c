@@ -256,7 +256,7 @@ typedef struct thread_call {
     ar_node_t *node;
     ar_pid_t to, echo;
     uint32_t tag;
-    int rc, echo_rc;
+    int rc, echo_rc; /* echo_rc AR_EBADMSG: a wrong answer */
     bool reply_empty;
     atomic_int done;
 } thread_call_t;
@@ -269,6 +269,7 @@ static void *thread_call(void *arg)
     t->reply_empty = r.data == NULL;
     ar_buf_free(&r);
     t->echo_rc = ar_call(t->node, t->echo, TAG_ECHO, "q", 1, &r, TH_WAIT_MS);
+    if (t->echo_rc == 0 && (r.len != 1 || memcmp(r.data, "q", 1) != 0)) t->echo_rc = AR_EBADMSG;
     ar_buf_free(&r);
     atomic_store(&t->done, 1);
     return NULL;
