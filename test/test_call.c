@@ -368,7 +368,7 @@ Test(call, call_timeout_with_one_scheduler_parks_only_the_caller, .timeout = TH_
     static client_t c;
     c.server = th_spawn(node, &server_b, s);
     c.tag = TAG_DEFER;
-    c.timeout_ms = 1500;
+    c.timeout_ms = 3000; /* the checks below run before it, with seconds to spare */
     ar_pid_t cl = th_spawn(node, &client_b, &c);
     ar_pid_t echo = th_spawn(node, &th_echo, NULL);
     th_send(node, cl, TAG_GO, NULL, 0);
@@ -478,6 +478,9 @@ Test(call, late_reply_to_a_thread_caller_is_not_taken_as_its_next_calls_reply,
 }
 
 /* ---- ar_ask --------------------------------------------------------------------------------------------- */
+/* An ask whose answer (or AR_NOPROC) must come before its timeout: seconds, whatever the
+ * load. The marker that proves no second REPLY follows is due 200 ms after the timeout. */
+#define ASK_MS 2000
 enum ask_mode { ASK_HANDLE, ASK_RECEIVE };
 typedef struct asker {
     ar_pid_t to;
@@ -546,7 +549,7 @@ static void check_ask_answer(enum ask_mode mode)
     static asker_t a;
     a.to = th_spawn(node, &server_b, s);
     a.tag = TAG_ECHO;
-    a.timeout_ms = 100;
+    a.timeout_ms = ASK_MS;
     a.mode = mode;
     ar_pid_t p = th_spawn(node, &asker_b, &a);
     th_send(node, p, TAG_GO, NULL, 0);
@@ -577,7 +580,7 @@ Test(call, ask_to_a_dead_pid_replies_noproc, .timeout = TH_TIMEOUT)
     static asker_t a;
     a.to = dead_pid(node);
     a.tag = TAG_ECHO;
-    a.timeout_ms = 100;
+    a.timeout_ms = ASK_MS;
     ar_pid_t p = th_spawn(node, &asker_b, &a);
     th_send(node, p, TAG_GO, NULL, 0);
     th_await(atomic_load(&a.marker) == 1);

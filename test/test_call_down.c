@@ -1,8 +1,9 @@
 /* Calls whose target dies: ar_call returns AR_ENOPROC at once (not after its timeout) when
  * the target crashes while handling the call, dies with a deferred reply pending, is
- * killed before handling it, or is already dead; from processes and from the test thread.
- * Afterwards the caller holds no monitor and finds no stray message. ar_ask to a target
- * that dies answers with one AR_MSG_REPLY carrying the target's exit reason. */
+ * killed before handling it, or is already dead; from processes and from a foreign thread
+ * (one table of how the target dies x who calls). Afterwards the caller holds no monitor
+ * and finds no stray message. ar_ask to a target that dies answers with one AR_MSG_REPLY
+ * carrying the target's exit reason. */
 #include "test_helpers.h"
 
 enum {
@@ -20,8 +21,8 @@ enum {
 
 #define CRASH_TEXT "crash in call"
 #define LATER_TEXT "crash later"
-#define FAR_MS 10000 /* a timeout that must never be waited out */
-#define PROMPT_MS 3000.0
+#define FAR_MS 60000 /* a timeout that must never be waited out: far beyond TH_WAIT_MS */
+#define ASK_MS 3000  /* an ask's timeout: its target dies well before it */
 
 static int arg_init(ar_proc_t *self, void *arg, void **state)
 {
@@ -179,23 +180,25 @@ static void assert_kind(caller_t *c, size_t i, ar_msg_kind_t kind, uint32_t tag)
 {
     cr_assert_lt(i, th_log_len(&c->log));
     const th_entry_t *e = &c->log.e[i];
-    cr_assert_eq(e->kind, kind, "entry %zu: kind %d (tag %u), expected %d", i, e->kind,
-                 e->tag, kind);
+    cr_assert_eq(e->kind, kind, TH_AT "entry %zu: kind %d (tag %u), expected %d", TH_ROW, i,
+                 e->kind, e->tag, kind);
     if (kind == AR_MSG_CAST || kind == AR_MSG_TIMER)
-        cr_assert_eq(e->tag, tag, "entry %zu: tag %u, expected %u", i, e->tag, tag);
+        cr_assert_eq(e->tag, tag, TH_AT "entry %zu: tag %u, expected %u", TH_ROW, i, e->tag, tag);
 }
 
 /* The call's outcome and what the caller has left afterwards: no monitor, and only the
  * marker it sent itself after the call. */
 static void assert_clean_enoproc(ar_node_t *node, ar_pid_t cl, caller_t *c)
 {
-    cr_assert_eq(c->rc, AR_ENOPROC, "ar_call: %s", ar_err_name(c->rc));
-    cr_assert_lt(c->elapsed_ms, PROMPT_MS, "ar_call waited %.0f ms", c->elapsed_ms);
-    cr_assert_eq(c->monitors_after, 0, "the call left %zu monitors", c->monitors_after);
+    cr_assert_eq(c->rc, AR_ENOPROC, TH_AT "ar_call: %s", TH_ROW, ar_err_name(c->rc));
+    cr_assert_lt(c->elapsed_ms, FAR_MS / 2.0, TH_AT "ar_call waited %.0f ms, near its timeout",
+                 TH_ROW, c->elapsed_ms);
+    cr_assert_eq(c->monitors_after, 0, TH_AT "the call left %zu monitors", TH_ROW,
+                 c->monitors_after);
     th_await(th_log_len(&c->log) >= 1);
     (void)th_sync(node, cl);
-    cr_assert_eq(th_log_len(&c->log), 1, "a stray message after the call (kind %d)",
-                 c->log.e[0].kind);
+    cr_assert_eq(th_log_len(&c->log), 1, TH_AT "a stray message after the call (kind %d)",
+                 TH_ROW, c->log.e[1].kind);
     assert_kind(c, 0, AR_MSG_CAST, TAG_MARKER);
 }
 
@@ -208,124 +211,159 @@ static size_t info_of_monitors(ar_node_t *node, ar_pid_t pid)
     return i.monitors;
 }
 
-/* ---- the target crashes while handling the call ---------------------------------------- */
-Test(call_down, target_crashing_while_handling_the_call_gives_enoproc_at_once,
-     .timeout = TH_TIMEOUT)
+/* ---- a call whose target dies: how it dies x who calls ------------------------------------ */
+/* The target crashes while handling the call, crashes 50 ms after keeping reply_to, is
+ * killed with reply_to kept, is ended while the call waits in its mailbox (it is parked in
+ * a receive that never matches), or was dead before the call. The caller is a process
+ * (ar_call), a foreign thread (ar_call), or a process asking (ar_ask). A call fails with
+ * AR_ENOPROC as soon as the target is gone, long before its own FAR_MS timeout, and leaves
+ * the caller no monitor and no stray message (only the marker it sends itself after the
+ * call); a foreign thread can call again at once. An ask gets exactly one AR_MSG_REPLY with
+ * its ref and the target's exit reason (AR_NOPROC for a dead target), before a marker timer
+ * due after the ask's own timeout, where a second, late reply would come. */
+typedef enum { DIES_IN_CALL, DIES_LATER, KILLED_DEFERRED, ENDED_QUEUED, ALREADY_DEAD } death_t;
+typedef enum { PROC_CALL, THREAD_CALL, PROC_ASK } caller_kind_t;
+typedef struct down_row {
+    char name[48];
+    death_t death;
+    caller_kind_t caller;
+} down_row_t;
+
+ParameterizedTestParameters(call_down, call_to_a_target_that_dies)
 {
-    ar_node_t *node = th_node(2);
-    server_t *s;
-    ar_pid_t srv = spawn_server(node, &s);
-    ar_pid_t cl;
-    caller_t *c = new_caller(node, &cl);
-    run(node, cl, c, ACT_CALL, (cmd_t){.pid = srv, .tag = TAG_CRASH, .timeout_ms = FAR_MS});
-    assert_clean_enoproc(node, cl, c);
-    th_await(atomic_load(&s->ended) == 1);
-    cr_assert_eq(s->why, AR_ERROR);
-    cr_assert_str_eq(s->why_text, CRASH_TEXT);
-    th_node_stop(node);
+    static down_row_t rows[] = {
+        {"dies_in_call_process_call", DIES_IN_CALL, PROC_CALL},
+        {"dies_in_call_thread_call", DIES_IN_CALL, THREAD_CALL},
+        {"dies_in_call_ask", DIES_IN_CALL, PROC_ASK},
+        {"dies_later_process_call", DIES_LATER, PROC_CALL},
+        {"dies_later_thread_call", DIES_LATER, THREAD_CALL},
+        {"dies_later_ask", DIES_LATER, PROC_ASK},
+        {"killed_deferred_process_call", KILLED_DEFERRED, PROC_CALL},
+        {"killed_deferred_thread_call", KILLED_DEFERRED, THREAD_CALL},
+        {"killed_deferred_ask", KILLED_DEFERRED, PROC_ASK},
+        {"ended_queued_process_call", ENDED_QUEUED, PROC_CALL},
+        {"ended_queued_thread_call", ENDED_QUEUED, THREAD_CALL},
+        {"ended_queued_ask", ENDED_QUEUED, PROC_ASK},
+        {"already_dead_process_call", ALREADY_DEAD, PROC_CALL},
+        {"already_dead_thread_call", ALREADY_DEAD, THREAD_CALL},
+        {"already_dead_ask", ALREADY_DEAD, PROC_ASK},
+    };
+    return TH_ROWS(down_row_t, rows);
 }
 
-Test(call_down, target_crashing_while_handling_a_call_from_a_foreign_thread_gives_enoproc,
-     .timeout = TH_TIMEOUT)
+/* A foreign thread's call, then a call to an echo server from the same thread. */
+typedef struct thread_call {
+    ar_node_t *node;
+    ar_pid_t to, echo;
+    uint32_t tag;
+    int rc, echo_rc; /* echo_rc AR_EBADMSG: a wrong answer */
+    bool reply_empty;
+    atomic_int done;
+} thread_call_t;
+
+static void *thread_call(void *arg)
 {
-    ar_node_t *node = th_node(2);
-    server_t *s;
-    ar_pid_t srv = spawn_server(node, &s);
+    thread_call_t *t = arg;
     ar_buf_t r = {0};
-    uint64_t t0 = th_now_ns();
-    int rc = ar_call(node, srv, TAG_CRASH, "req", 3, &r, FAR_MS);
-    double ms = th_ms_since(t0);
-    cr_assert_eq(rc, AR_ENOPROC, "ar_call: %s", ar_err_name(rc));
-    cr_assert_lt(ms, PROMPT_MS, "ar_call waited %.0f ms", ms);
-    cr_assert_null(r.data);
-    th_await(atomic_load(&s->ended) == 1);
-    cr_assert_eq(s->why, AR_ERROR);
-    /* The thread can still call others. */
-    ar_pid_t echo = th_spawn(node, &th_echo, NULL);
-    th_echo_check(node, echo);
-    th_node_stop(node);
+    t->rc = ar_call(t->node, t->to, t->tag, "req", 3, &r, FAR_MS);
+    t->reply_empty = r.data == NULL;
+    ar_buf_free(&r);
+    t->echo_rc = ar_call(t->node, t->echo, TAG_ECHO, "q", 1, &r, TH_WAIT_MS);
+    if (t->echo_rc == 0 && (r.len != 1 || memcmp(r.data, "q", 1) != 0)) t->echo_rc = AR_EBADMSG;
+    ar_buf_free(&r);
+    atomic_store(&t->done, 1);
+    return NULL;
 }
 
-/* ---- the target keeps reply_to, then dies ------------------------------------------------- */
-Test(call_down, target_crashing_with_a_deferred_reply_pending_gives_enoproc_at_once,
-     .timeout = TH_TIMEOUT)
+ParameterizedTest(down_row_t *r, call_down, call_to_a_target_that_dies, .timeout = TH_TIMEOUT)
 {
+    static const uint32_t tags[] = {TAG_CRASH, TAG_DEFER_CRASH, TAG_DEFER, TAG_ECHO, TAG_ECHO};
+    static const ar_exit_code_t ends[] = {AR_ERROR, AR_ERROR, AR_KILLED, AR_SHUTDOWN, AR_ERROR};
+    static const char *texts[] = {CRASH_TEXT, LATER_TEXT, "", "", LATER_TEXT};
+    th_row_begin(r->name);
     ar_node_t *node = th_node(2);
     server_t *s;
     ar_pid_t srv = spawn_server(node, &s);
-    ar_pid_t cl;
-    caller_t *c = new_caller(node, &cl);
-    /* The server keeps reply_to and crashes 50 ms later. */
-    run(node, cl, c, ACT_CALL,
-        (cmd_t){.pid = srv, .tag = TAG_DEFER_CRASH, .timeout_ms = FAR_MS});
-    cr_assert_eq(atomic_load(&s->kept_n), 1);
-    cr_assert_geq(c->elapsed_ms, 40.0, "returned before the crash (%.0f ms)", c->elapsed_ms);
-    assert_clean_enoproc(node, cl, c);
-    th_await(atomic_load(&s->ended) == 1);
-    cr_assert_str_eq(s->why_text, LATER_TEXT);
-    th_node_stop(node);
-}
+    bool deferred = r->death == DIES_LATER || r->death == KILLED_DEFERRED;
+    if (r->death == ALREADY_DEAD) {
+        th_send(node, srv, TAG_CRASH, NULL, 0);
+        th_await(atomic_load(&s->ended) == 1);
+        th_await(!th_proc_alive(node, srv));
+    } else if (r->death == ENDED_QUEUED) {
+        th_send(node, srv, TAG_BLOCK, NULL, 0);
+        th_await(th_proc_blocked(node, srv));
+    }
 
-Test(call_down, deferred_reply_target_crashing_during_a_foreign_thread_call_gives_enoproc,
-     .timeout = TH_TIMEOUT)
-{
-    ar_node_t *node = th_node(2);
-    server_t *s;
-    ar_pid_t srv = spawn_server(node, &s);
-    ar_buf_t r = {0};
-    uint64_t t0 = th_now_ns();
-    int rc = ar_call(node, srv, TAG_DEFER_CRASH, "req", 3, &r, FAR_MS);
-    double ms = th_ms_since(t0);
-    cr_assert_eq(rc, AR_ENOPROC, "ar_call: %s", ar_err_name(rc));
-    cr_assert_lt(ms, PROMPT_MS, "ar_call waited %.0f ms", ms);
-    cr_assert_eq(atomic_load(&s->kept_n), 1);
-    th_await(atomic_load(&s->ended) == 1);
-    th_node_stop(node);
-}
+    /* the call */
+    ar_pid_t cl = AR_PID_NONE;
+    caller_t *c = NULL;
+    static thread_call_t tc;
+    pthread_t th;
+    cmd_t k = {.pid = srv, .tag = tags[r->death], .timeout_ms = FAR_MS};
+    if (r->caller == THREAD_CALL) {
+        tc = (thread_call_t){.node = node, .to = srv, .tag = k.tag,
+                             .echo = th_spawn(node, &th_echo, NULL)};
+        cr_assert_eq(pthread_create(&th, NULL, thread_call, &tc), 0);
+    } else {
+        c = new_caller(node, &cl);
+        if (r->caller == PROC_ASK) {
+            k.timeout_ms = ASK_MS;
+            k.marker_ms = ASK_MS + 500;
+            run(node, cl, c, ACT_ASK, k);
+            cr_assert_eq(c->rc, 0, TH_AT "ar_ask: %s", TH_ROW, ar_err_name(c->rc));
+            cr_assert_neq(c->ref, 0);
+        } else {
+            th_send(node, cl, ACT_CALL, &k, sizeof k);
+        }
+    }
 
-Test(call_down, target_killed_with_a_deferred_reply_pending_gives_enoproc_at_once,
-     .timeout = TH_TIMEOUT)
-{
-    ar_node_t *node = th_node(2);
-    server_t *s;
-    ar_pid_t srv = spawn_server(node, &s);
-    ar_pid_t cl;
-    caller_t *c = new_caller(node, &cl);
-    th_send(node, cl, ACT_CALL,
-            &(cmd_t){.pid = srv, .tag = TAG_DEFER, .timeout_ms = FAR_MS}, sizeof(cmd_t));
-    th_await(atomic_load(&s->kept_n) == 1);
-    th_await(th_proc_blocked(node, cl));
-    uint64_t t0 = th_now_ns();
-    cr_assert_eq(ar_exit(node, srv, AR_REASON(AR_KILL)), 0);
-    th_await(atomic_load(&c->done) == 1);
-    double ms = th_ms_since(t0);
-    cr_assert_lt(ms, PROMPT_MS, "the caller waited %.0f ms after the kill", ms);
-    assert_clean_enoproc(node, cl, c);
+    /* the death */
+    if (r->death == KILLED_DEFERRED) {
+        th_await(atomic_load(&s->kept_n) == 1);
+        cr_assert_eq(ar_exit(node, srv, AR_REASON(AR_KILL)), 0);
+    } else if (r->death == ENDED_QUEUED) {
+        ar_proc_info_t info;
+        th_await(ar_proc_info(node, srv, &info) == 0 && info.mailbox_len == 1);
+        cr_assert_eq(ar_exit(node, srv, AR_REASON(AR_SHUTDOWN)), 0);
+    }
     th_await(atomic_load(&s->ended) == 1);
-    cr_assert_eq(s->why, AR_KILLED);
-    th_node_stop(node);
-}
+    cr_assert_eq(s->why, ends[r->death], TH_AT "the target ended with %s", TH_ROW,
+                 ar_exit_code_name(s->why));
+    cr_assert_str_eq(s->why_text, texts[r->death], TH_AT "the target's text \"%s\"", TH_ROW,
+                     s->why_text);
+    if (deferred) cr_assert_eq(atomic_load(&s->kept_n), 1);
+    if (r->death == ENDED_QUEUED)
+        cr_assert_eq(atomic_load(&s->calls), 0, TH_AT "the queued call was handled", TH_ROW);
 
-/* ---- the target dies before handling the call ----------------------------------------- */
-Test(call_down, target_killed_before_handling_the_queued_call_gives_enoproc_at_once,
-     .timeout = TH_TIMEOUT)
-{
-    ar_node_t *node = th_node(2);
-    server_t *s;
-    ar_pid_t srv = spawn_server(node, &s);
-    th_send(node, srv, TAG_BLOCK, NULL, 0);
-    th_await(th_proc_blocked(node, srv));
-    ar_pid_t cl;
-    caller_t *c = new_caller(node, &cl);
-    th_send(node, cl, ACT_CALL, &(cmd_t){.pid = srv, .tag = TAG_ECHO, .timeout_ms = FAR_MS},
-            sizeof(cmd_t));
-    th_await(th_proc_blocked(node, cl));
-    cr_assert_eq(ar_exit(node, srv, AR_REASON(AR_SHUTDOWN)), 0);
-    th_await(atomic_load(&c->done) == 1);
-    assert_clean_enoproc(node, cl, c);
-    th_await(atomic_load(&s->ended) == 1);
-    cr_assert_eq(s->why, AR_SHUTDOWN);
-    cr_assert_eq(atomic_load(&s->calls), 0, "the queued call was handled");
+    /* the outcome */
+    if (r->caller == THREAD_CALL) {
+        th_await(atomic_load(&tc.done) == 1); /* long before the call's own FAR_MS */
+        pthread_join(th, NULL);
+        cr_assert_eq(tc.rc, AR_ENOPROC, TH_AT "ar_call: %s", TH_ROW, ar_err_name(tc.rc));
+        cr_assert(tc.reply_empty, TH_AT "a failed call handed out a reply", TH_ROW);
+        cr_assert_eq(tc.echo_rc, 0, TH_AT "the thread's next call: %s", TH_ROW,
+                     ar_err_name(tc.echo_rc));
+    } else if (r->caller == PROC_CALL) {
+        th_await(atomic_load(&c->done) == 1);
+        assert_clean_enoproc(node, cl, c);
+        if (r->death == DIES_LATER)
+            cr_assert_geq(c->elapsed_ms, 40.0, TH_AT "returned before the crash (%.0f ms)",
+                          TH_ROW, c->elapsed_ms);
+    } else {
+        ar_exit_code_t want = r->death == ALREADY_DEAD ? AR_NOPROC : ends[r->death];
+        th_await(th_log_len(&c->log) == 2);
+        assert_kind(c, 0, AR_MSG_REPLY, 0);
+        cr_assert_eq(c->log.e[0].ref, c->ref, TH_AT "the reply's ref", TH_ROW);
+        cr_assert_eq(c->log.e[0].code, want, TH_AT "reply reason %s, want %s", TH_ROW,
+                     ar_exit_code_name(c->log.e[0].code), ar_exit_code_name(want));
+        if (want == AR_ERROR)
+            cr_assert_str_eq(c->text[0], texts[r->death], TH_AT "reply text \"%s\"", TH_ROW,
+                             c->text[0]);
+        assert_kind(c, 1, AR_MSG_TIMER, TAG_MARKER);
+        (void)th_sync(node, cl);
+        cr_assert_eq(th_log_len(&c->log), 2, TH_AT "a second reply", TH_ROW);
+        cr_assert_eq(info_of_monitors(node, cl), 0);
+    }
     th_node_stop(node);
 }
 
@@ -375,111 +413,5 @@ Test(call_down, calls_leave_no_monitor_and_no_stray_message, .timeout = TH_TIMEO
     }
     cr_assert_neq(c->log.e[2].ref, c->log.e[3].ref);
     cr_assert_eq(info_of_monitors(node, cl), 0);
-    th_node_stop(node);
-}
-
-/* ---- ar_ask to a target that dies ----------------------------------------------------------- */
-Test(call_down, ask_to_a_crashing_target_replies_with_the_crash_reason, .timeout = TH_TIMEOUT)
-{
-    ar_node_t *node = th_node(2);
-    server_t *s;
-    ar_pid_t srv = spawn_server(node, &s);
-    ar_pid_t cl;
-    caller_t *c = new_caller(node, &cl);
-    /* A timeout reply would come at 300 ms, before the marker at 600 ms. */
-    run(node, cl, c, ACT_ASK,
-        (cmd_t){.pid = srv, .tag = TAG_CRASH, .timeout_ms = 300, .marker_ms = 600});
-    cr_assert_eq(c->rc, 0, "ar_ask: %s", ar_err_name(c->rc));
-    cr_assert_neq(c->ref, 0);
-    th_await(th_log_len(&c->log) == 2);
-    assert_kind(c, 0, AR_MSG_REPLY, 0);
-    cr_assert_eq(c->log.e[0].ref, c->ref);
-    cr_assert_eq(c->log.e[0].code, AR_ERROR, "reply reason %s",
-                 ar_exit_code_name(c->log.e[0].code));
-    cr_assert_str_eq(c->text[0], CRASH_TEXT);
-    assert_kind(c, 1, AR_MSG_TIMER, TAG_MARKER);
-    cr_assert_eq(info_of_monitors(node, cl), 0);
-    th_node_stop(node);
-}
-
-Test(call_down, ask_to_a_target_killed_with_the_reply_deferred_replies_killed,
-     .timeout = TH_TIMEOUT)
-{
-    ar_node_t *node = th_node(2);
-    server_t *s;
-    ar_pid_t srv = spawn_server(node, &s);
-    ar_pid_t cl;
-    caller_t *c = new_caller(node, &cl);
-    run(node, cl, c, ACT_ASK,
-        (cmd_t){.pid = srv, .tag = TAG_DEFER, .timeout_ms = 400, .marker_ms = 800});
-    cr_assert_eq(c->rc, 0, "ar_ask: %s", ar_err_name(c->rc));
-    th_await(atomic_load(&s->kept_n) == 1);
-    cr_assert_eq(ar_exit(node, srv, AR_REASON(AR_KILL)), 0);
-    th_await(th_log_len(&c->log) >= 1);
-    assert_kind(c, 0, AR_MSG_REPLY, 0);
-    cr_assert_eq(c->log.e[0].ref, c->ref);
-    cr_assert_eq(c->log.e[0].code, AR_KILLED, "reply reason %s",
-                 ar_exit_code_name(c->log.e[0].code));
-    th_await(th_log_len(&c->log) == 2);
-    assert_kind(c, 1, AR_MSG_TIMER, TAG_MARKER);
-    th_node_stop(node);
-}
-
-/* ---- a dead target ---------------------------------------------------------------------------- */
-Test(call_down, call_and_ask_to_a_dead_pid_fail_at_once, .timeout = TH_TIMEOUT)
-{
-    ar_node_t *node = th_node(2);
-    server_t *s;
-    ar_pid_t srv = spawn_server(node, &s);
-    th_send(node, srv, TAG_CRASH, NULL, 0);
-    th_await(atomic_load(&s->ended) == 1);
-    th_await(!th_proc_alive(node, srv));
-
-    ar_buf_t r = {0};
-    uint64_t t0 = th_now_ns();
-    int rc = ar_call(node, srv, TAG_ECHO, "req", 3, &r, FAR_MS);
-    cr_assert_eq(rc, AR_ENOPROC, "ar_call from the test thread: %s", ar_err_name(rc));
-    cr_assert_lt(th_ms_since(t0), PROMPT_MS);
-
-    ar_pid_t cl;
-    caller_t *c = new_caller(node, &cl);
-    run(node, cl, c, ACT_CALL, (cmd_t){.pid = srv, .tag = TAG_ECHO, .timeout_ms = FAR_MS});
-    assert_clean_enoproc(node, cl, c);
-
-    run(node, cl, c, ACT_ASK,
-        (cmd_t){.pid = srv, .tag = TAG_ECHO, .timeout_ms = 300, .marker_ms = 600});
-    cr_assert_eq(c->rc, 0, "ar_ask: %s", ar_err_name(c->rc));
-    th_await(th_log_len(&c->log) == 3);
-    assert_kind(c, 1, AR_MSG_REPLY, 0);
-    cr_assert_eq(c->log.e[1].ref, c->ref);
-    cr_assert_eq(c->log.e[1].code, AR_NOPROC);
-    assert_kind(c, 2, AR_MSG_TIMER, TAG_MARKER);
-    th_node_stop(node);
-}
-
-Test(call_down, ask_to_a_target_that_dies_before_handling_it_replies_with_its_reason,
-     .timeout = TH_TIMEOUT)
-{
-    ar_node_t *node = th_node(2);
-    server_t *s;
-    ar_pid_t srv = spawn_server(node, &s);
-    th_send(node, srv, TAG_BLOCK, NULL, 0);
-    th_await(th_proc_blocked(node, srv));
-    ar_pid_t cl;
-    caller_t *c = new_caller(node, &cl);
-    /* The CALL waits in the parked server's mailbox when the server is ended. */
-    run(node, cl, c, ACT_ASK,
-        (cmd_t){.pid = srv, .tag = TAG_ECHO, .timeout_ms = 400, .marker_ms = 800});
-    cr_assert_eq(c->rc, 0, "ar_ask: %s", ar_err_name(c->rc));
-    cr_assert_eq(ar_exit(node, srv, AR_REASON(AR_SHUTDOWN)), 0);
-    th_await(atomic_load(&s->ended) == 1);
-    cr_assert_eq(atomic_load(&s->calls), 0, "the asked CALL was handled");
-    th_await(th_log_len(&c->log) >= 1);
-    assert_kind(c, 0, AR_MSG_REPLY, 0);
-    cr_assert_eq(c->log.e[0].ref, c->ref);
-    cr_assert_eq(c->log.e[0].code, AR_SHUTDOWN, "reply reason %s",
-                 ar_exit_code_name(c->log.e[0].code));
-    th_await(th_log_len(&c->log) == 2);
-    assert_kind(c, 1, AR_MSG_TIMER, TAG_MARKER);
     th_node_stop(node);
 }

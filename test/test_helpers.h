@@ -10,6 +10,8 @@
 
 #include <arbor.h>
 #include <criterion/criterion.h>
+#include <criterion/logging.h>
+#include <criterion/parameterized.h>
 #include <errno.h>
 #include <pthread.h>
 #include <semaphore.h>
@@ -45,12 +47,35 @@ static inline void th_nap(void)
     nanosleep(&ts, NULL);
 }
 
+/* ---- Table rows ----------------------------------------------------------------------
+ * A table-driven test runs one row per process (ParameterizedTest) or loops over rows.
+ * Criterion copies a row into a freshly executed child, so rows hold plain data only
+ * (char arrays, numbers, enums): never pointers. th_row_begin names the row for every
+ * failure message of the helpers (and for --verbose, which shows it before a timeout);
+ * drivers start their own messages with it too (TH_AT below). */
+static const char *th_row __attribute__((unused)) = "";
+
+/* A failure message's prefix, "row: " (nothing outside a row): cr_assert(c, TH_AT "...",
+ * TH_ROW, ...). */
+#define TH_AT "%s%s"
+#define TH_ROW th_row, (*th_row ? ": " : "")
+
+/* A ParameterizedTestParameters body's result: every row of a static array. */
+#define TH_ROWS(type, rows) cr_make_param_array(type, rows, sizeof(rows) / sizeof((rows)[0]))
+
+static inline void th_row_begin(const char *name)
+{
+    th_row = name;
+    cr_log_info("row %s", name);
+}
+
 /* Waits until cond holds; fails the test after TH_WAIT_MS. */
 #define th_await(cond)                                                                  \
     do {                                                                                \
         uint64_t th_deadline_ = th_now_ns() + (uint64_t)TH_WAIT_MS * 1000000u;          \
         while (!(cond)) {                                                               \
-            cr_assert(th_now_ns() < th_deadline_, "timed out waiting for: %s", #cond); \
+            cr_assert(th_now_ns() < th_deadline_, TH_AT "timed out waiting for: %s",    \
+                      TH_ROW, #cond);                                                   \
             th_nap();                                                                   \
         }                                                                               \
     } while (0)
@@ -72,7 +97,8 @@ static inline bool th_sem_wait(sem_t *s, int ms)
     return rc == 0;
 }
 
-#define th_sem_take(s) cr_assert(th_sem_wait((s), TH_WAIT_MS), "timed out waiting on " #s)
+#define th_sem_take(s)                                                                  \
+    cr_assert(th_sem_wait((s), TH_WAIT_MS), TH_AT "timed out waiting on " #s, TH_ROW)
 
 /* ---- Nodes ------------------------------------------------------------------------- */
 static inline ar_node_t *th_node_cfg(const ar_node_config_t *cfg)

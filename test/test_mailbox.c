@@ -1,5 +1,6 @@
 /* Mailboxes: payloads are copied, per-pair FIFO (threads and processes), nothing lost
- * under load, mailbox_limit, zero-length payloads, m->from. */
+ * under load, mailbox_limit (and that it counts only CASTs and CALLs), zero-length
+ * payloads, m->from. */
 #include "test_helpers.h"
 
 static int arg_init(ar_proc_t *self, void *arg, void **state)
@@ -275,6 +276,216 @@ Test(mailbox, mailbox_limit_refuses_with_eagain_then_accepts_after_handling,
     for (int i = 0; i < 4; i++) cr_assert_eq(ar_send(node, limited, 1, "m", 1), 0);
     th_await(atomic_load(&st.casts) == 8);
     cr_assert_eq(atomic_load(&st.calls), 1, "the refused call was never handled");
+    th_node_stop(node);
+}
+
+/* ---- mailbox_limit counts only CASTs and CALLs ------------------------------------------------- */
+/* A process with mailbox_limit 2 that traps exits: on START it monitors a process, asks a
+ * server that answers only when told, and then stays parked in a receive that takes
+ * anything but CASTs and CALLs, until an END timer; then it crashes. Its mailbox is filled
+ * with two CASTs it never takes. While it is full, sends and calls to it are refused with
+ * AR_EAGAIN, but no signal and no other message is: an exit signal, the answer to its ask,
+ * a timer message, the DOWN of its own monitor each arrive and are received; a peer's link
+ * and monitor are taken in too, so its end reaches the peer as an EXIT and a DOWN. */
+enum { TAG_START = 100, TAG_FILL, TAG_TICK, TAG_END, TAG_ASK, TAG_ANSWER, TAG_LINK, TAG_MONITOR };
+
+typedef struct full {
+    th_log_t log; /* what it received while full, and its terminate reason */
+    ar_pid_t server, watched;
+    ar_ref_t ask_ref, mon_ref;
+    int ask_rc, mon_rc;
+} full_t;
+
+static bool not_cast_or_call(const ar_msg_t *m, void *ud)
+{
+    (void)ud;
+    return m->kind != AR_MSG_CAST && m->kind != AR_MSG_CALL;
+}
+
+static void full_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    full_t *f = state;
+    if (m->kind != AR_MSG_CAST || m->tag != TAG_START) return;
+    f->mon_rc = ar_monitor(self, f->watched, &f->mon_ref);
+    f->ask_rc = ar_ask(self, f->server, TAG_ASK, NULL, 0, AR_INFINITY, &f->ask_ref);
+    for (;;) {
+        ar_msg_t *got = NULL;
+        if (ar_receive(self, not_cast_or_call, NULL, TH_WAIT_MS, &got) != 0) break;
+        th_log_msg(&f->log, got);
+        bool end = got->kind == AR_MSG_TIMER && got->tag == TAG_END;
+        ar_msg_release(self, got);
+        if (end) break;
+    }
+    AR_FAIL(self, "full to the end");
+}
+static void full_terminate(ar_proc_t *self, void *state, ar_reason_t why)
+{
+    (void)self;
+    full_t *f = state;
+    th_log_reason(&f->log, why);
+}
+static const ar_behaviour_t full_b = {"full", arg_init, full_handle, full_terminate};
+
+/* Keeps the reply_to of a CALL and answers it on an ANSWER cast. */
+typedef struct keeper {
+    ar_reply_to_t kept;
+    atomic_int kept_n;
+} keeper_t;
+static void keeper_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    keeper_t *k = state;
+    if (m->kind == AR_MSG_CALL) {
+        k->kept = m->reply_to;
+        atomic_fetch_add(&k->kept_n, 1);
+    } else if (m->kind == AR_MSG_CAST && m->tag == TAG_ANSWER) {
+        ar_reply(ar_node(self), k->kept, "answer", 6);
+    }
+}
+static const ar_behaviour_t keeper_b = {"keeper", arg_init, keeper_handle, NULL};
+
+/* Links to or monitors the pid a LINK or MONITOR call carries (answered with the result);
+ * logs everything else. */
+typedef struct peer {
+    th_log_t log;
+    ar_ref_t ref;
+} peer_t;
+static void peer_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    peer_t *p = state;
+    if (m->kind == AR_MSG_CALL && m->len == sizeof(ar_pid_t)) {
+        ar_pid_t to;
+        memcpy(&to, m->data, sizeof to);
+        int rc = m->tag == TAG_LINK ? ar_link(self, to) : ar_monitor(self, to, &p->ref);
+        ar_reply(ar_node(self), m->reply_to, &rc, sizeof rc);
+        return;
+    }
+    th_log_msg(&p->log, m);
+}
+static const ar_behaviour_t peer_b = {"peer", arg_init, peer_handle, NULL};
+
+static int peer_call(ar_node_t *node, ar_pid_t peer, uint32_t tag, ar_pid_t to)
+{
+    ar_buf_t r = {0};
+    int rc = ar_call(node, peer, tag, &to, sizeof to, &r, TH_WAIT_MS);
+    cr_assert_eq(rc, 0, TH_AT "call to the peer: %s", TH_ROW, ar_err_name(rc));
+    int got;
+    cr_assert_eq(r.len, sizeof got);
+    memcpy(&got, r.data, sizeof got);
+    ar_buf_free(&r);
+    return got;
+}
+
+/* The limit still holds: a send and a call are refused, two messages wait. */
+static void assert_full(ar_node_t *node, ar_pid_t pid)
+{
+    cr_assert_eq(ar_send(node, pid, TAG_FILL, "x", 1), AR_EAGAIN, TH_AT "a send was taken in",
+                 TH_ROW);
+    ar_buf_t r = {0};
+    int rc = ar_call(node, pid, TAG_FILL, "c", 1, &r, TH_WAIT_MS);
+    cr_assert_eq(rc, AR_EAGAIN, TH_AT "ar_call: %s, want AR_EAGAIN", TH_ROW, ar_err_name(rc));
+    ar_proc_info_t info;
+    cr_assert_eq(ar_proc_info(node, pid, &info), 0);
+    cr_assert_eq(info.mailbox_len, 2, TH_AT "mailbox_len %zu", TH_ROW, info.mailbox_len);
+}
+
+Test(mailbox, mailbox_limit_counts_only_casts_and_calls, .timeout = TH_TIMEOUT)
+{
+    enum { EXIT_SIGNAL, ASK_REPLY, TIMER, OWN_DOWN, PEER_LINK, PEER_MONITOR };
+    static const struct {
+        const char *name;
+        int kind;
+    } rows[] = {
+        {"exit signal", EXIT_SIGNAL}, {"reply to its ask", ASK_REPLY},
+        {"timer message", TIMER},     {"DOWN of its own monitor", OWN_DOWN},
+        {"link from a peer", PEER_LINK}, {"monitor from a peer", PEER_MONITOR},
+    };
+    ar_node_t *node = th_node(2);
+    static full_t f;
+    static keeper_t k;
+    static peer_t p;
+    f.server = th_spawn(node, &keeper_b, &k);
+    f.watched = th_spawn(node, &th_echo, NULL);
+    ar_spawn_opts_t o = {.mailbox_limit = 2, .trap_exit = true};
+    ar_pid_t full = AR_PID_NONE;
+    cr_assert_eq(ar_spawn(node, &full_b, &f, &o, &full), 0);
+    ar_spawn_opts_t po = {.trap_exit = true};
+    ar_pid_t peer = AR_PID_NONE;
+    cr_assert_eq(ar_spawn(node, &peer_b, &p, &po, &peer), 0);
+
+    th_send(node, full, TAG_START, NULL, 0);
+    th_await(atomic_load(&k.kept_n) == 1 && th_proc_blocked(node, full));
+    cr_assert_eq(f.mon_rc, 0, "ar_monitor: %s", ar_err_name(f.mon_rc));
+    cr_assert_eq(f.ask_rc, 0, "ar_ask: %s", ar_err_name(f.ask_rc));
+    th_send(node, full, TAG_FILL, "1", 1);
+    th_send(node, full, TAG_FILL, "2", 1);
+    assert_full(node, full);
+
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        th_row_begin(rows[i].name);
+        size_t n = th_log_len(&f.log);
+        switch (rows[i].kind) {
+        case EXIT_SIGNAL:
+            cr_assert_eq(ar_exit(node, full, (ar_reason_t){AR_ERROR, "exit while full"}), 0);
+            break;
+        case ASK_REPLY:
+            th_send(node, f.server, TAG_ANSWER, NULL, 0);
+            break;
+        case TIMER:
+            cr_assert_eq(ar_send_after(node, 0, full, TAG_TICK, "tick", 4, NULL), 0);
+            break;
+        case OWN_DOWN:
+            cr_assert_eq(ar_exit(node, f.watched, AR_REASON(AR_SHUTDOWN)), 0);
+            break;
+        case PEER_LINK:
+            cr_assert_eq(peer_call(node, peer, TAG_LINK, full), 0, TH_AT "ar_link", TH_ROW);
+            break;
+        case PEER_MONITOR:
+            cr_assert_eq(peer_call(node, peer, TAG_MONITOR, full), 0, TH_AT "ar_monitor", TH_ROW);
+            break;
+        }
+        if (rows[i].kind != PEER_LINK && rows[i].kind != PEER_MONITOR) {
+            th_await(th_log_len(&f.log) == n + 1);
+            const th_entry_t *e = &f.log.e[n];
+            static const ar_msg_kind_t kinds[] = {AR_MSG_EXIT, AR_MSG_REPLY, AR_MSG_TIMER,
+                                                  AR_MSG_DOWN};
+            cr_assert_eq(e->kind, kinds[rows[i].kind], TH_AT "received kind %d", TH_ROW, e->kind);
+            if (rows[i].kind == EXIT_SIGNAL)
+                cr_assert(e->code == AR_ERROR && ar_pid_is_none(e->from), TH_AT "EXIT %s",
+                          TH_ROW, ar_exit_code_name(e->code));
+            if (rows[i].kind == ASK_REPLY)
+                cr_assert(e->ref == f.ask_ref && e->code == AR_NORMAL &&
+                              strcmp(e->data, "answer") == 0,
+                          TH_AT "REPLY ref %llu (want %llu), %s, \"%s\"", TH_ROW,
+                          (unsigned long long)e->ref, (unsigned long long)f.ask_ref,
+                          ar_exit_code_name(e->code), e->data);
+            if (rows[i].kind == TIMER)
+                cr_assert(e->tag == TAG_TICK && strcmp(e->data, "tick") == 0,
+                          TH_AT "TIMER tag %u", TH_ROW, e->tag);
+            if (rows[i].kind == OWN_DOWN)
+                cr_assert(e->ref == f.mon_ref && ar_pid_eq(e->from, f.watched) &&
+                              e->code == AR_SHUTDOWN,
+                          TH_AT "DOWN ref %llu (want %llu), %s", TH_ROW, (unsigned long long)e->ref,
+                          (unsigned long long)f.mon_ref, ar_exit_code_name(e->code));
+        }
+        assert_full(node, full);
+    }
+
+    /* Its end: the peer's link and monitor were taken in, so both fire. */
+    th_row_begin("its end");
+    cr_assert_eq(ar_send_after(node, 0, full, TAG_END, NULL, 0, NULL), 0);
+    th_await(atomic_load(&f.log.terminates) == 1);
+    cr_assert_eq(f.log.why, AR_ERROR, "ended with %s", ar_exit_code_name(f.log.why));
+    cr_assert_str_eq(f.log.why_text, "full to the end");
+    th_await(th_log_len(&p.log) >= 2);
+    size_t ex = p.log.e[0].kind == AR_MSG_EXIT ? 0 : 1;
+    cr_assert(p.log.e[ex].kind == AR_MSG_EXIT && ar_pid_eq(p.log.e[ex].from, full) &&
+                  p.log.e[ex].code == AR_ERROR,
+              "the peer's link: kind %d, %s", p.log.e[ex].kind,
+              ar_exit_code_name(p.log.e[ex].code));
+    cr_assert(p.log.e[1 - ex].kind == AR_MSG_DOWN && p.log.e[1 - ex].ref == p.ref &&
+                  p.log.e[1 - ex].code == AR_ERROR,
+              "the peer's monitor: kind %d, %s", p.log.e[1 - ex].kind,
+              ar_exit_code_name(p.log.e[1 - ex].code));
     th_node_stop(node);
 }
 

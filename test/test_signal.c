@@ -1,8 +1,9 @@
-/* Links, monitors, exit signals and trap_exit: kill vs killed, normal exits, exits to
- * oneself, unlink, dead pids, bidirectional and idempotent links, monitors and their refs,
- * demonitor with and without flush, message order before EXIT/DOWN, link chains, the trap
- * flag at arrival, spawn with .link, killing parked processes, a kill that skips a full
- * mailbox, monitors of a process that dies first, and the introspection counts.
+/* Links, monitors, exit signals and trap_exit: how an exit signal arrives (a table of
+ * sender x reason x trap flag), unlink, dead pids, bidirectional and idempotent links,
+ * monitors and their refs, demonitor with and without flush, one sender's order across
+ * messages and signals, message order before EXIT/DOWN, link chains, the trap flag at
+ * arrival, spawn with .link, killing parked processes, a kill that skips a full mailbox,
+ * monitors of a process that dies first, and the introspection counts.
  *
  * Processes are driven by an "agent": the test thread sends it commands (calls answered
  * with a result, or casts for actions that may end it) and it logs every other message
@@ -20,11 +21,11 @@ enum {
     CMD_MONITOR,
     CMD_DEMONITOR,
     CMD_TRAP,
-    CMD_EXIT, /* ar_exit(pid, code); with flag, a marker to pid right after */
+    CMD_EXIT, /* ar_exit(pid, code, text); with flag, a marker to pid right after */
     /* casts: actions that may end the agent or keep it busy */
     CAST_FAIL = 200,       /* AR_FAIL with text */
-    CAST_STOP,             /* ar_stop(code) */
-    CAST_EXIT_SELF,        /* ar_exit(self, code), then a marker to self */
+    CAST_STOP,             /* ar_stop(code, text) */
+    CAST_EXIT_SELF,        /* ar_exit(self, code, text), then a marker to self */
     CAST_SEND_THEN_FAIL,   /* n DATA casts to pid and pid2 (if any), then AR_FAIL(text) */
     CAST_SEND_THEN_KILL,   /* n casts to pid, then ar_exit(pid, AR_KILL) */
     CAST_SPIN_THEN_TRAP,   /* busy until go, then ar_trap_exit(flag) */
@@ -36,6 +37,7 @@ enum {
     CAST_SLEEP,            /* ar_sleep(n) */
     CAST_MONITOR_SELF,     /* monitor self, then a marker to self */
     CAST_SPIN_THEN_STOP,   /* busy until go, then ar_stop(code) */
+    CAST_SCRIPT,           /* runs the script in text against pid (see run_script) */
 };
 
 typedef struct cmd {
@@ -45,8 +47,14 @@ typedef struct cmd {
     int n;    /* a count or a timeout */
     bool flag;
     void *ptr;
-    char text[48];
+    char text[48]; /* a reason text ("" for none) or a script */
 } cmd_t;
+
+/* The reason a command carries: its code, and its text unless that is empty. */
+static ar_reason_t cmd_reason(const cmd_t *c)
+{
+    return (ar_reason_t){(ar_exit_code_t)c->code, c->text[0] ? c->text : NULL};
+}
 
 typedef struct res {
     int rc;
@@ -142,7 +150,7 @@ static res_t agent_command(ar_proc_t *self, agent_t *a, const ar_msg_t *m, const
         r.old = ar_trap_exit(self, c->flag);
         break;
     case CMD_EXIT:
-        r.rc = ar_exit(node, c->pid, AR_REASON((ar_exit_code_t)c->code));
+        r.rc = ar_exit(node, c->pid, cmd_reason(c));
         if (c->flag) marker_to(node, c->pid);
         break;
     default:
@@ -152,6 +160,39 @@ static res_t agent_command(ar_proc_t *self, agent_t *a, const ar_msg_t *m, const
     return r;
 }
 
+#define ORDER_TEXT "order"
+#define FATAL_TEXT "target ends"
+
+/* CAST_SCRIPT: runs the script c->text against c->pid, all in this one handler run:
+ * 'm' a DATA cast carrying its number (0, 1, ...), 'L' ar_link, 'U' ar_unlink, 'M'
+ * ar_monitor (its ref kept in a->ref), 'D' ar_demonitor of the last monitor, 'X' ar_exit
+ * with AR_ERROR ORDER_TEXT, 'k' a CAST_FAIL command that crashes the target with
+ * FATAL_TEXT. Returns how many of the calls failed. */
+static int run_script(ar_proc_t *self, agent_t *a, const cmd_t *c)
+{
+    ar_node_t *node = ar_node(self);
+    int seq = 0, failed = 0;
+    for (const char *p = c->text; *p; p++) {
+        int rc;
+        cmd_t fatal = {.text = FATAL_TEXT};
+        switch (*p) {
+        case 'm':
+            rc = ar_send(node, c->pid, TAG_DATA, &seq, sizeof seq);
+            seq++;
+            break;
+        case 'L': rc = ar_link(self, c->pid); break;
+        case 'U': rc = ar_unlink(self, c->pid); break;
+        case 'M': rc = ar_monitor(self, c->pid, &a->ref); break;
+        case 'D': rc = ar_demonitor(self, a->ref, false); break;
+        case 'X': rc = ar_exit(node, c->pid, (ar_reason_t){AR_ERROR, ORDER_TEXT}); break;
+        case 'k': rc = ar_send(node, c->pid, CAST_FAIL, &fatal, sizeof fatal); break;
+        default: rc = AR_EINVAL; break;
+        }
+        if (rc) failed++;
+    }
+    return failed;
+}
+
 static void agent_action(ar_proc_t *self, agent_t *a, const ar_msg_t *m, const cmd_t *c)
 {
     ar_node_t *node = ar_node(self);
@@ -159,10 +200,10 @@ static void agent_action(ar_proc_t *self, agent_t *a, const ar_msg_t *m, const c
     case CAST_FAIL:
         AR_FAIL(self, "%s", c->text);
     case CAST_STOP:
-        ar_stop(self, AR_REASON((ar_exit_code_t)c->code));
+        ar_stop(self, cmd_reason(c));
         break;
     case CAST_EXIT_SELF:
-        a->rc = ar_exit(node, ar_self(self), AR_REASON((ar_exit_code_t)c->code));
+        a->rc = ar_exit(node, ar_self(self), cmd_reason(c));
         marker_to(node, ar_self(self));
         break;
     case CAST_SEND_THEN_FAIL:
@@ -219,6 +260,9 @@ static void agent_action(ar_proc_t *self, agent_t *a, const ar_msg_t *m, const c
     case CAST_SLEEP:
         a->rc = ar_sleep(self, c->n);
         break;
+    case CAST_SCRIPT:
+        a->rc2 = run_script(self, a, c);
+        break;
     case CAST_MONITOR_SELF:
         a->rc = ar_monitor(self, ar_self(self), &a->ref);
         marker_to(node, ar_self(self));
@@ -266,7 +310,7 @@ static void agent_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
 }
 
 /* ---- test-thread helpers --------------------------------------------------------------- */
-#define AGENTS 12
+#define AGENTS 16
 static agent_t agents[AGENTS];
 static int agents_used;
 
@@ -331,6 +375,18 @@ static void await_end(agent_t *a)
     th_await(atomic_load(&a->log.terminates) == 1);
 }
 
+/* The pid of an agent that ended (normally) and is gone; *out (optional) is its agent. */
+static ar_pid_t dead_agent(ar_node_t *node, agent_t **out)
+{
+    agent_t *dead = new_agent();
+    ar_pid_t dp = spawn_agent(node, dead, false);
+    act(node, dp, CAST_STOP, (cmd_t){.code = AR_NORMAL});
+    await_end(dead);
+    th_await(!th_proc_alive(node, dp));
+    if (out) *out = dead;
+    return dp;
+}
+
 static ar_proc_info_t info_of(ar_node_t *node, ar_pid_t pid)
 {
     ar_proc_info_t i;
@@ -350,16 +406,16 @@ static void assert_marker(agent_t *a, size_t i)
 {
     const th_entry_t *e = entry(a, i);
     cr_assert(e->kind == AR_MSG_CAST && e->tag == TAG_MARKER,
-              "entry %zu: kind %d tag %u, expected the marker", i, e->kind, e->tag);
+              TH_AT "entry %zu: kind %d tag %u, expected the marker", TH_ROW, i, e->kind, e->tag);
 }
 
 static void assert_exit(agent_t *a, size_t i, ar_pid_t from, ar_exit_code_t code)
 {
     const th_entry_t *e = entry(a, i);
-    cr_assert_eq(e->kind, AR_MSG_EXIT, "entry %zu: kind %d tag %u, expected an EXIT", i,
-                 e->kind, e->tag);
-    cr_assert(ar_pid_eq(e->from, from), "entry %zu: EXIT from the wrong pid", i);
-    cr_assert_eq(e->code, code, "entry %zu: EXIT reason %s, expected %s", i,
+    cr_assert_eq(e->kind, AR_MSG_EXIT, TH_AT "entry %zu: kind %d tag %u, expected an EXIT",
+                 TH_ROW, i, e->kind, e->tag);
+    cr_assert(ar_pid_eq(e->from, from), TH_AT "entry %zu: EXIT from the wrong pid", TH_ROW, i);
+    cr_assert_eq(e->code, code, TH_AT "entry %zu: EXIT reason %s, expected %s", TH_ROW, i,
                  ar_exit_code_name(e->code), ar_exit_code_name(code));
 }
 
@@ -367,149 +423,158 @@ static void assert_down(agent_t *a, size_t i, ar_pid_t from, ar_ref_t ref,
                         ar_exit_code_t code)
 {
     const th_entry_t *e = entry(a, i);
-    cr_assert_eq(e->kind, AR_MSG_DOWN, "entry %zu: kind %d tag %u, expected a DOWN", i,
-                 e->kind, e->tag);
-    cr_assert(ar_pid_eq(e->from, from), "entry %zu: DOWN from the wrong pid", i);
-    cr_assert_eq(e->ref, ref, "entry %zu: DOWN ref %llu, expected %llu", i,
+    cr_assert_eq(e->kind, AR_MSG_DOWN, TH_AT "entry %zu: kind %d tag %u, expected a DOWN",
+                 TH_ROW, i, e->kind, e->tag);
+    cr_assert(ar_pid_eq(e->from, from), TH_AT "entry %zu: DOWN from the wrong pid", TH_ROW, i);
+    cr_assert_eq(e->ref, ref, TH_AT "entry %zu: DOWN ref %llu, expected %llu", TH_ROW, i,
                  (unsigned long long)e->ref, (unsigned long long)ref);
-    cr_assert_eq(e->code, code, "entry %zu: DOWN reason %s, expected %s", i,
+    cr_assert_eq(e->code, code, TH_AT "entry %zu: DOWN reason %s, expected %s", TH_ROW, i,
                  ar_exit_code_name(e->code), ar_exit_code_name(code));
 }
 
 static void assert_ended(agent_t *a, ar_exit_code_t code, const char *text)
 {
     await_end(a);
-    cr_assert_eq(a->log.why, code, "terminate saw %s, expected %s", ar_exit_code_name(a->log.why),
-                 ar_exit_code_name(code));
-    if (text) cr_assert_str_eq(a->log.why_text, text);
+    cr_assert_eq(a->log.why, code, TH_AT "terminate saw %s, expected %s", TH_ROW,
+                 ar_exit_code_name(a->log.why), ar_exit_code_name(code));
+    if (text)
+        cr_assert_str_eq(a->log.why_text, text, TH_AT "terminate's text \"%s\"", TH_ROW,
+                         a->log.why_text);
 }
 
 /* Still alive and answering: a sync round trip works and terminate never ran. */
 static void assert_alive(ar_node_t *node, ar_pid_t pid, agent_t *a)
 {
     (void)th_sync(node, pid);
-    cr_assert_eq(atomic_load(&a->log.terminates), 0, "the process ended (%s)",
+    cr_assert_eq(atomic_load(&a->log.terminates), 0, TH_AT "the process ended (%s)", TH_ROW,
                  ar_exit_code_name(a->log.why));
 }
 
-/* ---- kill vs killed -------------------------------------------------------------------- */
-Test(signal, kill_sent_with_ar_exit_ends_with_killed_even_when_trapping, .timeout = TH_TIMEOUT)
+/* ---- an exit signal arriving: sender x reason x trap flag --------------------------------
+ * One row per case of SEMANTICS section 1 "An exit signal arriving at B". The target may
+ * trap exits; an observer (trapping) is linked to it and monitors it. The signal comes
+ * from the test thread (ar_exit, no sender process), from another process (ar_exit, then
+ * a marker from the same sender), through a link (the sender ends with the reason; the
+ * target also monitors it, so the DOWN follows where the EXIT would be), or from the
+ * target itself (ar_exit to itself, then a marker to itself). The target ignores the
+ * signal, gets it as an AR_MSG_EXIT in its place, or ends: then its link and its monitor
+ * see the same reason, and nothing after the signal was handled. AR_ERROR reasons carry a
+ * text the runtime must copy. */
+typedef enum { FROM_NONE, FROM_PROC, FROM_LINK, FROM_SELF } via_t;
+typedef enum { IGNORED, TRAPPED, ENDS } arrival_t;
+typedef struct exit_row {
+    char name[40];
+    via_t via;
+    ar_exit_code_t code;
+    bool trap;
+    arrival_t want;
+    ar_exit_code_t end; /* ENDS: the target's reason */
+} exit_row_t;
+#define CUSTOM_TEXT "custom reason"
+
+ParameterizedTestParameters(signal, exit_signal_arrival)
 {
+    static exit_row_t rows[] = {
+        /* AR_KILL with ar_exit kills, trapping or not, with AR_KILLED */
+        {"none_kill_plain", FROM_NONE, AR_KILL, false, ENDS, AR_KILLED},
+        {"none_kill_trapping", FROM_NONE, AR_KILL, true, ENDS, AR_KILLED},
+        {"proc_kill_trapping", FROM_PROC, AR_KILL, true, ENDS, AR_KILLED},
+        {"self_kill_trapping", FROM_SELF, AR_KILL, true, ENDS, AR_KILLED},
+        /* through a link AR_KILL is an ordinary reason */
+        {"link_kill_plain", FROM_LINK, AR_KILL, false, ENDS, AR_KILL},
+        {"link_kill_trapping", FROM_LINK, AR_KILL, true, TRAPPED, 0},
+        /* normal: ignored unless trapping, or sent to oneself */
+        {"none_normal_plain", FROM_NONE, AR_NORMAL, false, IGNORED, 0},
+        {"none_normal_trapping", FROM_NONE, AR_NORMAL, true, TRAPPED, 0},
+        {"proc_normal_plain", FROM_PROC, AR_NORMAL, false, IGNORED, 0},
+        {"proc_normal_trapping", FROM_PROC, AR_NORMAL, true, TRAPPED, 0},
+        {"link_normal_plain", FROM_LINK, AR_NORMAL, false, IGNORED, 0},
+        {"link_normal_trapping", FROM_LINK, AR_NORMAL, true, TRAPPED, 0},
+        {"self_normal_plain", FROM_SELF, AR_NORMAL, false, ENDS, AR_NORMAL},
+        {"self_normal_trapping", FROM_SELF, AR_NORMAL, true, TRAPPED, 0},
+        /* any other reason: the target ends with it unless it traps */
+        {"none_error_plain", FROM_NONE, AR_ERROR, false, ENDS, AR_ERROR},
+        {"none_error_trapping", FROM_NONE, AR_ERROR, true, TRAPPED, 0},
+        {"proc_shutdown_plain", FROM_PROC, AR_SHUTDOWN, false, ENDS, AR_SHUTDOWN},
+        {"proc_error_trapping", FROM_PROC, AR_ERROR, true, TRAPPED, 0},
+        {"link_error_plain", FROM_LINK, AR_ERROR, false, ENDS, AR_ERROR},
+        {"link_shutdown_trapping", FROM_LINK, AR_SHUTDOWN, true, TRAPPED, 0},
+        {"self_shutdown_plain", FROM_SELF, AR_SHUTDOWN, false, ENDS, AR_SHUTDOWN},
+        {"self_shutdown_trapping", FROM_SELF, AR_SHUTDOWN, true, TRAPPED, 0},
+        {"self_error_trapping", FROM_SELF, AR_ERROR, true, TRAPPED, 0},
+    };
+    return TH_ROWS(exit_row_t, rows);
+}
+
+ParameterizedTest(exit_row_t *r, signal, exit_signal_arrival, .timeout = TH_TIMEOUT)
+{
+    th_row_begin(r->name);
     ar_node_t *node = th_node(2);
-    agent_t *plain = new_agent(), *trapping = new_agent(), *watcher = new_agent();
-    ar_pid_t p = spawn_agent(node, plain, false);
-    ar_pid_t t = spawn_agent(node, trapping, true);
-    ar_pid_t w = spawn_agent(node, watcher, true);
-    do_link(node, w, t);
-    ar_ref_t ref = do_monitor(node, w, p);
-
-    cr_assert_eq(ar_exit(node, p, AR_REASON(AR_KILL)), 0);
-    cr_assert_eq(ar_exit(node, t, AR_REASON(AR_KILL)), 0);
-    assert_ended(plain, AR_KILLED, NULL);
-    assert_ended(trapping, AR_KILLED, NULL);
-    cr_assert_eq(th_log_len(&trapping->log), 0, "a trapping process got the kill as a message");
-
-    /* Links and monitors see AR_KILLED. */
-    th_await(th_log_len(&watcher->log) == 2);
-    for (size_t i = 0; i < 2; i++) {
-        const th_entry_t *e = entry(watcher, i);
-        if (e->kind == AR_MSG_EXIT)
-            assert_exit(watcher, i, t, AR_KILLED);
-        else
-            assert_down(watcher, i, p, ref, AR_KILLED);
+    agent_t *tg = new_agent(), *obs = new_agent();
+    ar_pid_t t = spawn_agent(node, tg, r->trap);
+    ar_pid_t o = spawn_agent(node, obs, true);
+    do_link(node, o, t);
+    ar_ref_t ro = do_monitor(node, o, t);
+    const char *text = r->code == AR_ERROR ? CUSTOM_TEXT : NULL;
+    cmd_t c = {.code = r->code};
+    if (text) snprintf(c.text, sizeof c.text, "%s", text);
+    ar_pid_t from = AR_PID_NONE;
+    ar_ref_t rs = 0; /* FROM_LINK: the target's monitor of the sender */
+    if (r->via == FROM_NONE) {
+        char buf[sizeof c.text];
+        memcpy(buf, c.text, sizeof buf);
+        cr_assert_eq(ar_exit(node, t, (ar_reason_t){r->code, text ? buf : NULL}), 0);
+        memset(buf, 'Z', sizeof buf - 1); /* the runtime keeps its own copy */
+    } else if (r->via == FROM_PROC) {
+        from = spawn_agent(node, new_agent(), false);
+        c.pid = t;
+        c.flag = true;
+        cr_assert_eq(ctl(node, from, CMD_EXIT, c).rc, 0);
+    } else if (r->via == FROM_LINK) {
+        from = spawn_agent(node, new_agent(), false);
+        do_link(node, t, from);
+        rs = do_monitor(node, t, from);
+        if (text) crash(node, from, text);
+        else act(node, from, CAST_STOP, c);
+    } else {
+        from = t;
+        act(node, t, CAST_EXIT_SELF, c);
     }
-    cr_assert_neq(entry(watcher, 0)->kind, entry(watcher, 1)->kind);
-    assert_alive(node, w, watcher);
-    th_node_stop(node);
-}
 
-Test(signal, kill_reason_through_a_link_stays_kill, .timeout = TH_TIMEOUT)
-{
-    ar_node_t *node = th_node(2);
-    agent_t *dying = new_agent(), *plain = new_agent(), *trapping = new_agent();
-    ar_pid_t d = spawn_agent(node, dying, false);
-    ar_pid_t p = spawn_agent(node, plain, false);
-    ar_pid_t t = spawn_agent(node, trapping, true);
-    do_link(node, p, d);
-    do_link(node, t, d);
-    act(node, d, CAST_STOP, (cmd_t){.code = AR_KILL});
-    assert_ended(dying, AR_KILL, NULL);
-    assert_ended(plain, AR_KILL, NULL);
-    th_await(th_log_len(&trapping->log) == 1);
-    assert_exit(trapping, 0, d, AR_KILL);
-    assert_alive(node, t, trapping);
-    th_node_stop(node);
-}
-
-/* ---- normal exits ----------------------------------------------------------------------- */
-Test(signal, normal_exit_signal_is_ignored_unless_trapping, .timeout = TH_TIMEOUT)
-{
-    ar_node_t *node = th_node(2);
-    agent_t *x = new_agent(), *plain = new_agent(), *trapping = new_agent();
-    ar_pid_t xp = spawn_agent(node, x, false);
-    ar_pid_t p = spawn_agent(node, plain, false);
-    ar_pid_t t = spawn_agent(node, trapping, true);
-
-    /* From a process, with a marker after it. */
-    cr_assert_eq(ctl(node, xp, CMD_EXIT, (cmd_t){.pid = p, .code = AR_NORMAL, .flag = true}).rc, 0);
-    cr_assert_eq(ctl(node, xp, CMD_EXIT, (cmd_t){.pid = t, .code = AR_NORMAL, .flag = true}).rc, 0);
-    th_await(th_log_len(&plain->log) == 1);
-    assert_marker(plain, 0);
-    th_await(th_log_len(&trapping->log) == 2);
-    assert_exit(trapping, 0, xp, AR_NORMAL);
-    assert_marker(trapping, 1);
-
-    /* From the test thread: the sender is no process. */
-    cr_assert_eq(ar_exit(node, p, AR_REASON(AR_NORMAL)), 0);
-    cr_assert_eq(ar_exit(node, t, AR_REASON(AR_NORMAL)), 0);
-    cr_assert_eq(th_sync(node, p), 1, "the normal exit became a message");
-    th_await(th_log_len(&trapping->log) == 3);
-    assert_exit(trapping, 2, AR_PID_NONE, AR_NORMAL);
-    assert_alive(node, p, plain);
-    assert_alive(node, t, trapping);
-    th_node_stop(node);
-}
-
-Test(signal, normal_end_of_a_linked_process_is_ignored_unless_trapping, .timeout = TH_TIMEOUT)
-{
-    ar_node_t *node = th_node(2);
-    agent_t *d = new_agent(), *plain = new_agent(), *trapping = new_agent();
-    ar_pid_t dp = spawn_agent(node, d, false);
-    ar_pid_t p = spawn_agent(node, plain, false);
-    ar_pid_t t = spawn_agent(node, trapping, true);
-    do_link(node, p, dp);
-    do_link(node, t, dp);
-    ar_ref_t rp = do_monitor(node, p, dp);
-    ar_ref_t rt = do_monitor(node, t, dp);
-    act(node, dp, CAST_STOP, (cmd_t){.code = AR_NORMAL});
-    assert_ended(d, AR_NORMAL, NULL);
-    /* The DOWN follows the (dropped) exit signal from the same process. */
-    th_await(th_log_len(&plain->log) == 1);
-    assert_down(plain, 0, dp, rp, AR_NORMAL);
-    th_await(th_log_len(&trapping->log) == 2);
-    assert_exit(trapping, 0, dp, AR_NORMAL);
-    assert_down(trapping, 1, dp, rt, AR_NORMAL);
-    assert_alive(node, p, plain);
-    assert_alive(node, t, trapping);
-    cr_assert_eq(th_log_len(&plain->log), 1);
-    th_node_stop(node);
-}
-
-Test(signal, exit_to_self_with_normal_ends_the_process_unless_trapping, .timeout = TH_TIMEOUT)
-{
-    ar_node_t *node = th_node(2);
-    agent_t *plain = new_agent(), *trapping = new_agent();
-    ar_pid_t p = spawn_agent(node, plain, false);
-    ar_pid_t t = spawn_agent(node, trapping, true);
-    act(node, p, CAST_EXIT_SELF, (cmd_t){.code = AR_NORMAL});
-    act(node, t, CAST_EXIT_SELF, (cmd_t){.code = AR_NORMAL});
-    assert_ended(plain, AR_NORMAL, NULL);
-    th_await(!th_proc_alive(node, p));
-    th_await(th_log_len(&trapping->log) == 2);
-    cr_assert_eq(trapping->rc, 0);
-    assert_exit(trapping, 0, t, AR_NORMAL);
-    assert_marker(trapping, 1);
-    assert_alive(node, t, trapping);
+    if (r->want == ENDS) {
+        assert_ended(tg, r->end, text);
+        th_await(!th_proc_alive(node, t));
+        cr_assert_eq(th_log_len(&tg->log), 0,
+                     TH_AT "the target handled a message after the signal (kind %d)", TH_ROW,
+                     tg->log.e[0].kind);
+        th_await(th_log_len(&obs->log) == 2);
+        size_t ex = entry(obs, 0)->kind == AR_MSG_EXIT ? 0 : 1;
+        assert_exit(obs, ex, t, r->end);
+        assert_down(obs, 1 - ex, t, ro, r->end);
+        assert_alive(node, o, obs);
+        th_node_stop(node);
+        return;
+    }
+    /* lives on: the EXIT if trapped, then the marker (or the DOWN) */
+    size_t n = (r->want == TRAPPED) + (r->via != FROM_NONE), i = 0;
+    th_await(th_log_len(&tg->log) >= n);
+    if (r->want == TRAPPED) {
+        assert_exit(tg, i, from, r->code);
+        if (text)
+            cr_assert_str_eq(tg->text[i], text, TH_AT "the EXIT's text \"%s\"", TH_ROW,
+                             tg->text[i]);
+        i++;
+    }
+    if (r->via == FROM_LINK) assert_down(tg, i, from, rs, r->code);
+    else if (r->via != FROM_NONE) assert_marker(tg, i);
+    assert_alive(node, t, tg);
+    cr_assert_eq(th_log_len(&tg->log), n, TH_AT "%zu entries, want %zu", TH_ROW,
+                 th_log_len(&tg->log), n);
+    if (r->via == FROM_SELF) cr_assert_eq(tg->rc, 0, TH_AT "ar_exit(self): %s", TH_ROW,
+                                          ar_err_name(tg->rc));
+    (void)th_sync(node, o);
+    cr_assert_eq(th_log_len(&obs->log), 0, TH_AT "the observer got a signal from a live target",
+                 TH_ROW);
     th_node_stop(node);
 }
 
@@ -543,12 +608,9 @@ Test(signal, unlink_then_death_gives_no_exit, .timeout = TH_TIMEOUT)
 Test(signal, link_to_a_dead_pid_is_enoproc_and_changes_nothing, .timeout = TH_TIMEOUT)
 {
     ar_node_t *node = th_node(2);
-    agent_t *a = new_agent(), *dead = new_agent();
+    agent_t *a = new_agent();
     ar_pid_t ap = spawn_agent(node, a, true);
-    ar_pid_t dp = spawn_agent(node, dead, false);
-    act(node, dp, CAST_STOP, (cmd_t){.code = AR_SHUTDOWN});
-    await_end(dead);
-    th_await(!th_proc_alive(node, dp));
+    ar_pid_t dp = dead_agent(node, NULL);
     cr_assert_eq(ctl(node, ap, CMD_LINK, (cmd_t){.pid = dp}).rc, AR_ENOPROC);
     cr_assert_eq(info_of(node, ap).links, 0);
     /* No exit signal: a marker from the test thread is all that arrives. */
@@ -672,62 +734,69 @@ Test(signal, trap_flag_changed_between_send_and_arrival_arrival_decides,
 }
 
 /* ---- spawn with .link ------------------------------------------------------------------- */
-static void spawn_linked(ar_node_t *node, ar_pid_t parent, agent_t *pa, agent_t *child)
+/* A parent (trapping or not) spawns a child with .link. A child that crashes in its first
+ * handler or stops in init still sends its exit signal through the link (the link was made
+ * atomically with the spawn): a trapping parent gets the EXIT (the marker the parent sends
+ * itself after the spawn may come first), a plain one ends with the reason. A child whose
+ * init fails was never started: ar_spawn returns init's result and nothing is signalled. */
+typedef struct spawn_link_row {
+    char name[48];
+    enum init_mode child;
+    bool trap; /* the parent's */
+} spawn_link_row_t;
+
+ParameterizedTestParameters(signal, spawn_link_child_ending_at_once)
 {
-    act(node, parent, CAST_SPAWN, (cmd_t){.ptr = child, .flag = true});
-    th_await(atomic_load(&pa->done) == 1);
+    static spawn_link_row_t rows[] = {
+        {"crash_in_first_handler_trapping_parent", INIT_CRASH_FIRST, true},
+        {"crash_in_first_handler_plain_parent", INIT_CRASH_FIRST, false},
+        {"stop_in_init_trapping_parent", INIT_STOP, true},
+        {"stop_in_init_plain_parent", INIT_STOP, false},
+        {"init_fails_trapping_parent", INIT_FAIL, true},
+        {"init_fails_plain_parent", INIT_FAIL, false},
+    };
+    return TH_ROWS(spawn_link_row_t, rows);
 }
 
-Test(signal, spawn_link_child_dying_in_first_handler_signals_trapping_parent,
-     .timeout = TH_TIMEOUT)
+ParameterizedTest(spawn_link_row_t *r, signal, spawn_link_child_ending_at_once,
+                  .timeout = TH_TIMEOUT)
 {
+    th_row_begin(r->name);
     ar_node_t *node = th_node(2);
     agent_t *p = new_agent(), *c = new_agent();
-    c->init_mode = INIT_CRASH_FIRST;
-    ar_pid_t pp = spawn_agent(node, p, true);
-    spawn_linked(node, pp, p, c);
-    cr_assert_eq(p->rc, 0, "spawn: %s", ar_err_name(p->rc));
-    assert_ended(c, AR_ERROR, "first handler");
-    /* marker (sent by the parent after spawn) and the EXIT, in either order */
-    th_await(th_log_len(&p->log) == 2);
-    size_t ex = entry(p, 0)->kind == AR_MSG_EXIT ? 0 : 1;
-    assert_exit(p, ex, p->pid, AR_ERROR);
-    cr_assert_str_eq(p->text[ex], "first handler");
-    assert_marker(p, 1 - ex);
-    assert_alive(node, pp, p);
-    cr_assert_eq(info_of(node, pp).links, 0);
-    th_node_stop(node);
-}
-
-Test(signal, spawn_link_child_dying_in_first_handler_kills_non_trapping_parent,
-     .timeout = TH_TIMEOUT)
-{
-    ar_node_t *node = th_node(2);
-    agent_t *p = new_agent(), *c = new_agent();
-    c->init_mode = INIT_CRASH_FIRST;
-    ar_pid_t pp = spawn_agent(node, p, false);
-    spawn_linked(node, pp, p, c);
-    cr_assert_eq(p->rc, 0, "spawn: %s", ar_err_name(p->rc));
-    assert_ended(c, AR_ERROR, "first handler");
-    assert_ended(p, AR_ERROR, "first handler");
-    th_await(!th_proc_alive(node, pp));
-    th_node_stop(node);
-}
-
-Test(signal, spawn_link_child_stopping_in_init_still_signals_the_parent,
-     .timeout = TH_TIMEOUT)
-{
-    ar_node_t *node = th_node(2);
-    agent_t *p = new_agent(), *c = new_agent();
-    c->init_mode = INIT_STOP;
-    ar_pid_t pp = spawn_agent(node, p, true);
-    spawn_linked(node, pp, p, c);
-    cr_assert_eq(p->rc, 0, "spawn: %s", ar_err_name(p->rc));
-    assert_ended(c, AR_SHUTDOWN, NULL);
-    th_await(th_log_len(&p->log) == 2);
-    size_t ex = entry(p, 0)->kind == AR_MSG_EXIT ? 0 : 1;
-    assert_exit(p, ex, p->pid, AR_SHUTDOWN);
-    assert_marker(p, 1 - ex);
+    c->init_mode = r->child;
+    ar_pid_t pp = spawn_agent(node, p, r->trap);
+    act(node, pp, CAST_SPAWN, (cmd_t){.ptr = c, .flag = true});
+    th_await(atomic_load(&p->done) == 1);
+    if (r->child == INIT_FAIL) {
+        cr_assert_eq(p->rc, INIT_FAIL_RC, TH_AT "spawn: %s", TH_ROW, ar_err_name(p->rc));
+        cr_assert_eq(atomic_load(&c->log.inits), 1);
+        th_await(th_log_len(&p->log) >= 1);
+        assert_alive(node, pp, p);
+        cr_assert_eq(th_log_len(&p->log), 1,
+                     TH_AT "a signal came from a child whose init failed", TH_ROW);
+        assert_marker(p, 0);
+        cr_assert_eq(info_of(node, pp).links, 0);
+        cr_assert_eq(atomic_load(&c->log.terminates), 0);
+        th_node_stop(node);
+        return;
+    }
+    cr_assert_eq(p->rc, 0, TH_AT "spawn: %s", TH_ROW, ar_err_name(p->rc));
+    ar_exit_code_t code = r->child == INIT_STOP ? AR_SHUTDOWN : AR_ERROR;
+    const char *text = r->child == INIT_STOP ? NULL : "first handler";
+    assert_ended(c, code, text);
+    if (r->trap) {
+        th_await(th_log_len(&p->log) == 2);
+        size_t ex = entry(p, 0)->kind == AR_MSG_EXIT ? 0 : 1;
+        assert_exit(p, ex, p->pid, code);
+        if (text) cr_assert_str_eq(p->text[ex], text);
+        assert_marker(p, 1 - ex);
+        assert_alive(node, pp, p);
+        cr_assert_eq(info_of(node, pp).links, 0);
+    } else {
+        assert_ended(p, code, text);
+        th_await(!th_proc_alive(node, pp));
+    }
     th_node_stop(node);
 }
 
@@ -747,64 +816,44 @@ Test(signal, spawn_link_outside_a_process_is_enotproc, .timeout = TH_TIMEOUT)
     th_node_stop(node);
 }
 
-Test(signal, spawn_link_child_whose_init_fails_sends_no_exit, .timeout = TH_TIMEOUT)
+/* ---- killing a parked process ------------------------------------------------------------ */
+/* A process parked for a minute in a call (to a server that never answers), a receive or a
+ * sleep ends at once on an exit signal: well within the helpers' wait, long before its
+ * park would end, and its parked call never returns. */
+#define PARK_MS 60000
+typedef struct parked_row {
+    char name[24];
+    uint32_t park; /* CAST_CALL, CAST_RECEIVE or CAST_SLEEP */
+    ar_exit_code_t code;
+} parked_row_t;
+
+ParameterizedTestParameters(signal, process_parked_ends_at_once_on_an_exit_signal)
 {
-    ar_node_t *node = th_node(2);
-    agent_t *p = new_agent(), *c = new_agent();
-    c->init_mode = INIT_FAIL;
-    ar_pid_t pp = spawn_agent(node, p, true);
-    spawn_linked(node, pp, p, c);
-    cr_assert_eq(p->rc, INIT_FAIL_RC, "spawn: %s", ar_err_name(p->rc));
-    cr_assert_eq(atomic_load(&c->log.inits), 1);
-    th_await(th_log_len(&p->log) >= 1);
-    (void)th_sync(node, pp);
-    cr_assert_eq(th_log_len(&p->log), 1, "a signal came from a child whose init failed");
-    assert_marker(p, 0);
-    cr_assert_eq(info_of(node, pp).links, 0);
-    cr_assert_eq(atomic_load(&c->log.terminates), 0);
-    th_node_stop(node);
+    static parked_row_t rows[] = {
+        {"call_killed", CAST_CALL, AR_KILL},       {"receive_killed", CAST_RECEIVE, AR_KILL},
+        {"sleep_killed", CAST_SLEEP, AR_KILL},     {"call_shutdown", CAST_CALL, AR_SHUTDOWN},
+        {"receive_shutdown", CAST_RECEIVE, AR_SHUTDOWN},
+        {"sleep_shutdown", CAST_SLEEP, AR_SHUTDOWN},
+    };
+    return TH_ROWS(parked_row_t, rows);
 }
 
-/* ---- killing a parked process ------------------------------------------------------------ */
-static void check_parked_dies_promptly(ar_exit_code_t code)
+ParameterizedTest(parked_row_t *r, signal, process_parked_ends_at_once_on_an_exit_signal,
+                  .timeout = TH_TIMEOUT)
 {
+    th_row_begin(r->name);
     ar_node_t *node = th_node(2);
     static th_log_t silent; /* a call target that never answers */
-    memset(&silent, 0, sizeof silent);
     ar_pid_t srv = th_spawn(node, &th_recorder, &silent);
-    const uint32_t tags[3] = {CAST_CALL, CAST_RECEIVE, CAST_SLEEP};
-    agent_t *ag[3];
-    ar_pid_t pids[3];
-    for (int i = 0; i < 3; i++) {
-        ag[i] = new_agent();
-        pids[i] = spawn_agent(node, ag[i], false);
-        act(node, pids[i], tags[i], (cmd_t){.pid = srv, .n = 10000});
-    }
-    for (int i = 0; i < 3; i++) th_await(th_proc_blocked(node, pids[i]));
-    for (int i = 0; i < 3; i++) {
-        uint64_t t0 = th_now_ns();
-        cr_assert_eq(ar_exit(node, pids[i], AR_REASON(code)), 0);
-        await_end(ag[i]);
-        double ms = th_ms_since(t0);
-        cr_assert_eq(ag[i]->log.why, code == AR_KILL ? AR_KILLED : code,
-                     "parked process %d ended with %s", i, ar_exit_code_name(ag[i]->log.why));
-        cr_assert_lt(ms, 3000.0, "parked process %d took %.0f ms to die", i, ms);
-        cr_assert_eq(atomic_load(&ag[i]->done), 0, "the parked call returned first");
-        th_await(!th_proc_alive(node, pids[i]));
-    }
+    agent_t *a = new_agent();
+    ar_pid_t pid = spawn_agent(node, a, false);
+    act(node, pid, r->park, (cmd_t){.pid = srv, .n = PARK_MS});
+    th_await(th_proc_blocked(node, pid));
+    cr_assert_eq(ar_exit(node, pid, AR_REASON(r->code)), 0);
+    assert_ended(a, r->code == AR_KILL ? AR_KILLED : r->code, NULL);
+    cr_assert_eq(atomic_load(&a->done), 0, TH_AT "the parked call returned first", TH_ROW);
+    th_await(!th_proc_alive(node, pid));
     th_node_stop(node);
-}
-
-Test(signal, process_parked_in_call_receive_or_sleep_killed_dies_promptly,
-     .timeout = TH_TIMEOUT)
-{
-    check_parked_dies_promptly(AR_KILL);
-}
-
-Test(signal, process_parked_in_call_receive_or_sleep_ended_by_exit_signal_dies_promptly,
-     .timeout = TH_TIMEOUT)
-{
-    check_parked_dies_promptly(AR_SHUTDOWN);
 }
 
 /* ---- a kill overtakes a full mailbox ----------------------------------------------------- */
@@ -856,6 +905,108 @@ Test(signal, kill_to_a_process_with_100k_queued_messages_skips_them, .timeout = 
     th_node_stop(node);
 }
 
+/* ---- one sender's order across kinds of signal ------------------------------------------ */
+/* A sender (trapping) runs a script against a trapping target in one handler run: messages,
+ * link, unlink, monitor, demonitor and ar_exit (see run_script). The target must log the
+ * messages and the EXITs exactly in script order, and once it has handled the last message
+ * every earlier link/unlink and monitor/demonitor has acted, in order: the target's links
+ * and monitored_by are what the script leaves (an unlink acted on before its link would
+ * leave a link, a demonitor before its monitor a monitor). Then the sender ends: an EXIT
+ * through the link if the script left one, never after link-then-unlink, and the DOWN of
+ * the target's monitor after it. A script ending with 'k' crashes the target with a message
+ * instead: the link and monitor sent before it are in place when it dies, so the sender
+ * gets the target's own reason (not AR_NOPROC, not nothing). */
+Test(signal, one_senders_messages_and_signals_arrive_in_the_order_sent, .timeout = TH_TIMEOUT)
+{
+    static const struct {
+        const char *name, *script;
+    } rows[] = {
+        {"unlinked_at_death", "mLmUmMmDmXm"},
+        {"linked_again_at_death", "mLmUmLmXmMm"},
+        {"exits_around_link_and_unlink", "XLmXmUmXMmDm"},
+        {"link_and_monitor_before_the_fatal_message", "mLmMmXk"},
+        {"link_and_monitor_right_before_the_fatal_message", "LMk"},
+    };
+    ar_node_t *node = th_node(2);
+    for (size_t k = 0; k < sizeof rows / sizeof rows[0]; k++) {
+        th_row_begin(rows[k].name);
+        const char *script = rows[k].script;
+        /* the model: the target's entries ('m' or 'X'), and what the script leaves */
+        char want[32];
+        size_t n = 0;
+        bool linked = false, fatal = false;
+        int monitors = 0;
+        for (const char *p = script; *p; p++) {
+            if (*p == 'm' || *p == 'X') want[n++] = *p;
+            linked = *p == 'L' ? true : *p == 'U' ? false : linked;
+            monitors += *p == 'M' ? 1 : *p == 'D' ? -1 : 0;
+            fatal = fatal || *p == 'k';
+        }
+        agent_t *sa = new_agent(), *ta = new_agent();
+        ar_pid_t s = spawn_agent(node, sa, true);
+        ar_pid_t t = spawn_agent(node, ta, true);
+        ar_ref_t rd = fatal ? 0 : do_monitor(node, t, s); /* the sender's end closes the log */
+        cmd_t c = {.pid = t};
+        snprintf(c.text, sizeof c.text, "%s", script);
+        act(node, s, CAST_SCRIPT, c);
+        th_await(atomic_load(&sa->done) == 1);
+        cr_assert_eq(sa->rc2, 0, TH_AT "%d calls of the script failed", TH_ROW, sa->rc2);
+        th_await(th_log_len(&ta->log) >= n);
+        for (size_t i = 0, seq = 0; i < n; i++) {
+            const th_entry_t *e = entry(ta, i);
+            if (want[i] == 'X') {
+                assert_exit(ta, i, s, AR_ERROR);
+                cr_assert_str_eq(ta->text[i], ORDER_TEXT);
+                continue;
+            }
+            int got = -1;
+            if (e->len == sizeof got) memcpy(&got, e->data, sizeof got);
+            cr_assert(e->kind == AR_MSG_CAST && e->tag == TAG_DATA && got == (int)seq,
+                      TH_AT "entry %zu: kind %d tag %u number %d, want message %zu", TH_ROW, i,
+                      e->kind, e->tag, got, seq);
+            seq++;
+        }
+        if (fatal) {
+            assert_ended(ta, AR_ERROR, FATAL_TEXT);
+            cr_assert_eq(th_log_len(&ta->log), n);
+            size_t got = (size_t)linked + (size_t)monitors;
+            th_await(th_log_len(&sa->log) >= got);
+            for (size_t i = 0; i < got; i++) {
+                if (entry(sa, i)->kind == AR_MSG_EXIT) assert_exit(sa, i, t, AR_ERROR);
+                else assert_down(sa, i, t, sa->ref, AR_ERROR);
+                cr_assert_str_eq(sa->text[i], FATAL_TEXT, TH_AT "entry %zu: text \"%s\"", TH_ROW,
+                                 i, sa->text[i]);
+            }
+            if (got == 2)
+                cr_assert_neq(entry(sa, 0)->kind, entry(sa, 1)->kind,
+                              TH_AT "two of one kind, want an EXIT and a DOWN", TH_ROW);
+            assert_alive(node, s, sa);
+            cr_assert_eq(th_log_len(&sa->log), got);
+            continue;
+        }
+        /* the last entry is a message: every signal sent before it has acted */
+        ar_proc_info_t ti = info_of(node, t);
+        cr_assert_eq(ti.links, linked ? 1u : 0u, TH_AT "the target has %zu links, want %d",
+                     TH_ROW, ti.links, (int)linked);
+        cr_assert_eq(ti.monitored_by, (size_t)monitors,
+                     TH_AT "the target is monitored %zu times, want %d", TH_ROW, ti.monitored_by,
+                     monitors);
+        crash(node, s, "sender ends");
+        await_end(sa);
+        th_await(th_log_len(&ta->log) >= n + 1 + linked);
+        if (linked) {
+            assert_exit(ta, n, s, AR_ERROR);
+            cr_assert_str_eq(ta->text[n], "sender ends");
+        }
+        assert_down(ta, n + linked, s, rd, AR_ERROR);
+        assert_alive(node, t, ta);
+        cr_assert_eq(th_log_len(&ta->log), n + 1 + linked, TH_AT "%zu entries, want %zu", TH_ROW,
+                     th_log_len(&ta->log), n + 1 + linked);
+        th_await(info_of(node, t).links == 0 && info_of(node, t).monitored_by == 0);
+    }
+    th_node_stop(node);
+}
+
 /* ---- message order before EXIT and DOWN ------------------------------------------------- */
 Test(signal, last_messages_before_the_end_arrive_before_exit_and_down, .timeout = TH_TIMEOUT)
 {
@@ -893,12 +1044,9 @@ Test(signal, last_messages_before_the_end_arrive_before_exit_and_down, .timeout 
 Test(signal, monitor_of_a_dead_pid_gives_an_immediate_noproc_down, .timeout = TH_TIMEOUT)
 {
     ar_node_t *node = th_node(2);
-    agent_t *a = new_agent(), *dead = new_agent();
+    agent_t *a = new_agent();
     ar_pid_t ap = spawn_agent(node, a, false);
-    ar_pid_t dp = spawn_agent(node, dead, false);
-    act(node, dp, CAST_STOP, (cmd_t){.code = AR_NORMAL});
-    await_end(dead);
-    th_await(!th_proc_alive(node, dp));
+    ar_pid_t dp = dead_agent(node, NULL);
     ar_ref_t ref = do_monitor(node, ap, dp);
     th_await(th_log_len(&a->log) == 1);
     assert_down(a, 0, dp, ref, AR_NOPROC);
@@ -972,29 +1120,44 @@ Test(signal, demonitor_without_flush_adds_no_new_down, .timeout = TH_TIMEOUT)
 }
 
 /* The DOWN is already queued (the monitoring process is parked in a receive that does not
- * match it) when demonitor runs. */
-static void check_demonitor_queued(bool flush)
+ * match it) when demonitor runs: without flush it stays, with flush it is removed. */
+typedef struct demonitor_row {
+    char name[40];
+    bool flush;
+} demonitor_row_t;
+
+ParameterizedTestParameters(signal, demonitor_of_a_queued_down)
 {
+    static demonitor_row_t rows[] = {
+        {"without_flush_keeps_it", false},
+        {"with_flush_removes_it", true},
+    };
+    return TH_ROWS(demonitor_row_t, rows);
+}
+
+ParameterizedTest(demonitor_row_t *r, signal, demonitor_of_a_queued_down, .timeout = TH_TIMEOUT)
+{
+    th_row_begin(r->name);
     ar_node_t *node = th_node(2);
     agent_t *a = new_agent(), *b = new_agent();
     ar_pid_t ap = spawn_agent(node, a, false);
     ar_pid_t bp = spawn_agent(node, b, false);
-    act(node, ap, CAST_HOLD_DEMONITOR, (cmd_t){.pid = bp, .flag = flush});
+    act(node, ap, CAST_HOLD_DEMONITOR, (cmd_t){.pid = bp, .flag = r->flush});
     th_await(atomic_load(&a->done) == 1);
-    cr_assert_eq(a->rc, 0, "ar_monitor: %s", ar_err_name(a->rc));
+    cr_assert_eq(a->rc, 0, TH_AT "ar_monitor: %s", TH_ROW, ar_err_name(a->rc));
     th_await(th_proc_blocked(node, ap));
     crash(node, bp, "queued down");
     await_end(b);
     th_await(atomic_load(&a->seen_down) == 1);
     th_send(node, ap, TAG_GO, NULL, 0);
-    th_await(th_log_len(&a->log) >= (flush ? 1u : 2u));
+    th_await(th_log_len(&a->log) >= (r->flush ? 1u : 2u));
     (void)th_sync(node, ap);
-    cr_assert_eq(a->rc2, 0, "ar_demonitor: %s", ar_err_name(a->rc2));
-    if (flush) {
-        cr_assert_eq(th_log_len(&a->log), 1, "flush left the DOWN queued");
+    cr_assert_eq(a->rc2, 0, TH_AT "ar_demonitor: %s", TH_ROW, ar_err_name(a->rc2));
+    if (r->flush) {
+        cr_assert_eq(th_log_len(&a->log), 1, TH_AT "flush left the DOWN queued", TH_ROW);
         assert_marker(a, 0);
     } else {
-        cr_assert_eq(th_log_len(&a->log), 2);
+        cr_assert_eq(th_log_len(&a->log), 2, TH_AT "%zu entries", TH_ROW, th_log_len(&a->log));
         assert_down(a, 0, bp, a->ref, AR_ERROR);
         assert_marker(a, 1);
     }
@@ -1002,26 +1165,13 @@ static void check_demonitor_queued(bool flush)
     th_node_stop(node);
 }
 
-Test(signal, demonitor_without_flush_keeps_a_queued_down, .timeout = TH_TIMEOUT)
-{
-    check_demonitor_queued(false);
-}
-
-Test(signal, demonitor_with_flush_removes_a_queued_down, .timeout = TH_TIMEOUT)
-{
-    check_demonitor_queued(true);
-}
-
 Test(signal, demonitor_with_flush_of_a_dead_pid_monitor_leaves_no_down,
      .timeout = TH_TIMEOUT)
 {
     ar_node_t *node = th_node(2);
-    agent_t *a = new_agent(), *dead = new_agent();
+    agent_t *a = new_agent();
     ar_pid_t ap = spawn_agent(node, a, false);
-    ar_pid_t dp = spawn_agent(node, dead, false);
-    act(node, dp, CAST_STOP, (cmd_t){.code = AR_NORMAL});
-    await_end(dead);
-    th_await(!th_proc_alive(node, dp));
+    ar_pid_t dp = dead_agent(node, NULL);
     act(node, ap, CAST_DEAD_DEMONITOR, (cmd_t){.pid = dp, .flag = true});
     th_await(th_log_len(&a->log) >= 1);
     (void)th_sync(node, ap);
@@ -1156,11 +1306,8 @@ Test(signal, trap_exit_returns_the_old_value, .timeout = TH_TIMEOUT)
 Test(signal, exit_to_a_dead_pid_is_a_no_op_and_null_node_is_einval, .timeout = TH_TIMEOUT)
 {
     ar_node_t *node = th_node(2);
-    agent_t *dead = new_agent();
-    ar_pid_t dp = spawn_agent(node, dead, false);
-    act(node, dp, CAST_STOP, (cmd_t){.code = AR_NORMAL});
-    await_end(dead);
-    th_await(!th_proc_alive(node, dp));
+    agent_t *dead;
+    ar_pid_t dp = dead_agent(node, &dead);
     ar_node_stats_t s0 = th_stats(node);
     cr_assert_eq(ar_exit(node, dp, AR_REASON(AR_KILL)), 0);
     cr_assert_eq(ar_exit(node, dp, AR_REASON(AR_ERROR)), 0);
@@ -1172,89 +1319,59 @@ Test(signal, exit_to_a_dead_pid_is_a_no_op_and_null_node_is_einval, .timeout = T
 
 /* The link and the monitor are made while the target is busy in a handler, so their
  * signals are still queued when it ends: it was alive when ar_link / ar_monitor returned,
- * so its real reason comes back, as for any link or monitor. */
-static void check_busy_target_end(ar_exit_code_t code)
+ * so its real reason comes back, as for any link or monitor. A plain linked process ignores
+ * a normal end and ends with any other reason (AR_KILL through a link included); a
+ * trapping one gets the EXIT and the DOWN. */
+typedef struct busy_row {
+    char name[16];
+    ar_exit_code_t code;
+} busy_row_t;
+
+ParameterizedTestParameters(signal, busy_target_ending_with_link_and_monitor_queued)
 {
+    static busy_row_t rows[] = {
+        {"normal", AR_NORMAL}, {"shutdown", AR_SHUTDOWN}, {"error", AR_ERROR}, {"kill", AR_KILL},
+    };
+    return TH_ROWS(busy_row_t, rows);
+}
+
+ParameterizedTest(busy_row_t *r, signal, busy_target_ending_with_link_and_monitor_queued,
+                  .timeout = TH_TIMEOUT)
+{
+    th_row_begin(r->name);
     ar_node_t *node = th_node(2);
     agent_t *plain = new_agent(), *trapping = new_agent(), *b = new_agent();
     ar_pid_t p = spawn_agent(node, plain, false);
     ar_pid_t t = spawn_agent(node, trapping, true);
     ar_pid_t bp = spawn_agent(node, b, false);
-    act(node, bp, CAST_SPIN_THEN_STOP, (cmd_t){.code = (int)code});
+    act(node, bp, CAST_SPIN_THEN_STOP, (cmd_t){.code = (int)r->code});
     th_await(atomic_load(&b->spinning) == 1);
     do_link(node, p, bp);
     do_link(node, t, bp);
     ar_ref_t rp = do_monitor(node, p, bp);
     ar_ref_t rt = do_monitor(node, t, bp);
     atomic_store(&b->go, 1);
-    assert_ended(b, code, NULL);
+    assert_ended(b, r->code, NULL);
 
-    if (code == AR_NORMAL) {
+    if (r->code == AR_NORMAL) {
         /* The non-trapping one ignores a normal end: only the DOWN. */
         th_await(th_log_len(&plain->log) >= 1 || atomic_load(&plain->log.terminates) == 1);
         cr_assert_eq(atomic_load(&plain->log.terminates), 0,
-                     "a normal end killed a linked process (%s)",
+                     TH_AT "a normal end killed a linked process (%s)", TH_ROW,
                      ar_exit_code_name(plain->log.why));
-        assert_down(plain, 0, bp, rp, code);
+        assert_down(plain, 0, bp, rp, r->code);
         assert_alive(node, p, plain);
         cr_assert_eq(th_log_len(&plain->log), 1);
     } else {
-        assert_ended(plain, code, NULL);
+        assert_ended(plain, r->code, NULL);
     }
     /* The trapping one: the EXIT and the DOWN carry the real reason. */
     th_await(th_log_len(&trapping->log) >= 2);
     size_t ex = entry(trapping, 0)->kind == AR_MSG_EXIT ? 0 : 1;
-    assert_exit(trapping, ex, bp, code);
-    assert_down(trapping, 1 - ex, bp, rt, code);
+    assert_exit(trapping, ex, bp, r->code);
+    assert_down(trapping, 1 - ex, bp, rt, r->code);
     (void)th_sync(node, t);
     cr_assert_eq(th_log_len(&trapping->log), 2);
-    th_node_stop(node);
-}
-
-Test(signal, busy_target_ending_normally_with_link_and_monitor_queued_sends_normal,
-     .timeout = TH_TIMEOUT)
-{
-    check_busy_target_end(AR_NORMAL);
-}
-
-Test(signal, busy_target_ending_with_shutdown_with_link_and_monitor_queued_sends_shutdown,
-     .timeout = TH_TIMEOUT)
-{
-    check_busy_target_end(AR_SHUTDOWN);
-}
-
-Test(signal, exit_signal_text_is_copied_and_kept, .timeout = TH_TIMEOUT)
-{
-    ar_node_t *node = th_node(2);
-    agent_t *plain = new_agent(), *trapping = new_agent();
-    ar_pid_t p = spawn_agent(node, plain, false);
-    ar_pid_t t = spawn_agent(node, trapping, true);
-    char text[32] = "custom reason";
-    cr_assert_eq(ar_exit(node, t, (ar_reason_t){AR_ERROR, text}), 0);
-    cr_assert_eq(ar_exit(node, p, (ar_reason_t){AR_ERROR, text}), 0);
-    memset(text, 'Z', sizeof text - 1); /* the runtime keeps its own copy */
-    assert_ended(plain, AR_ERROR, "custom reason");
-    th_await(th_log_len(&trapping->log) == 1);
-    assert_exit(trapping, 0, AR_PID_NONE, AR_ERROR);
-    cr_assert_str_eq(trapping->text[0], "custom reason");
-    assert_alive(node, t, trapping);
-    th_node_stop(node);
-}
-
-Test(signal, exit_to_self_with_an_error_ends_the_process_unless_trapping,
-     .timeout = TH_TIMEOUT)
-{
-    ar_node_t *node = th_node(2);
-    agent_t *plain = new_agent(), *trapping = new_agent();
-    ar_pid_t p = spawn_agent(node, plain, false);
-    ar_pid_t t = spawn_agent(node, trapping, true);
-    act(node, p, CAST_EXIT_SELF, (cmd_t){.code = AR_SHUTDOWN});
-    act(node, t, CAST_EXIT_SELF, (cmd_t){.code = AR_SHUTDOWN});
-    assert_ended(plain, AR_SHUTDOWN, NULL);
-    th_await(th_log_len(&trapping->log) == 2);
-    assert_exit(trapping, 0, t, AR_SHUTDOWN);
-    assert_marker(trapping, 1);
-    assert_alive(node, t, trapping);
     th_node_stop(node);
 }
 
