@@ -32,11 +32,7 @@ static void release_owned(ar_proc_t *p)
         if (!(h->flags & ENVF_OWED)) ar__env_free(h);
     }
     ar__proc_cancel_timers(p);
-    if (p->wait_timer) { /* it ended while parked in a timed wait */
-        ar__timer_cancel(node, p->wait_timer);
-        p->wait_timer = NULL;
-    }
-    p->wait_ref = 0;
+    ar__wait_abandon(p); /* it ended while parked in a timed wait */
     struct ar__ask *a = p->ext ? p->ext->asks : NULL;
     while (a) {
         struct ar__ask *n = a->next;

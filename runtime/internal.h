@@ -390,6 +390,9 @@ ar__env_t *ar__wait(ar_proc_t *p, bool (*pred)(ar__env_t *, void *), void *ud);
 struct ar__timer *ar__wake_after(ar_proc_t *p, int ms);
 /* Ends a wait: its wake-up can no longer arrive unseen (a fired one is dropped). */
 void ar__wait_done(ar_proc_t *p, struct ar__timer *t);
+/* Ends the wait a fatal signal unwound p out of, if any: before terminate, whose own
+ * waits would take its place, and again as p ends. */
+void ar__wait_abandon(ar_proc_t *p);
 
 /* ---- Mailbox (mailbox.c) ------------------------------------------------------------ */
 void ar__mb_init(ar_proc_t *p, uintptr_t bits);

@@ -462,6 +462,7 @@ void ar__proc_exit(ar_proc_t *p, ar_reason_t why)
     uint32_t fl = atomic_load_explicit(&p->flags, memory_order_relaxed);
     atomic_store_explicit(&p->flags, (fl & ~(uint32_t)(P_EXITING | P_STOP)) | P_TERMINATING,
                           memory_order_relaxed);
+    ar__wait_abandon(p); /* the wait it was unwound out of, if it was */
     struct term_args t = {p, why};
     struct ar__catch c;
     catch_run(&c, p->stack, run_terminate, &t); /* a crash in terminate ends only it */

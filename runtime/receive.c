@@ -30,6 +30,11 @@ ar__timer_t *ar__wake_after(ar_proc_t *p, int ms)
     return t;
 }
 
+void ar__wait_abandon(ar_proc_t *p)
+{
+    ar__wait_done(p, p->wait_timer);
+}
+
 void ar__wait_done(ar_proc_t *p, ar__timer_t *t)
 {
     p->wait_ref = 0;

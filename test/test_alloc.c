@@ -772,3 +772,44 @@ Test(alloc, supervisor_calls_out_of_memory_return_an_error_or_succeed_and_leave_
 {
     sweep(sup_api_once);
 }
+
+/* A process killed while parked in a timed call, whose terminate then waits itself: the
+ * interrupted call's timer is released before terminate's own wait takes its place (it
+ * used to be overwritten and leaked). */
+static atomic_int timed_parked;
+static void timed_caller_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    ar_pid_t server;
+    memcpy(&server, m->data, sizeof server);
+    atomic_store(&timed_parked, 1);
+    ar_buf_t b = {0};
+    ar_call(ar_node(self), server, 1, NULL, 0, &b, 3600 * 1000);
+    ar_buf_free(&b);
+}
+static void sleepy_terminate(ar_proc_t *self, void *state, ar_reason_t why)
+{
+    (void)state, (void)why;
+    ar_sleep(self, 5);
+}
+static const ar_behaviour_t timed_caller_b = {"timed_caller", NULL, timed_caller_handle,
+                                              sleepy_terminate};
+static void silent_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    (void)self, (void)state, (void)m; /* never answers */
+}
+static const ar_behaviour_t silent_b = {"silent", NULL, silent_handle, NULL};
+
+Test(alloc, a_process_killed_in_a_timed_call_whose_terminate_waits_leaks_nothing,
+     .timeout = TH_TIMEOUT)
+{
+    th_alloc_install(&alloc);
+    ar_node_t *node = th_node(2);
+    ar_pid_t server = th_spawn(node, &silent_b, NULL);
+    ar_pid_t caller = th_spawn(node, &timed_caller_b, NULL);
+    th_send(node, caller, 1, &server, sizeof server);
+    th_await(atomic_load(&timed_parked) && th_proc_blocked(node, caller));
+    cr_assert_eq(ar_exit(node, caller, AR_REASON(AR_KILL)), 0);
+    th_await(!th_proc_alive(node, caller));
+    th_node_stop(node);
+    cr_assert_eq(atomic_load(&alloc.live), 0, "%ld blocks leaked", atomic_load(&alloc.live));
+}
