@@ -256,7 +256,8 @@ AR_EXTERN _Noreturn void ar__fail(ar_proc_t *self, const char *file, int line,
     __attribute__((format(printf, 4, 5)));
 AR_EXTERN _Noreturn void ar__assert_fail(ar_proc_t *self, const char *file, int line,
                                          const char *cond);
-/* Crashes the calling process with AR_ERROR and a formatted text. */
+/* Crashes the calling process with AR_ERROR and the formatted text, followed by
+ * " at file:line" (as AR_ASSERT does). */
 #define AR_FAIL(self, ...) ar__fail((self), __FILE__, __LINE__, __VA_ARGS__)
 /* Crashes the calling process with AR_ERROR ("assertion failed: cond at file:line"). */
 #define AR_ASSERT(self, cond)                                                      \

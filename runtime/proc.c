@@ -283,23 +283,34 @@ _Noreturn void ar_exit_self(ar_proc_t *self, ar_reason_t why)
     ar__proc_unwind(p);
 }
 
+/* The longest crash text AR_FAIL and AR_ASSERT make; the place always fits at its end. */
+#define CRASH_TEXT_MAX 512
+
+/* "<what> at <file>:<line>": both crash macros say where, the same way. */
+static _Noreturn void crash_at(ar_proc_t *self, const char *what, const char *file, int line)
+{
+    char where[160], text[CRASH_TEXT_MAX];
+    int wn = snprintf(where, sizeof where, " at %s:%d", file, line);
+    size_t keep = sizeof text - 1 - (size_t)(wn > 0 ? wn : 0);
+    snprintf(text, sizeof text, "%.*s%s", (int)keep, what, where);
+    ar_exit_self(self, (ar_reason_t){AR_ERROR, text});
+}
+
 _Noreturn void ar__fail(ar_proc_t *self, const char *file, int line, const char *fmt, ...)
 {
-    char text[512];
+    char what[CRASH_TEXT_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(text, sizeof text, fmt ? fmt : "failed", ap);
+    vsnprintf(what, sizeof what, fmt ? fmt : "failed", ap);
     va_end(ap);
-    (void)file;
-    (void)line;
-    ar_exit_self(self, (ar_reason_t){AR_ERROR, text});
+    crash_at(self, what, file, line);
 }
 
 _Noreturn void ar__assert_fail(ar_proc_t *self, const char *file, int line, const char *cond)
 {
-    char text[512];
-    snprintf(text, sizeof text, "assertion failed: %s at %s:%d", cond, file, line);
-    ar_exit_self(self, (ar_reason_t){AR_ERROR, text});
+    char what[CRASH_TEXT_MAX];
+    snprintf(what, sizeof what, "assertion failed: %s", cond);
+    crash_at(self, what, file, line);
 }
 
 ar_pid_t ar_self(ar_proc_t *self) { return self ? ar__proc_pid(self) : AR_PID_NONE; }

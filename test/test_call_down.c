@@ -82,7 +82,7 @@ static void server_terminate(ar_proc_t *self, void *state, ar_reason_t why)
     (void)self;
     server_t *s = state;
     s->why = why.code;
-    snprintf(s->why_text, sizeof s->why_text, "%s", why.text ? why.text : "");
+    th_reason_text(s->why_text, sizeof s->why_text, why.text);
     atomic_store(&s->ended, 1);
 }
 static const ar_behaviour_t server_b = {"server", arg_init, server_handle, server_terminate};
@@ -128,7 +128,7 @@ static void caller_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
     if (m->kind != AR_MSG_CAST || m->tag < ACT_CALL || m->len != sizeof k) {
         size_t i = th_log_len(&c->log);
         if (i < TEXT_N)
-            snprintf(c->text[i], sizeof c->text[i], "%s", m->reason.text ? m->reason.text : "");
+            th_reason_text(c->text[i], sizeof c->text[i], m->reason.text);
         th_log_msg(&c->log, m);
         return;
     }

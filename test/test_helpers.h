@@ -170,6 +170,26 @@ static inline int th_pid_cmp(const void *a, const void *b)
     return 0;
 }
 
+/* ---- Reason texts ------------------------------------------------------------------ */
+/* Copies a reason's text (NULL: "") without the " at <file>:<line>" that AR_FAIL and
+ * AR_ASSERT end it with, so a test compares what the process said; test_proc checks the
+ * place itself. */
+static inline void th_reason_text(char *buf, size_t n, const char *text)
+{
+    snprintf(buf, n, "%s", text ? text : "");
+    char *at = strstr(buf, " at ");
+    while (at) {
+        char *next = strstr(at + 1, " at ");
+        if (!next) break;
+        at = next;
+    }
+    if (!at) return;
+    const char *colon = strrchr(at, ':');
+    if (colon && colon[1] && strspn(colon + 1, "0123456789") == strlen(colon + 1) &&
+        colon - at > 4 && strncmp(colon - 2, ".c", 2) == 0)
+        *at = '\0';
+}
+
 /* ---- A counting allocator with one-shot failure injection -------------------------- */
 typedef struct th_alloc {
     ar_allocator_t hook; /* handed to ar_set_allocator */
@@ -299,7 +319,7 @@ static inline void th_log_msg(th_log_t *log, const ar_msg_t *m)
 static inline void th_log_reason(th_log_t *log, ar_reason_t why)
 {
     log->why = why.code;
-    snprintf(log->why_text, sizeof log->why_text, "%s", why.text ? why.text : "");
+    th_reason_text(log->why_text, sizeof log->why_text, why.text);
     /* seq_cst: the reason is written before the count is seen */
     atomic_fetch_add(&log->terminates, 1);
 }

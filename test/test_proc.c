@@ -38,7 +38,7 @@ typedef struct seen {
     void *init_state, *term_state;
     ar_exit_code_t why;
     char why_text[256];
-    int assert_line;
+    int assert_line, fail_line;
     uint32_t tags[64];
 } seen_t;
 
@@ -105,6 +105,7 @@ static void seen_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
         ar_stop(self, AR_REASON(AR_NORMAL));
         break;
     case TAG_FAIL:
+        s->fail_line = __LINE__ + 1;
         AR_FAIL(self, "bad value %d in %s", 7, "handler");
     case TAG_ASSERT:
         s->assert_line = __LINE__ + 1;
@@ -322,7 +323,9 @@ Test(proc, terminate_runs_once_with_error_and_formatted_text_after_ar_fail,
     th_send(node, pid, TAG_FAIL, NULL, 0);
     th_await(atomic_load(&s->terminates) >= 1);
     cr_assert_eq(s->why, AR_ERROR, "reason %s", ar_exit_code_name(s->why));
-    cr_assert_str_eq(s->why_text, "bad value 7 in handler");
+    char expected[256];
+    snprintf(expected, sizeof expected, "bad value 7 in handler at %s:%d", __FILE__, s->fail_line);
+    cr_assert_str_eq(s->why_text, expected);
     check_once_after(node, pid, s);
 }
 
@@ -691,7 +694,7 @@ static void bt_terminate(ar_proc_t *self, void *state, ar_reason_t why)
     bt->call_rc = ar_call(ar_node(self), bt->echo, 1, &v, sizeof v, &r, TH_WAIT_MS);
     ar_buf_free(&r);
     bt->why = why;
-    snprintf(bt->text, sizeof bt->text, "%s", why.text ? why.text : "");
+    th_reason_text(bt->text, sizeof bt->text, why.text);
     atomic_store(&bt->done, 1);
 }
 static const ar_behaviour_t blocking_term_b = {"blocking_term", bt_init, bt_handle, bt_terminate};

@@ -83,7 +83,7 @@ static void agent_log(agent_t *a, const ar_msg_t *m)
 {
     size_t i = th_log_len(&a->log);
     if (i < TEXT_N)
-        snprintf(a->text[i], sizeof a->text[i], "%s", m->reason.text ? m->reason.text : "");
+        th_reason_text(a->text[i], sizeof a->text[i], m->reason.text);
     if (m->kind == AR_MSG_CAST && m->tag == TAG_DATA) atomic_fetch_add(&a->handled_casts, 1);
     th_log_msg(&a->log, m);
 }

@@ -58,7 +58,7 @@ static void deep_terminate(ar_proc_t *self, void *state, ar_reason_t why)
     (void)self;
     deep_t *d = state;
     d->why = why.code;
-    snprintf(d->why_text, sizeof d->why_text, "%s", why.text ? why.text : "");
+    th_reason_text(d->why_text, sizeof d->why_text, why.text);
     atomic_fetch_add(&d->terminates, 1);
 }
 static const ar_behaviour_t deep_b = {"deep", deep_init, deep_handle, deep_terminate};

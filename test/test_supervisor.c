@@ -384,7 +384,7 @@ static void wt_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
         w->r[i].kind = m->kind;
         w->r[i].from = m->from;
         w->r[i].code = m->reason.code;
-        snprintf(w->r[i].text, sizeof w->r[i].text, "%s", m->reason.text ? m->reason.text : "");
+        th_reason_text(w->r[i].text, sizeof w->r[i].text, m->reason.text);
         atomic_store(&w->n, i + 1);
     }
 }
