@@ -70,7 +70,7 @@ _Noreturn void ar__panic(const char *file, int line, const char *fmt, ...)
 }
 
 /* ---- pools ---- */
-static const size_t class_size[AR__POOL_CLASSES] = {128, 192, 256, 384, 512, 1024, 2048, 4096};
+static const size_t class_size[AR__POOL_CLASSES] = {AR__POOL_SMALL, 192, 256, 384, 512, 1024, 2048, 4096};
 bool ar__pool_bypass;
 #define BATCH 256
 /* The depot keeps at most this many batches per class; beyond, blocks go back to libc. */

@@ -114,6 +114,7 @@ static void free_slot(ar_proc_t *p, enum ar__end how)
         ar__free(p->ext);
         p->ext = NULL;
     }
+    AR__ASSERT(p->halves.n == 0 && !p->inner_head && !p->handling); /* all answered */
     ar__proc_release(p); /* p may be someone else from here */
     if (how == END_EXITED) ar__count(ar__current_sched(), node, AR__EXITED);
     if (how != END_WAITER) ar__note_exit(node);

@@ -104,6 +104,7 @@ void ar__half_put(ar_proc_t *p, ar__env_t *e, enum ar__half_kind kind, ar_pid_t 
                   ar_ref_t ref)
 {
     ar__halves_t *t = &p->halves;
+    AR__ASSERT(e->half == HALF_NONE && kind != HALF_NONE); /* held once, as one kind */
     if (t->n >= t->mask + 1) grow(t);
     e->half = (uint8_t)kind;
     e->msg.reply_to = (ar_reply_to_t){peer, ref};

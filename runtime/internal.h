@@ -137,6 +137,10 @@ typedef struct ar__env {
     /* payload bytes follow */
 } ar__env_t;
 
+/* A message's header and the common small payload (one 64-bit term) fill exactly one
+ * block of the smallest pool class: most messages cost one pooled block. */
+_Static_assert(sizeof(ar__env_t) + sizeof(uint64_t) <= AR__POOL_SMALL,
+               "an envelope header and a small payload fit the smallest pool class");
 static inline void *ar__env_payload(ar__env_t *e) { return (void *)(e + 1); }
 ar__env_t *ar__env_new(size_t len);
 ar__env_t *ar__env_new_on(struct ar__sched *s, size_t len);
@@ -426,12 +430,15 @@ int ar__send_exit(struct ar_node *node, ar_pid_t from, ar_pid_t to, ar_reason_t 
 void ar__call_done(struct ar_node *node, ar_pid_t self, ar_pid_t to, ar_ref_t ref);
 
 /* ---- Schedulers (sched.c) ----------------------------------------------------------- */
+/* Slots of a scheduler's run queue (a power of two); more runnable processes than that
+ * overflow to the node's inject queue. A thief takes at most half. */
+#define AR__RUNQ_SLOTS 256
 struct ar__runq {
     _Atomic uint32_t head; /* taken by the owner and by thieves */
-    char pad_[AR__CACHE_LINE - 4];
-    _Atomic uint32_t tail; /* written by the owner only */
-    _Atomic(ar_proc_t *) buf[256];
+    _Alignas(AR__CACHE_LINE) _Atomic uint32_t tail; /* written by the owner only */
+    _Atomic(ar_proc_t *) buf[AR__RUNQ_SLOTS];
 };
+_Static_assert((AR__RUNQ_SLOTS & (AR__RUNQ_SLOTS - 1)) == 0, "run queue slots: a power of two");
 
 struct ar__wheel;
 /* Node counters (ar_node_stats): each scheduler counts its own share with plain relaxed

@@ -21,6 +21,9 @@
 
 #define DEFAULT_MAX_MESSAGE (64u * 1024 * 1024)
 #define DEFAULT_STACK (64u * 1024)
+#define MIN_STACK (16u * 1024) /* below this a handler can hardly call libc */
+/* An envelope's capacity is 32 bits and its header must fit beside the payload. */
+#define MAX_MESSAGE_LIMIT (UINT32_MAX - 1024u)
 #define DEFAULT_SPIN_US 50
 #define MAX_SCHEDULERS 1024
 /* How long a stop short of memory waits before it tries again. */
@@ -79,8 +82,8 @@ int ar_node_start(const ar_node_config_t *cfg_in, ar_node_t **out)
         ar_node_config_init(&cfg);
     if (cfg.schedulers > MAX_SCHEDULERS) return AR_EINVAL;
     if (cfg.name && (strlen(cfg.name) == 0 || strlen(cfg.name) >= AR_NAME_MAX)) return AR_EINVAL;
-    if (cfg.stack_size && cfg.stack_size < 16 * 1024) return AR_EINVAL;
-    if (cfg.max_message_bytes > UINT32_MAX - 1024) return AR_EINVAL; /* envelope sizes */
+    if (cfg.stack_size && cfg.stack_size < MIN_STACK) return AR_EINVAL;
+    if (cfg.max_message_bytes > MAX_MESSAGE_LIMIT) return AR_EINVAL;
 
     ar_node_t *node = ar__calloc(1, sizeof *node);
     if (!node) return AR_ENOMEM;

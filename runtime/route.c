@@ -30,6 +30,7 @@ static ar_proc_t *target(ar_node_t *node, ar_pid_t to)
 
 int ar__route_on(ar__sched_t *s, ar_node_t *node, ar_pid_t to, ar__env_t *e)
 {
+    AR__ASSERT(e->half == HALF_NONE); /* a held half travels only once it is recycled */
     ar_proc_t *p = target(node, to);
     if (!p) return AR_ENOPROC;
     if (e->flags & ENVF_COUNTED) {

@@ -1,6 +1,6 @@
 /* Scheduler threads: run queues, work stealing, spinning and parking, and the loop.
  *
- * Each scheduler owns a FIFO run queue (a 256-slot ring: the owner pushes at the tail;
+ * Each scheduler owns a FIFO run queue (an AR__RUNQ_SLOTS ring: the owner pushes at the tail;
  * the owner and thieves take from the head with a CAS; a thief takes half) and a `next`
  * slot that is never stolen: a process woken by a send made on this scheduler goes there
  * and runs as soon as the current turn ends, where the message is hot in cache. A streak
@@ -46,6 +46,9 @@ __attribute__((noinline)) void ar__set_current_proc(ar_proc_t *p)
     ar__tls_proc = p;
 }
 
+#define RUNQ_MASK (AR__RUNQ_SLOTS - 1)
+#define STEAL_MAX (AR__RUNQ_SLOTS / 2)
+
 /* Consecutive runs from `next` before the queue gets a turn: long enough for a
  * request/response pair to stay hot, short enough to bound others' wait. */
 #define NEXT_STREAK_MAX 64
@@ -66,8 +69,8 @@ static bool rq_push(ar__sched_t *s, ar_proc_t *p)
 {
     uint32_t t = atomic_load_explicit(&s->rq.tail, memory_order_relaxed);
     uint32_t h = atomic_load_explicit(&s->rq.head, memory_order_acquire);
-    if (t - h >= 256) return false;
-    atomic_store_explicit(&s->rq.buf[t & 255], p, memory_order_relaxed);
+    if (t - h >= AR__RUNQ_SLOTS) return false;
+    atomic_store_explicit(&s->rq.buf[t & RUNQ_MASK], p, memory_order_relaxed);
     /* release: a thief that acquires the tail sees the slot's process */
     atomic_store_explicit(&s->rq.tail, t + 1, memory_order_release);
     return true;
@@ -79,7 +82,7 @@ static ar_proc_t *rq_pop(ar__sched_t *s)
     for (;;) {
         uint32_t t = atomic_load_explicit(&s->rq.tail, memory_order_relaxed);
         if (h == t) return NULL;
-        ar_proc_t *p = atomic_load_explicit(&s->rq.buf[h & 255], memory_order_relaxed);
+        ar_proc_t *p = atomic_load_explicit(&s->rq.buf[h & RUNQ_MASK], memory_order_relaxed);
         /* acq_rel: orders against thieves taking the same slot */
         if (atomic_compare_exchange_weak_explicit(&s->rq.head, &h, h + 1, memory_order_acq_rel,
                                                   memory_order_acquire))
@@ -123,20 +126,20 @@ static ar_proc_t *inject_pop(ar_node_t *node)
 /* Steals half of a victim's queue: returns one to run, the rest go to the thief's queue. */
 static ar_proc_t *rq_steal(ar__sched_t *thief, ar__sched_t *victim)
 {
-    ar_proc_t *got[128];
+    ar_proc_t *got[STEAL_MAX];
     uint32_t h = atomic_load_explicit(&victim->rq.head, memory_order_acquire);
     for (;;) {
         uint32_t t = atomic_load_explicit(&victim->rq.tail, memory_order_acquire);
         uint32_t n = t - h;
         if (n == 0) return NULL;
-        if (n > 256) { /* h went stale */
+        if (n > AR__RUNQ_SLOTS) { /* h went stale */
             h = atomic_load_explicit(&victim->rq.head, memory_order_acquire);
             continue;
         }
         n -= n / 2;
-        if (n > 128) n = 128;
+        if (n > STEAL_MAX) n = STEAL_MAX;
         for (uint32_t i = 0; i < n; i++)
-            got[i] = atomic_load_explicit(&victim->rq.buf[(h + i) & 255], memory_order_relaxed);
+            got[i] = atomic_load_explicit(&victim->rq.buf[(h + i) & RUNQ_MASK], memory_order_relaxed);
         /* acq_rel: a successful CAS means no one else took these slots, and the values
          * read above were written before the tail we acquired. */
         if (atomic_compare_exchange_weak_explicit(&victim->rq.head, &h, h + n,

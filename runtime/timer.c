@@ -286,10 +286,12 @@ void ar__timers_destroy(ar_node_t *node)
     node->timers = NULL;
 }
 
-static inline size_t bucket(struct ar__timers *m, ar_ref_t ref)
+/* Fibonacci hashing: refs come in sequence, the multiply spreads them over the buckets. */
+static inline size_t bucket_in(ar_ref_t ref, size_t nbuckets)
 {
-    return (size_t)((ref * 0x9E3779B97F4A7C15ull) >> 20) & (m->nbuckets - 1);
+    return (size_t)((ref * 0x9E3779B97F4A7C15ull) >> 20) & (nbuckets - 1);
 }
+static inline size_t bucket(struct ar__timers *m, ar_ref_t ref) { return bucket_in(ref, m->nbuckets); }
 
 static int map_insert(struct ar__timers *m, ar__timer_t *t)
 {
@@ -302,7 +304,7 @@ static int map_insert(struct ar__timers *m, ar__timer_t *t)
                 ar__timer_t *x = m->buckets[i];
                 while (x) {
                     ar__timer_t *n = x->map_next;
-                    size_t k = (size_t)((x->ref * 0x9E3779B97F4A7C15ull) >> 20) & (nb - 1);
+                    size_t k = bucket_in(x->ref, nb);
                     x->map_next = b[k];
                     b[k] = x;
                     x = n;
