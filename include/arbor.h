@@ -114,10 +114,15 @@ AR_EXTERN int ar_node_start(const ar_node_config_t *cfg, ar_node_t **out);
 AR_EXTERN int ar_node_wait(ar_node_t *node);
 /* Asks ar_node_wait to return. Async-signal-safe. */
 AR_EXTERN void ar_node_request_stop(ar_node_t *node);
-/* Ordered shutdown: stops top-level processes in reverse spawn order with AR_SHUTDOWN,
- * kills whatever is left when timeout_ms runs out (AR_ETIMEDOUT, else 0), joins every
- * thread and frees the node. Must be called from outside the node's processes
- * (AR_EDEADLK). AR_EINVAL for NULL or a bad timeout. */
+/* Ordered shutdown: stops the top-level processes (spawned from outside any process) one
+ * at a time in reverse spawn order with AR_SHUTDOWN, waiting for each to end, then sends
+ * AR_SHUTDOWN once to whatever is left and waits for it. AR_INFINITY waits as long as
+ * that takes; with a timeout nothing is killed before it runs out, then what is left is
+ * killed (AR_ETIMEDOUT, else 0). A process in its terminate is never cut short but by
+ * that kill. Calls other threads have in progress finish before the node is freed; a new
+ * ar_call from outside the node gets AR_ECLOSED, as does ar_spawn; no call may start once
+ * this has returned. Then it joins every thread and frees the node. Must be called from
+ * outside the node's processes (AR_EDEADLK). AR_EINVAL for NULL or a bad timeout. */
 AR_EXTERN int ar_node_stop(ar_node_t *node, int timeout_ms);
 
 /* ---- Pids, refs, reasons ------------------------------------------------------------ */
@@ -218,8 +223,9 @@ AR_EXTERN int ar_send(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *da
                       size_t len);
 /* Sends an AR_MSG_CALL and waits for its reply, parking the calling process (a foreign
  * thread blocks). On success *reply holds the answer: free it with ar_buf_free.
- * AR_ETIMEDOUT, AR_ENOPROC (target dead), AR_EDEADLK (call to self), AR_EINVAL, AR_E2BIG,
- * AR_ENOMEM, AR_EAGAIN. */
+ * AR_ETIMEDOUT, AR_ENOPROC (target dead, or it died before answering: at once),
+ * AR_EDEADLK (call to self), AR_EINVAL, AR_E2BIG, AR_EAGAIN, AR_ECLOSED (from outside the
+ * node while it stops), AR_ENOMEM (also: no stack to park the caller on). */
 AR_EXTERN int ar_call(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *req,
                       size_t len, ar_buf_t *reply, int timeout_ms);
 /* Sends an AR_MSG_CALL without waiting; 0 once sent (ref required). Exactly one
@@ -232,15 +238,18 @@ AR_EXTERN int ar_ask(ar_proc_t *self, ar_pid_t to, uint32_t tag, const void *req
 AR_EXTERN int ar_reply(ar_node_t *node, ar_reply_to_t to, const void *data, size_t len);
 /* Selective receive: waits for the first queued message for which match returns true
  * (match NULL: any), parking the process. Unmatched messages stay queued in order.
- * *out is the caller's until ar_msg_release. AR_ETIMEDOUT, AR_EINVAL. */
+ * *out is the caller's until ar_msg_release. AR_ETIMEDOUT, AR_EINVAL, AR_ENOMEM (no
+ * memory for the timer, or no stack to park on). */
 AR_EXTERN int ar_receive(ar_proc_t *self, bool (*match)(const ar_msg_t *m, void *ud),
                          void *ud, int timeout_ms, ar_msg_t **out);
 AR_EXTERN void ar_msg_release(ar_proc_t *self, ar_msg_t *m);
-/* Parks the calling process for ms milliseconds; its mailbox keeps filling. */
+/* Parks the calling process for ms milliseconds; its mailbox keeps filling. AR_ENOMEM:
+ * no memory for the timer or no stack to park on (it returns at once). */
 AR_EXTERN int ar_sleep(ar_proc_t *self, int ms);
-/* After ms milliseconds, sends `to` an AR_MSG_TIMER (tag, a copy of data) from the
- * calling process (or AR_PID_NONE). *timer (optional) identifies it for cancelling.
- * The timer is cancelled when its owner process ends. */
+/* After ms milliseconds (never sooner), sends `to` an AR_MSG_TIMER (tag, a copy of data)
+ * from the calling process (or AR_PID_NONE). *timer (optional) identifies it for
+ * cancelling. The timer is cancelled when its owner process ends. AR_EINVAL, AR_E2BIG,
+ * AR_ECLOSED (node stopping), AR_ENOMEM (then no timer was armed). */
 AR_EXTERN int ar_send_after(ar_node_t *node, int ms, ar_pid_t to, uint32_t tag,
                             const void *data, size_t len, ar_ref_t *timer);
 /* Cancels a pending timer: 0, or AR_ENOENT when it fired, was cancelled or is unknown. */
@@ -265,22 +274,25 @@ AR_EXTERN _Noreturn void ar__assert_fail(ar_proc_t *self, const char *file, int 
         if (!(cond)) ar__assert_fail((self), __FILE__, __LINE__, #cond);           \
     } while (0)
 
-/* ---- Links, monitors, exit signals (Erlang's rules: see README) ------------------------ */
+/* ---- Links, monitors, exit signals (Erlang's rules: see README) ----------------------- */
 /* Sends an exit signal to target from the calling process (or from no process). A dead
  * target: 0, nothing happens. AR_KILL kills it (reason AR_KILLED) even if it traps exits.
  * AR_EINVAL for a NULL node. */
 AR_EXTERN int ar_exit(ar_node_t *node, ar_pid_t target, ar_reason_t why);
 /* Links the calling process and other (both ways, once per pair). Linking to oneself does
- * nothing. AR_ENOPROC (nothing changes) if other is dead. */
+ * nothing. AR_ENOPROC (nothing changes) if other is dead. The exit signals the link
+ * promises are set aside now: AR_ENOMEM (nothing changes) is the only failure, and
+ * once linked each end's exit signal is delivered whatever memory is left. */
 AR_EXTERN int ar_link(ar_proc_t *self, ar_pid_t other);
 /* Removes the link; afterwards it cannot affect the caller (an AR_MSG_EXIT already in the
- * mailbox stays). 0 also when there was no link. */
+ * mailbox stays). 0 also when there was no link. Never fails. */
 AR_EXTERN int ar_unlink(ar_proc_t *self, ar_pid_t other);
 /* Monitors target: exactly one AR_MSG_DOWN with m->ref == *ref follows when it ends (at
- * once, with AR_NOPROC, if it is already dead), unless demonitored first. */
+ * once, with AR_NOPROC, if it is already dead), unless demonitored first. The DOWN is set
+ * aside now: AR_ENOMEM (nothing changes) is the only failure. */
 AR_EXTERN int ar_monitor(ar_proc_t *self, ar_pid_t target, ar_ref_t *ref);
 /* Removes a monitor: no DOWN for ref is added afterwards; with flush, one already in the
- * mailbox is removed too. An unknown or fired ref: 0. */
+ * mailbox is removed too. An unknown or fired ref: 0. Never fails. */
 AR_EXTERN int ar_demonitor(ar_proc_t *self, ar_ref_t ref, bool flush);
 /* Turns exit trapping on or off; returns the old value (false for a NULL self). While
  * trapping, exit signals (but AR_KILL from ar_exit) arrive as AR_MSG_EXIT messages. */
