@@ -9,8 +9,9 @@
  * ending process never needs memory to tell anyone.
  *
  * The table is an intrusive chained hash: an envelope chains through its queue link,
- * which is free while it is held. Putting never allocates; the bucket array doubles at a
- * load of one, and if it cannot, chains just grow longer. Keys are msg.reply_to: the
+ * which is free while it is held. Up to SMALL halves (most processes) share one chain and
+ * need no array; beyond, the bucket array doubles at a load of one. Putting never
+ * allocates anything that can fail it: an array that cannot grow only lengthens chains. Keys are msg.reply_to: the
  * other pid (whole: it may live on another node) and the ref (0 for links). Monitors one
  * holds are found by ref alone (ar_demonitor knows nothing else); the others by both.
  *
@@ -23,6 +24,9 @@
 /* The bucket array's size limit: beyond it chains grow instead (2^26 buckets is a
  * 512 MiB array: no process holds that many halves). */
 #define MAX_BUCKETS_LOG2 26
+/* Halves kept on one chain, with no bucket array: scanning a few costs less than an
+ * array's allocation. */
+#define SMALL 4
 
 static inline ar__env_t *next_of(ar__env_t *e)
 {
@@ -53,37 +57,36 @@ static inline bool matches(const ar__env_t *e, enum ar__half_kind kind, ar_pid_t
 void ar__halves_init(ar__halves_t *t)
 {
     t->one = NULL;
-    t->b = &t->one;
     t->mask = 0;
     t->n = 0;
 }
 
-static _Atomic uint32_t *counter(ar_proc_t *p, enum ar__half_kind kind)
-{
-    switch (kind) {
-    case HALF_LINK: return &p->nlinks;
-    case HALF_MONITOR: return &p->nmonitors;
-    case HALF_WATCHED: return &p->nmonitored_by;
-    default: return NULL;
-    }
-}
+static inline ar__env_t **chain(ar__halves_t *t, uint32_t j) { return t->mask ? &t->b[j] : &t->one; }
 
-static void count(ar_proc_t *p, enum ar__half_kind kind, int by)
+/* The counts ar_proc_info reads, one per kind but calls, side by side in the process. */
+_Static_assert(offsetof(struct ar_proc, nmonitors) == offsetof(struct ar_proc, nlinks) + 4 &&
+                   offsetof(struct ar_proc, nmonitored_by) == offsetof(struct ar_proc, nlinks) + 8 &&
+                   HALF_MONITOR == HALF_LINK + 1 && HALF_WATCHED == HALF_LINK + 2,
+               "a kind's count is found by its number");
+
+static inline void count(ar_proc_t *p, enum ar__half_kind kind, int by)
 {
-    _Atomic uint32_t *c = counter(p, kind);
-    if (c) /* owner-only writes: a load and a store */
-        atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + (uint32_t)by,
-                              memory_order_relaxed);
+    if (kind > HALF_WATCHED) return; /* owed calls are not counted */
+    _Atomic uint32_t *c = &p->nlinks + (kind - HALF_LINK);
+    /* owner-only writes: a load and a store */
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + (uint32_t)by,
+                          memory_order_relaxed);
 }
 
 static void grow(ar__halves_t *t)
 {
-    uint32_t old = t->mask + 1, cap = old * 2;
-    if (cap < 8) cap = 8;
+    uint32_t old = t->mask + 1, cap = t->mask ? old * 2 : 2 * SMALL;
     if (cap > (1u << MAX_BUCKETS_LOG2)) return;
     ar__env_t **nb = ar__calloc(cap, sizeof *nb);
     if (!nb) return; /* no memory: longer chains, still correct */
-    ar__env_t **ob = t->b;
+    ar__env_t *one = t->one;
+    ar__env_t **ob = t->mask ? t->b : &one;
+    bool had_array = t->mask != 0;
     t->b = nb;
     t->mask = cap - 1;
     for (uint32_t i = 0; i < old; i++) {
@@ -96,8 +99,7 @@ static void grow(ar__halves_t *t)
             e = n;
         }
     }
-    if (ob != &t->one) ar__free(ob);
-    t->one = NULL;
+    if (had_array) ar__free(ob);
 }
 
 void ar__half_put(ar_proc_t *p, ar__env_t *e, enum ar__half_kind kind, ar_pid_t peer,
@@ -105,12 +107,12 @@ void ar__half_put(ar_proc_t *p, ar__env_t *e, enum ar__half_kind kind, ar_pid_t 
 {
     ar__halves_t *t = &p->halves;
     AR__ASSERT(e->half == HALF_NONE && kind != HALF_NONE); /* held once, as one kind */
-    if (t->n >= t->mask + 1) grow(t);
+    if (t->mask ? t->n >= t->mask + 1 : t->n >= SMALL) grow(t);
     e->half = (uint8_t)kind;
     e->msg.reply_to = (ar_reply_to_t){peer, ref};
-    uint32_t j = bucket_of(t, peer, ref, kind);
-    set_next(e, t->b[j]);
-    t->b[j] = e;
+    ar__env_t **c = chain(t, bucket_of(t, peer, ref, kind));
+    set_next(e, *c);
+    *c = e;
     t->n++;
     count(p, kind, 1);
 }
@@ -119,13 +121,13 @@ ar__env_t *ar__half_take(ar_proc_t *p, enum ar__half_kind kind, ar_pid_t peer, a
 {
     ar__halves_t *t = &p->halves;
     if (!t->n) return NULL;
-    uint32_t j = bucket_of(t, peer, ref, kind);
-    for (ar__env_t *prev = NULL, *e = t->b[j]; e; prev = e, e = next_of(e))
+    ar__env_t **c = chain(t, bucket_of(t, peer, ref, kind));
+    for (ar__env_t *prev = NULL, *e = *c; e; prev = e, e = next_of(e))
         if (matches(e, kind, peer, ref)) {
             if (prev)
                 set_next(prev, next_of(e));
             else
-                t->b[j] = next_of(e);
+                *c = next_of(e);
             set_next(e, NULL);
             e->half = HALF_NONE;
             t->n--;
@@ -139,7 +141,7 @@ bool ar__half_has(ar_proc_t *p, enum ar__half_kind kind, ar_pid_t peer, ar_ref_t
 {
     ar__halves_t *t = &p->halves;
     if (!t->n) return false;
-    for (ar__env_t *e = t->b[bucket_of(t, peer, ref, kind)]; e; e = next_of(e))
+    for (ar__env_t *e = *chain(t, bucket_of(t, peer, ref, kind)); e; e = next_of(e))
         if (matches(e, kind, peer, ref)) return true;
     return false;
 }
@@ -149,7 +151,7 @@ ar__env_t *ar__halves_take_all(ar_proc_t *p)
     ar__halves_t *t = &p->halves;
     ar__env_t *all = NULL;
     for (uint32_t i = 0; t->n && i <= t->mask; i++) {
-        ar__env_t *e = t->b[i];
+        ar__env_t *e = *chain(t, i);
         while (e) {
             ar__env_t *n = next_of(e);
             count(p, (enum ar__half_kind)e->half, -1);
@@ -158,7 +160,7 @@ ar__env_t *ar__halves_take_all(ar_proc_t *p)
             e = n;
         }
     }
-    if (t->b != &t->one) ar__free(t->b);
+    if (t->mask) ar__free(t->b);
     ar__halves_init(t);
     return all;
 }

@@ -163,7 +163,13 @@ int ar__send_msg(struct ar_node *node, ar_pid_t to, ar_msg_kind_t kind, uint32_t
  * target's mailbox_limit (e is still the caller's). A pid of another node will be handed
  * to the distribution layer here; until then no process of another node is reachable. */
 int ar__route(struct ar_node *node, ar_pid_t to, ar__env_t *e);
-int ar__route_on(struct ar__sched *s, struct ar_node *node, ar_pid_t to, ar__env_t *e);
+static inline int ar__route_on(struct ar__sched *s, struct ar_node *node, ar_pid_t to,
+                               ar__env_t *e);
+/* The rare end of a route: the push found the mailbox dead. */
+int ar__route_dead(struct ar_node *node, struct ar_proc *p, ar__env_t *e);
+/* True when `to` is a local pid known to be dead now: a hint that spares work (a
+ * monitor's reservation); false says nothing, and only ar__route decides. */
+bool ar__route_known_dead(struct ar_node *node, ar_pid_t to);
 /* ar__route for an envelope nobody waits on: an unroutable one is a dead letter. */
 void ar__route_or_free(struct ar_node *node, ar_pid_t to, ar__env_t *e);
 /* Answers an envelope whose target ended: a LINK becomes the linker's EXIT, a MONITOR
@@ -176,9 +182,11 @@ void ar__dead_letter(struct ar_node *node, struct ar_proc *p, ar__env_t *e, ar_r
  * array that cannot grow only makes chains longer), so admitting a LINK or a MONITOR
  * never fails. Owner-only, like the rest of a process's state. */
 typedef struct ar__halves {
-    ar__env_t **b;   /* buckets (&one while there is no array) */
-    ar__env_t *one;  /* the single bucket of an empty table */
-    uint32_t mask;   /* buckets - 1 */
+    union {
+        ar__env_t **b;  /* the buckets, once there are more than one */
+        ar__env_t *one; /* mask 0: the one chain (a few halves need no array at all) */
+    };
+    uint32_t mask; /* buckets - 1 */
     uint32_t n;
 } ar__halves_t;
 void ar__halves_init(ar__halves_t *t);
@@ -272,18 +280,24 @@ struct ar__spawn_wait {
 
 /* The first cache line is written by senders (the outer queue's producer end and the
  * counts beside it); the rest only by the thread running the process (its "owner"), but
- * for the relaxed atomics introspection reads. _Alignas puts the owner's fields on the
- * next line, so the compiler, not a hand count, sizes the padding between them. */
+ * for the relaxed atomics introspection reads. The union sizes the senders' line, so the
+ * compiler, not a hand count, pads it. (Slots are not rounded up to whole lines: an idle
+ * process costs its bytes, and an owner's last line may share one with the next slot's
+ * senders.) */
 struct ar_proc {
-    /* --- written by senders --- */
-    _Atomic uintptr_t head;       /* outer queue producer end | MB_EMPTY | MB_DEAD */
-    _Atomic uint32_t pushed;      /* CAST/CALL ever queued (wraps); minus consumed = queued */
-    _Atomic uint32_t mailbox_limit; /* 0: unbounded; read by senders that may be stale */
-    _Atomic uint64_t pid_lo;      /* current occupant's pid (serial|index); 0 when free */
-    struct ar__qnode stub;        /* the outer queue's resting node */
-    _Atomic uint32_t signals;     /* signals (not messages) ever pushed (wraps) */
+    union {
+        struct { /* --- written by senders --- */
+            _Atomic uintptr_t head;         /* outer queue producer end | MB_EMPTY | MB_DEAD */
+            _Atomic uint32_t pushed;        /* CAST/CALL ever queued (wraps); minus consumed */
+            _Atomic uint32_t mailbox_limit; /* 0: unbounded; read by senders, maybe stale */
+            _Atomic uint64_t pid_lo;        /* current occupant's pid (serial|index); 0: free */
+            struct ar__qnode stub;          /* the outer queue's resting node */
+            _Atomic uint32_t signals;       /* signals (not messages) ever pushed (wraps) */
+        };
+        char senders_line_[AR__CACHE_LINE];
+    };
     /* --- owner only (the thread running the process), unless atomic --- */
-    _Alignas(AR__CACHE_LINE) struct ar__qnode *tail; /* outer queue consumer end */
+    struct ar__qnode *tail;       /* outer queue consumer end */
     ar__env_t *inner_head, *inner_tail; /* fetched, not yet handled, in arrival order */
     _Atomic(const ar_behaviour_t *) b;
     void *state;                  /* P_FOREIGN: the waiting thread's ar__sem_t */
@@ -309,9 +323,9 @@ struct ar_proc {
     /* how many halves of each kind it holds, mirrored for ar_proc_info (other threads) */
     _Atomic uint32_t nlinks, nmonitors, nmonitored_by;
 };
-/* An idle process with no state costs one slot: four cache lines at most. */
-#define AR__PROC_MAX_BYTES 256
-_Static_assert(sizeof(struct ar_proc) <= AR__PROC_MAX_BYTES, "an idle process fits 256 bytes");
+/* An idle process with no state costs one slot, under four cache lines. */
+#define AR__PROC_MAX_BYTES 240
+_Static_assert(sizeof(struct ar_proc) <= AR__PROC_MAX_BYTES, "an idle process fits 240 bytes");
 _Static_assert(offsetof(struct ar_proc, tail) == AR__CACHE_LINE,
                "the senders' fields fill exactly the first cache line");
 
@@ -332,8 +346,8 @@ struct ar__ask {
 
 struct ar__proc_ext *ar__proc_ext(ar_proc_t *p); /* NULL on OOM */
 /* The live local process at pid, or NULL: for introspection only; every send and signal
- * goes through ar__route, which owns the meaning of "no such process". */
-ar_proc_t *ar__proc_lookup(struct ar_node *node, ar_pid_t pid);
+ * goes through ar__route, which owns the meaning of "no such process". (Defined below.) */
+static inline ar_proc_t *ar__proc_lookup(struct ar_node *node, ar_pid_t pid);
 static inline ar_pid_t ar__proc_pid(const struct ar_proc *p);
 ar_proc_t *ar__proc_alloc(struct ar_node *node);   /* a free slot with a fresh serial */
 void ar__proc_release(ar_proc_t *p);               /* slot back to the free lists */
@@ -345,7 +359,7 @@ void ar__proc_set_reason(ar_proc_t *p, ar_reason_t why);
 void ar__msg_taken(ar_proc_t *p, ar__env_t *e);
 void ar__msg_taken_on(struct ar__sched *s, ar_proc_t *p, ar__env_t *e);
 /* The handler (or ar_msg_release) is done with e: freed, unless it is an owed CALL. */
-void ar__msg_done(struct ar__sched *s, ar__env_t *e);
+static inline void ar__msg_done(struct ar__sched *s, ar__env_t *e);
 /* Runs a turn of p on the current scheduler. */
 void ar__proc_run(ar_proc_t *p);
 /* Fetches the outer queue into the inner queue, acting on signals as they come. */
@@ -643,6 +657,61 @@ static inline void ar__env_free_on(ar__sched_t *s, ar__env_t *e)
 static inline ar_pid_t ar__proc_pid(const ar_proc_t *p)
 {
     return (ar_pid_t){p->node->pid_hi, atomic_load_explicit(&p->pid_lo, memory_order_relaxed)};
+}
+
+static inline ar_proc_t *ar__proc_slot(struct ar_node *node, uint32_t index)
+{
+    /* acquire: the chunk pointer was published after the chunk was initialised */
+    ar_proc_t *chunk =
+        atomic_load_explicit(&node->ptab.chunks[index / AR__CHUNK_PROCS], memory_order_acquire);
+    return &chunk[index % AR__CHUNK_PROCS];
+}
+
+static inline ar_proc_t *ar__proc_lookup(struct ar_node *node, ar_pid_t pid)
+{
+    if (pid.hi != node->pid_hi) return NULL;
+    uint32_t index = AR__PID_INDEX(pid.lo);
+    /* acquire: lookups that see the count see the chunk */
+    if (index / AR__CHUNK_PROCS >= atomic_load_explicit(&node->ptab.nchunks, memory_order_acquire))
+        return NULL;
+    ar_proc_t *p = ar__proc_slot(node, index);
+    /* acquire: pairs with the release in spawn; the process's fields are set */
+    if (pid.lo == 0 || atomic_load_explicit(&p->pid_lo, memory_order_acquire) != pid.lo)
+        return NULL;
+    return p;
+}
+
+/* The one routing point (see route.c). */
+static inline int ar__route_on(ar__sched_t *s, struct ar_node *node, ar_pid_t to, ar__env_t *e)
+{
+    AR__ASSERT(e->half == HALF_NONE); /* a held half travels only once it is recycled */
+    ar_proc_t *p = ar__proc_lookup(node, to); /* another node's pid: not reachable yet */
+    if (!p) return AR_ENOPROC;
+    if (e->flags & ENVF_COUNTED) {
+        /* pushed shares the cache line the push itself takes; only a bounded mailbox
+         * makes senders read the consumer's counter too */
+        uint32_t limit = atomic_load_explicit(&p->mailbox_limit, memory_order_relaxed);
+        uint32_t before = atomic_fetch_add_explicit(&p->pushed, 1, memory_order_relaxed);
+        if (limit && before - atomic_load_explicit(&p->consumed, memory_order_relaxed) >= limit) {
+            atomic_fetch_sub_explicit(&p->pushed, 1, memory_order_relaxed);
+            return AR_EAGAIN;
+        }
+    }
+    e->to_lo = to.lo;
+    /* release, before the push: a consumer that sees the count fetches everything, and
+     * finds this signal or a push still in progress */
+    if (e->kind == ENV_EXIT) atomic_fetch_add_explicit(&p->signals, 1, memory_order_release);
+    uintptr_t bits = ar__mb_push(p, e);
+    if (!bits) return 0;
+    if (bits & MB_DEAD) return ar__route_dead(node, p, e); /* it ended after the lookup */
+    ar__after_push_on(s, node, p, bits);
+    return 0;
+}
+
+static inline void ar__msg_done(ar__sched_t *s, ar__env_t *e)
+{
+    e->flags &= (uint8_t)~ENVF_HANDED;
+    if (!(e->flags & ENVF_OWED)) ar__env_free_on(s, e); /* an owed CALL stays a half */
 }
 
 #endif

@@ -54,28 +54,6 @@ void ar__proc_table_destroy(ar_node_t *node)
     pthread_mutex_destroy(&t->lock);
 }
 
-static inline ar_proc_t *slot(ar_node_t *node, uint32_t index)
-{
-    ar_proc_t *chunk =
-        atomic_load_explicit(&node->ptab.chunks[index / AR__CHUNK_PROCS], memory_order_acquire);
-    return &chunk[index % AR__CHUNK_PROCS];
-}
-
-ar_proc_t *ar__proc_lookup(ar_node_t *node, ar_pid_t pid)
-{
-    if (pid.hi != node->pid_hi) return NULL;
-    uint32_t index = AR__PID_INDEX(pid.lo);
-    /* acquire: the chunk pointer was published after the chunk was initialised */
-    if (index / AR__CHUNK_PROCS >= atomic_load_explicit(&node->ptab.nchunks, memory_order_acquire))
-        return NULL;
-    ar_proc_t *p = slot(node, index);
-    /* acquire: pairs with the release in spawn; the process's fields are set */
-    if (pid.lo == 0 || atomic_load_explicit(&p->pid_lo, memory_order_acquire) != pid.lo)
-        return NULL;
-    return p;
-}
-
-
 /* A never-used slot (table lock held). */
 static ar_proc_t *fresh_slot(ar_node_t *node)
 {
@@ -101,7 +79,7 @@ static ar_proc_t *fresh_slot(ar_node_t *node)
         atomic_store_explicit(&t->nchunks, c + 1, memory_order_release);
     }
     t->next_fresh++;
-    return slot(node, index);
+    return ar__proc_slot(node, index);
 }
 
 /* Takes over a free slot whose mailbox rests dead: it becomes a running, empty mailbox.
@@ -286,31 +264,57 @@ _Noreturn void ar_exit_self(ar_proc_t *self, ar_reason_t why)
 /* The longest crash text AR_FAIL and AR_ASSERT make; the place always fits at its end. */
 #define CRASH_TEXT_MAX 512
 
-/* "<what> at <file>:<line>": both crash macros say where, the same way. */
-static _Noreturn void crash_at(ar_proc_t *self, const char *what, const char *file, int line)
+/* The place a crash text ends with, " at <file>:<line>", written into where (room for
+ * WHERE_MAX); returns its length. By hand: a crash should cost a crash, not a printf. */
+#define WHERE_MAX 160
+static size_t where_of(char *where, const char *file, int line)
 {
-    char where[160], text[CRASH_TEXT_MAX];
-    int wn = snprintf(where, sizeof where, " at %s:%d", file, line);
-    size_t keep = sizeof text - 1 - (size_t)(wn > 0 ? wn : 0);
-    snprintf(text, sizeof text, "%.*s%s", (int)keep, what, where);
+    size_t n = 0, flen = strlen(file);
+    if (flen > WHERE_MAX - 16) file += flen - (WHERE_MAX - 16), flen = WHERE_MAX - 16;
+    memcpy(where, " at ", 4), n = 4;
+    memcpy(where + n, file, flen), n += flen;
+    where[n++] = ':';
+    char digits[12];
+    size_t d = 0;
+    unsigned u = line > 0 ? (unsigned)line : 0;
+    do digits[d++] = (char)('0' + u % 10); while ((u /= 10) != 0);
+    while (d) where[n++] = digits[--d];
+    where[n] = '\0';
+    return n;
+}
+
+/* "<what> at <file>:<line>" in text (CRASH_TEXT_MAX): both crash macros say where, the
+ * same way; the place always fits, what comes before it is cut short first. */
+static _Noreturn void crash_at(ar_proc_t *self, char *text, size_t what_len, const char *file,
+                               int line)
+{
+    char where[WHERE_MAX];
+    size_t wn = where_of(where, file, line);
+    if (what_len > CRASH_TEXT_MAX - 1 - wn) what_len = CRASH_TEXT_MAX - 1 - wn;
+    memcpy(text + what_len, where, wn + 1);
     ar_exit_self(self, (ar_reason_t){AR_ERROR, text});
 }
 
 _Noreturn void ar__fail(ar_proc_t *self, const char *file, int line, const char *fmt, ...)
 {
-    char what[CRASH_TEXT_MAX];
+    char text[CRASH_TEXT_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(what, sizeof what, fmt ? fmt : "failed", ap);
+    int n = vsnprintf(text, sizeof text, fmt ? fmt : "failed", ap);
     va_end(ap);
-    crash_at(self, what, file, line);
+    crash_at(self, text, n < 0 ? 0 : (size_t)n < sizeof text ? (size_t)n : sizeof text - 1, file,
+             line);
 }
 
 _Noreturn void ar__assert_fail(ar_proc_t *self, const char *file, int line, const char *cond)
 {
-    char what[CRASH_TEXT_MAX];
-    snprintf(what, sizeof what, "assertion failed: %s", cond);
-    crash_at(self, what, file, line);
+    char text[CRASH_TEXT_MAX];
+    static const char prefix[] = "assertion failed: ";
+    size_t n = sizeof prefix - 1, clen = strlen(cond);
+    if (clen > sizeof text - 1 - n) clen = sizeof text - 1 - n;
+    memcpy(text, prefix, n);
+    memcpy(text + n, cond, clen);
+    crash_at(self, text, n + clen, file, line);
 }
 
 ar_pid_t ar_self(ar_proc_t *self) { return self ? ar__proc_pid(self) : AR_PID_NONE; }
@@ -409,11 +413,6 @@ void ar__msg_taken_on(ar__sched_t *s, ar_proc_t *p, ar__env_t *e)
     ar__count(s, p->node, AR__DELIVERED);
 }
 
-void ar__msg_done(ar__sched_t *s, ar__env_t *e)
-{
-    e->flags &= (uint8_t)~ENVF_HANDED;
-    if (!(e->flags & ENVF_OWED)) ar__env_free_on(s, e); /* an owed CALL stays a half */
-}
 
 static void handle_batch(ar_proc_t *p, ar__sched_t *s)
 {

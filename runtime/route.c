@@ -1,8 +1,8 @@
 /* Routing: the one way from a pid to a mailbox, and what happens to envelopes whose
  * target is gone.
  *
- * Every send and every signal goes through ar__route: it alone decides what "no such
- * process" means. A local pid is looked up in the process table; an envelope for a live
+ * Every send and every signal goes through ar__route (its body is ar__route_on in
+ * internal.h, inline on the send path): it alone decides what "no such process" means. A local pid is looked up in the process table; an envelope for a live
  * process is pushed on its mailbox, and the push's tag bits say what else to do (schedule
  * it, wake a waiting foreign thread, or drain a mailbox that is already dead). A pid of
  * another node (another node number or an earlier incarnation of this one) is unreachable
@@ -21,43 +21,19 @@
 
 static const char lost_text[] = "out of memory (the reason's text was lost)";
 
-/* The live process a local pid names, or NULL. */
-static ar_proc_t *target(ar_node_t *node, ar_pid_t to)
+int ar__route_dead(ar_node_t *node, ar_proc_t *p, ar__env_t *e)
 {
-    if (to.hi != node->pid_hi) return NULL; /* another node's: not reachable yet */
-    return ar__proc_lookup(node, to);
-}
-
-int ar__route_on(ar__sched_t *s, ar_node_t *node, ar_pid_t to, ar__env_t *e)
-{
-    AR__ASSERT(e->half == HALF_NONE); /* a held half travels only once it is recycled */
-    ar_proc_t *p = target(node, to);
-    if (!p) return AR_ENOPROC;
-    if (e->flags & ENVF_COUNTED) {
-        /* pushed shares the cache line the push itself takes; only a bounded mailbox
-         * makes senders read the consumer's counter too */
-        uint32_t limit = atomic_load_explicit(&p->mailbox_limit, memory_order_relaxed);
-        uint32_t before = atomic_fetch_add_explicit(&p->pushed, 1, memory_order_relaxed);
-        if (limit && before - atomic_load_explicit(&p->consumed, memory_order_relaxed) >= limit) {
-            atomic_fetch_sub_explicit(&p->pushed, 1, memory_order_relaxed);
-            return AR_EAGAIN;
-        }
-    }
-    e->to_lo = to.lo;
-    /* release, before the push: a consumer that sees the count fetches everything, and
-     * finds this signal or a push still in progress */
-    if (e->kind == ENV_EXIT) atomic_fetch_add_explicit(&p->signals, 1, memory_order_release);
-    uintptr_t bits = ar__mb_push(p, e);
-    if (!bits) return 0;
-    if (bits & MB_DEAD) /* it ended after the lookup: its queue is ours to drain */
-        return ar__mb_drain_dead(node, p, e) ? AR_ENOPROC : 0;
-    ar__after_push_on(s, node, p, bits);
-    return 0;
+    return ar__mb_drain_dead(node, p, e) ? AR_ENOPROC : 0;
 }
 
 int ar__route(ar_node_t *node, ar_pid_t to, ar__env_t *e)
 {
     return ar__route_on(ar__current_sched(), node, to, e);
+}
+
+bool ar__route_known_dead(ar_node_t *node, ar_pid_t to)
+{
+    return to.hi == node->pid_hi && !ar__proc_lookup(node, to);
 }
 
 void ar__route_or_free(ar_node_t *node, ar_pid_t to, ar__env_t *e)

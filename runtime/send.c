@@ -12,7 +12,7 @@
 
 #include <string.h>
 
-ar__env_t *ar__env_new_on(ar__sched_t *s, size_t len)
+static inline __attribute__((always_inline)) ar__env_t *env_new(ar__sched_t *s, size_t len)
 {
     ar__env_t *e = ar__pool_alloc_on(s, sizeof *e + len);
     if (!e) return NULL;
@@ -33,6 +33,8 @@ ar__env_t *ar__env_new_on(ar__sched_t *s, size_t len)
     e->msg.event = NULL;
     return e;
 }
+
+ar__env_t *ar__env_new_on(ar__sched_t *s, size_t len) { return env_new(s, len); }
 
 ar__env_t *ar__env_new(size_t len) { return ar__env_new_on(ar__current_sched(), len); }
 
@@ -61,11 +63,12 @@ int ar__check_payload(ar_node_t *node, const void *data, size_t len)
 
 /* Sends a CAST or CALL: copies the payload, routes it (the mailbox limit is checked
  * there). AR_ENOPROC: the target is dead (counted as dropped). */
-int ar__send_msg(ar_node_t *node, ar_pid_t to, ar_msg_kind_t kind, uint32_t tag,
-                 const void *data, size_t len, ar_reply_to_t reply_to)
+/* The send path's body, inlined into ar_send (the hottest path of all) and ar__send_msg. */
+static inline __attribute__((always_inline)) int
+send_msg(ar__sched_t *s, ar_node_t *node, ar_pid_t to, ar_msg_kind_t kind, uint32_t tag,
+         const void *data, size_t len, ar_reply_to_t reply_to)
 {
-    ar__sched_t *s = ar__current_sched(); /* no park in here: safe to keep */
-    ar__env_t *e = ar__env_new_on(s, len);
+    ar__env_t *e = env_new(s, len);
     if (!e) return AR_ENOMEM;
     if (len == sizeof(uint64_t))
         memcpy(ar__env_payload(e), data, sizeof(uint64_t)); /* the common small term: inline */
@@ -87,14 +90,33 @@ int ar__send_msg(ar_node_t *node, ar_pid_t to, ar_msg_kind_t kind, uint32_t tag,
     return rc;
 }
 
+int ar__send_msg(ar_node_t *node, ar_pid_t to, ar_msg_kind_t kind, uint32_t tag,
+                 const void *data, size_t len, ar_reply_to_t reply_to)
+{
+    return send_msg(ar__current_sched(), node, to, kind, tag, data, len, reply_to);
+}
+
+/* A send from a thread that is not one of the node's: counted while it runs. */
+static __attribute__((noinline)) int send_from_outside(ar__sched_t *s, ar_node_t *node,
+                                                       ar_pid_t to, uint32_t tag,
+                                                       const void *data, size_t len)
+{
+    bool counted = ar__outside_enter(node);
+    int rc = send_msg(s, node, to, AR_MSG_CAST, tag, data, len, (ar_reply_to_t){AR_PID_NONE, 0});
+    if (counted) ar__outside_leave(node);
+    return rc;
+}
+
 int ar_send(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *data, size_t len)
 {
     if (!node) return AR_EINVAL;
     int rc = ar__check_payload(node, data, len);
     if (rc) return rc;
-    bool outside = ar__outside_enter(node);
-    rc = ar__send_msg(node, to, AR_MSG_CAST, tag, data, len, (ar_reply_to_t){AR_PID_NONE, 0});
-    if (outside) ar__outside_leave(node);
+    ar__sched_t *s = ar__current_sched(); /* no park in here: safe to keep */
+    if (s && s->node == node)
+        rc = send_msg(s, node, to, AR_MSG_CAST, tag, data, len, (ar_reply_to_t){AR_PID_NONE, 0});
+    else
+        rc = send_from_outside(s, node, to, tag, data, len);
     return rc == AR_ENOPROC ? 0 : rc; /* a send to a dead pid is dropped (and counted) */
 }
 
@@ -104,11 +126,16 @@ static int reply(ar_node_t *node, ar_reply_to_t to, const void *data, size_t len
     /* the process that took the call answers it: it owes nothing more */
     ar__env_t *owed = self ? ar__half_take(self, HALF_CALL, to.pid, to.ref) : NULL;
     bool settled = owed != NULL;
+    ar_pid_t from = self ? ar__proc_pid(self) : AR_PID_NONE;
     ar__env_t *e;
     if (owed && !(owed->flags & ENVF_HANDED) && owed->cap >= len) {
-        e = owed; /* a deferred answer travels in the CALL it kept */
+        /* a deferred answer travels in the CALL it kept */
+        e = ar__env_recycle(owed, ENV_MSG, from, to.ref, AR_REASON(AR_NORMAL));
         owed = NULL;
-    } else if (!(e = ar__env_new(len))) {
+    } else if ((e = ar__env_new(len)) != NULL) {
+        e->msg.from = from;
+        e->msg.ref = to.ref;
+    } else {
         if (owed) ar__half_put(self, owed, HALF_CALL, to.pid, to.ref); /* still owed */
         return AR_ENOMEM;
     }
@@ -116,8 +143,6 @@ static int reply(ar_node_t *node, ar_reply_to_t to, const void *data, size_t len
         owed->flags &= (uint8_t)~ENVF_OWED;
         if (!(owed->flags & ENVF_HANDED)) ar__env_free(owed); /* else its handler frees it */
     }
-    e = ar__env_recycle(e, ENV_MSG, self ? ar__proc_pid(self) : AR_PID_NONE, to.ref,
-                        AR_REASON(AR_NORMAL));
     if (len) memcpy(ar__env_payload(e), data, len);
     e->msg.len = len;
     e->msg.kind = AR_MSG_REPLY;

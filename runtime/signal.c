@@ -162,6 +162,7 @@ int ar_link(ar_proc_t *self, ar_pid_t other)
     if (!p) return AR_EINVAL;
     ar_pid_t me = ar__proc_pid(p);
     if (ar_pid_eq(other, me) || ar__half_has(p, HALF_LINK, other, 0)) return 0;
+    if (ar__route_known_dead(p->node, other)) return AR_ENOPROC;
     ar__env_t *half, *link;
     if (!two(&half, &link)) return AR_ENOMEM;
     ar__half_put(p, half, HALF_LINK, other, 0);
@@ -183,23 +184,32 @@ int ar_unlink(ar_proc_t *self, ar_pid_t other)
     return 0;
 }
 
+/* Monitoring a dead pid: the DOWN is in the mailbox at once, as in Erlang (a later
+ * demonitor without flush leaves it there). Whatever the dead process sent before is
+ * fetched first, so it still comes before its DOWN. */
+static void down_at_once(ar_proc_t *p, ar__env_t *e, ar_pid_t target, ar_ref_t r)
+{
+    ar__proc_fetch(p);
+    e = as_message(ar__env_recycle(e, ENV_MSG, target, r, AR_REASON(AR_NOPROC)), AR_MSG_DOWN);
+    ar__inner_append(p, e);
+}
+
 int ar__monitor(ar_proc_t *p, ar_pid_t target, ar_ref_t *ref)
 {
     ar_node_t *node = p->node;
     ar__env_t *half, *mon;
+    if (ar__route_known_dead(node, target)) { /* no monitor to reserve: just its DOWN */
+        if (!(mon = ar__env_new(0))) return AR_ENOMEM;
+        down_at_once(p, mon, target, *ref = ar__make_ref(node));
+        return 0;
+    }
     if (!two(&half, &mon)) return AR_ENOMEM;
     ar_ref_t r = ar__make_ref(node);
     ar__half_put(p, half, HALF_MONITOR, target, r);
     mon = ar__env_recycle(mon, ENV_MONITOR, ar__proc_pid(p), r, AR_REASON(AR_NORMAL));
-    if (ar__route(node, target, mon) != 0) {
-        /* dead already: the DOWN is in the mailbox at once, as in Erlang (a later
-         * demonitor without flush leaves it there). Whatever the dead process sent before
-         * is fetched first, so it still comes before its DOWN. */
+    if (ar__route(node, target, mon) != 0) { /* it died just now */
         ar__env_free(ar__half_take(p, HALF_MONITOR, target, r));
-        ar__proc_fetch(p);
-        mon = as_message(ar__env_recycle(mon, ENV_MSG, target, r, AR_REASON(AR_NOPROC)),
-                         AR_MSG_DOWN);
-        ar__inner_append(p, mon);
+        down_at_once(p, mon, target, r);
     }
     *ref = r;
     return 0;

@@ -341,13 +341,17 @@ static bool exit_from(const ar_msg_t *m, void *ud)
     return m->kind == AR_MSG_EXIT && ar_pid_eq(m->from, *(ar_pid_t *)ud);
 }
 
-static watch_t watch(ar_proc_t *self, ar_pid_t pid)
+/* Monitors and unlinks a child about to be stopped (or keeps the link, without memory
+ * for a monitor). An EXIT of it already queued is no crash to act on: with drop_exit it
+ * goes now (one scan of the mailbox: for one child at a time), else its caller filters
+ * it out as it waits (a parallel stop, where a scan per child would be quadratic). */
+static watch_t watch(ar_proc_t *self, ar_pid_t pid, bool drop_exit)
 {
     watch_t w = {pid, 0};
     if (ar_monitor(self, pid, &w.ref) != 0) return (watch_t){pid, 0};
     ar_unlink(self, pid);
-    ar_msg_t *m = NULL; /* an EXIT of it already queued is not a crash to act on */
-    while (ar_receive(self, exit_from, &pid, 0, &m) == 0) ar_msg_release(self, m);
+    ar_msg_t *m = NULL;
+    while (drop_exit && ar_receive(self, exit_from, &pid, 0, &m) == 0) ar_msg_release(self, m);
     return w;
 }
 
@@ -395,7 +399,7 @@ static bool stop_one(ar_proc_t *self, sup_t *s, child_t *k, uint64_t until)
 {
     if (ar_pid_is_none(k->pid)) return true;
     bool in_time = true;
-    watch_t w = watch(self, k->pid);
+    watch_t w = watch(self, k->pid, true);
     int rc = AR_ETIMEDOUT;
     if (k->shutdown_ms != AR_SHUTDOWN_BRUTAL) {
         if (!stop_subtree(self, k, until)) signal_child(self, k->pid, AR_SHUTDOWN);
@@ -478,7 +482,7 @@ static bool stop_all_parallel(ar_proc_t *self, sup_t *s, uint64_t until)
     for (size_t i = 0; i < s->n; i++) {
         child_t *k = s->kids[i];
         if (!k || ar_pid_is_none(k->pid)) continue;
-        ws[n] = watch(self, k->pid);
+        ws[n] = watch(self, k->pid, false);
         signal_child(self, k->pid, ms == AR_SHUTDOWN_BRUTAL ? AR_KILL : AR_SHUTDOWN);
         n++;
         not_running(s, k);
