@@ -373,6 +373,9 @@ Test(stack, an_overflow_beyond_twenty_thousand_parked_stacks_is_caught, .timeout
     th_node_stop(node);
 }
 
+/* AddressSanitizer cannot run with its address space capped (and Criterion 2.4.1 leaks
+ * what a skipped test reports), so the ASan build leaves the next test out. */
+#if !defined(__SANITIZE_ADDRESS__)
 /* One scheduler, and a process that must park when no stack can be made: its wait fails
  * with AR_ENOMEM at once (it used to spin for ever, starving the only scheduler). Stacks
  * run out where the address space is capped (with guard regions) or the map count's
@@ -404,9 +407,6 @@ Test(stack, with_one_scheduler_a_wait_that_finds_no_stack_fails_instead_of_spinn
     static crowd_t c;
     static ar_pid_t pids[CROWD_MAX];
     bool capped = guards_are_free();
-#if defined(__SANITIZE_ADDRESS__)
-    if (capped) cr_skip_test("AddressSanitizer cannot run with its address space capped");
-#endif
     uint32_t n = capped ? 2000 : CROWD_MAX;
     ar_node_t *node = th_node(1);
     ar_pid_t echo = th_spawn(node, &th_echo, NULL);
@@ -430,3 +430,4 @@ Test(stack, with_one_scheduler_a_wait_that_finds_no_stack_fails_instead_of_spinn
     crowd_release(node, n, &c, pids);
     th_node_stop(node);
 }
+#endif
