@@ -584,7 +584,7 @@ static bool link_once(long n)
 }
 
 Test(alloc, link_out_of_memory_is_enomem_and_changes_nothing_else_its_exit_arrives,
-     .timeout = 60)
+     .timeout = TH_TIMEOUT)
 {
     sweep(link_once);
 }
@@ -609,7 +609,7 @@ static bool monitor_once(long n)
     return r.injected;
 }
 
-Test(alloc, monitor_out_of_memory_is_enomem_else_its_down_arrives, .timeout = 60)
+Test(alloc, monitor_out_of_memory_is_enomem_else_its_down_arrives, .timeout = TH_TIMEOUT)
 {
     sweep(monitor_once);
 }
@@ -635,7 +635,7 @@ static bool send_after_once(long n)
     return r.injected;
 }
 
-Test(alloc, send_after_out_of_memory_is_enomem_else_the_timer_fires, .timeout = 60)
+Test(alloc, send_after_out_of_memory_is_enomem_else_the_timer_fires, .timeout = TH_TIMEOUT)
 {
     sweep(send_after_once);
 }
@@ -708,7 +708,7 @@ static bool exit_path_once(long n)
 }
 
 Test(alloc, a_process_ending_out_of_memory_still_delivers_every_exit_down_and_reply,
-     .timeout = 60)
+     .timeout = TH_TIMEOUT)
 {
     sweep(exit_path_once);
 }
@@ -768,7 +768,7 @@ static bool sup_api_once(long n)
 }
 
 Test(alloc, supervisor_calls_out_of_memory_return_an_error_or_succeed_and_leave_no_child,
-     .timeout = 120)
+     .timeout = TH_TIMEOUT)
 {
     sweep(sup_api_once);
 }

@@ -1504,7 +1504,7 @@ static void racer_terminate(ar_proc_t *self, void *state, ar_reason_t why)
 static const ar_behaviour_t racer_b = {"racer", racer_init, racer_handle, racer_terminate};
 
 Test(signal, link_racing_the_targets_death_is_enoproc_with_nothing_changed_or_linked,
-     .timeout = 60)
+     .timeout = TH_TIMEOUT)
 {
     enum { ROUNDS = 2000 };
     ar_node_t *node = th_node(2);
