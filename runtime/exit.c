@@ -91,8 +91,8 @@ static void notify(ar_proc_t *p, ar_pid_t self, ar_reason_t why, enum ar__end ho
             ar_pid_t peer = h->msg.reply_to.pid;
             ar__route_or_free(node, peer, as_signal(h, self, told, how));
         }
-    /* What it still has queued learns how it ended: a LINK or MONITOR that arrived while
-     * it lived, a CALL it never took. What arrives after the mark gets AR_NOPROC. */
+    /* What reaches it before its mailbox is marked dead learns how it ended: a LINK or
+     * MONITOR, a CALL it never took. What arrives after the mark gets AR_NOPROC. */
     ar__env_t *e = p->inner_head;
     p->inner_head = p->inner_tail = NULL;
     while (e) {
@@ -100,8 +100,7 @@ static void notify(ar_proc_t *p, ar_pid_t self, ar_reason_t why, enum ar__end ho
         ar__dead_letter(node, p, e, told);
         e = n;
     }
-    while ((e = ar__mb_pop(p)) != NULL) ar__dead_letter(node, p, e, told);
-    ar__mb_drain_dead(node, p, NULL);
+    ar__mb_drain_dead(node, p, NULL, told);
 }
 
 /* Step 6. */

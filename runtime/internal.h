@@ -420,9 +420,9 @@ ar__env_t *ar__mb_pop(ar_proc_t *p); /* consumer only; NULL if nothing (now) */
 /* Consumer gives up the queue: marks it with bits if it is empty. false: not empty. */
 bool ar__mb_try_mark(ar_proc_t *p, uintptr_t bits);
 bool ar__mb_has_more(ar_proc_t *p);
-/* The consumer of a dead queue answers everything in it as dead letters until it rests
- * marked dead again; `keep` (if it is found) is handed back instead: true if it was. */
-bool ar__mb_drain_dead(struct ar_node *node, ar_proc_t *p, ar__env_t *keep);
+/* The consumer of a dead queue answers everything in it as dead letters (with why) until
+ * it rests marked dead; `keep` (if it is found) is handed back instead: true if it was. */
+bool ar__mb_drain_dead(struct ar_node *node, ar_proc_t *p, ar__env_t *keep, ar_reason_t why);
 void ar__inner_append(ar_proc_t *p, ar__env_t *e);
 void ar__consumed(ar_proc_t *p); /* a counted CAST/CALL left the mailbox */
 /* The consumer takes e out of the mailbox unhandled: gives back the counts it took. */

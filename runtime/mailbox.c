@@ -82,7 +82,7 @@ bool ar__mb_try_mark(ar_proc_t *p, uintptr_t bits)
                                                    memory_order_release, memory_order_relaxed);
 }
 
-bool ar__mb_drain_dead(struct ar_node *node, ar_proc_t *p, ar__env_t *keep)
+bool ar__mb_drain_dead(struct ar_node *node, ar_proc_t *p, ar__env_t *keep, ar_reason_t why)
 {
     bool kept = false;
     for (;;) {
@@ -93,7 +93,7 @@ bool ar__mb_drain_dead(struct ar_node *node, ar_proc_t *p, ar__env_t *keep)
                 ar__mb_unqueue(p, e);
                 kept = true;
             } else {
-                ar__dead_letter(node, p, e, AR_REASON(AR_NOPROC));
+                ar__dead_letter(node, p, e, why);
             }
         }
         if (ar__mb_try_mark(p, MB_EMPTY | MB_DEAD)) return kept;

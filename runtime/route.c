@@ -23,7 +23,7 @@ static const char lost_text[] = "out of memory (the reason's text was lost)";
 
 int ar__route_dead(ar_node_t *node, ar_proc_t *p, ar__env_t *e)
 {
-    return ar__mb_drain_dead(node, p, e) ? AR_ENOPROC : 0;
+    return ar__mb_drain_dead(node, p, e, AR_REASON(AR_NOPROC)) ? AR_ENOPROC : 0;
 }
 
 int ar__route(ar_node_t *node, ar_pid_t to, ar__env_t *e)

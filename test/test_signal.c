@@ -1472,9 +1472,10 @@ Test(signal, link_and_monitor_on_a_foreign_call_fire_when_the_call_ends, .timeou
 }
 
 /* ar_link racing the target's death: AR_ENOPROC means nothing changed (the caller, not
- * trapping exits, lives on and no EXIT ever comes); 0 means the link was made before the
- * death, and its exit signal arrives (killing the caller with the target's reason). The
- * caller used to keep its half on AR_ENOPROC, so the dead letter's EXIT killed it. */
+ * trapping exits, lives on and no EXIT ever comes); 0 means the LINK reached the target
+ * before its mailbox was marked dead, and its exit signal arrives with the target's own
+ * reason, even when the LINK came while the target was ending (it once said AR_NOPROC).
+ * The caller used to keep its half on AR_ENOPROC, so the dead letter's EXIT killed it. */
 typedef struct racer {
     ar_pid_t target;
     atomic_int rc, linked;
