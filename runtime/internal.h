@@ -89,6 +89,49 @@ struct ar__qnode {
     _Atomic(struct ar__qnode *) next;
 };
 
+/* Vyukov's intrusive MPSC queue, the mailbox's and the I/O thread's inbox's: a push is one
+ * atomic exchange of the producer end (`head`, whose low bits below `tags` may carry the
+ * owner's flags, as the mailbox's MB_* do) and a link; the one consumer pops from `tail`,
+ * resting `stub` behind the last node so it can be detached. */
+static inline uintptr_t ar__mpsc_push(_Atomic uintptr_t *head, struct ar__qnode *n, uintptr_t tags)
+{
+    atomic_store_explicit(&n->next, NULL, memory_order_relaxed);
+    /* acq_rel: acquire pairs with a consumer's marking CAS (whoever takes a tag's duty sees
+     * what the consumer left), release orders n's contents and earlier pushes before it */
+    uintptr_t prev = atomic_exchange_explicit(head, (uintptr_t)n, memory_order_acq_rel);
+    /* release: the consumer's acquire load of `next` sees the whole node */
+    atomic_store_explicit(&((struct ar__qnode *)(prev & ~tags))->next, n, memory_order_release);
+    return prev & tags;
+}
+
+/* The next node, or NULL if none is visible yet (a push may be between its exchange and
+ * its link: its producer then brings the consumer back, by the tag's duty or a wake-up).
+ * Consumer only; the head carries no tags while a consumer is active. */
+static inline struct ar__qnode *ar__mpsc_pop(_Atomic uintptr_t *head, struct ar__qnode **tailp,
+                                             struct ar__qnode *stub, uintptr_t tags)
+{
+    struct ar__qnode *tail = *tailp;
+    struct ar__qnode *next = atomic_load_explicit(&tail->next, memory_order_acquire);
+    if (tail == stub) {
+        if (!next) return NULL;
+        *tailp = tail = next;
+        next = atomic_load_explicit(&next->next, memory_order_acquire);
+    }
+    if (next) {
+        *tailp = next;
+        return tail;
+    }
+    if ((struct ar__qnode *)(atomic_load_explicit(head, memory_order_acquire) & ~tags) != tail)
+        return NULL;
+    ar__mpsc_push(head, stub, tags); /* tail is the last: rest the stub behind it */
+    next = atomic_load_explicit(&tail->next, memory_order_acquire);
+    if (next) {
+        *tailp = next;
+        return tail;
+    }
+    return NULL;
+}
+
 enum ar__env_kind {
     ENV_MSG,       /* a message for the handler: CAST, CALL, REPLY, TIMER (and EXIT, DOWN
                       once a signal turned into one) */
@@ -631,7 +674,7 @@ struct uv_loop_s;
  * thread submits run in the order it submitted them. The submitter owns the memory until
  * run is called (run frees it if it must). */
 typedef struct ar__io_cmd {
-    _Atomic(struct ar__io_cmd *) next;
+    struct ar__qnode q; /* must be first: the inbox links commands through it */
     void (*run)(struct ar__io_cmd *cmd, struct uv_loop_s *loop);
 } ar__io_cmd_t;
 /* From any thread, lock-free; never fails. Not once ar_node_stop has stopped the loop. */

@@ -26,58 +26,30 @@ struct ar__loop {
     uv_thread_t thread;
     ar_node_t *node;
     _Atomic int stopping;
-    /* the inbox: producers exchange `head`; the I/O thread alone moves `tail` */
-    _Atomic(ar__io_cmd_t *) head;
-    ar__io_cmd_t *tail;
-    ar__io_cmd_t stub;
+    /* the inbox (internal.h's MPSC queue): producers exchange `head`; the I/O thread alone
+     * moves `tail` */
+    _Atomic uintptr_t head;
+    struct ar__qnode *tail;
+    struct ar__qnode stub;
 };
 
 static void inbox_init(struct ar__loop *l)
 {
     atomic_store_explicit(&l->stub.next, NULL, memory_order_relaxed);
-    atomic_store_explicit(&l->head, &l->stub, memory_order_relaxed);
+    atomic_store_explicit(&l->head, (uintptr_t)&l->stub, memory_order_relaxed);
     l->tail = &l->stub;
 }
 
-static void inbox_push(struct ar__loop *l, ar__io_cmd_t *c)
-{
-    atomic_store_explicit(&c->next, NULL, memory_order_relaxed);
-    /* acq_rel: orders c's contents before the link, and this push after earlier ones */
-    ar__io_cmd_t *prev = atomic_exchange_explicit(&l->head, c, memory_order_acq_rel);
-    /* release: the I/O thread's acquire load of `next` sees the whole command */
-    atomic_store_explicit(&prev->next, c, memory_order_release);
-}
-
-/* The next command, or NULL if none is visible yet (I/O thread only). */
 static ar__io_cmd_t *inbox_pop(struct ar__loop *l)
 {
-    ar__io_cmd_t *tail = l->tail;
-    ar__io_cmd_t *next = atomic_load_explicit(&tail->next, memory_order_acquire);
-    if (tail == &l->stub) {
-        if (!next) return NULL;
-        l->tail = tail = next;
-        next = atomic_load_explicit(&next->next, memory_order_acquire);
-    }
-    if (next) {
-        l->tail = next;
-        return tail;
-    }
-    if (atomic_load_explicit(&l->head, memory_order_acquire) != tail)
-        return NULL; /* a push is linking in: its own wake-up brings the callback back */
-    inbox_push(l, &l->stub); /* tail is the last: rest the stub behind it */
-    next = atomic_load_explicit(&tail->next, memory_order_acquire);
-    if (next) {
-        l->tail = next;
-        return tail;
-    }
-    return NULL;
+    return (ar__io_cmd_t *)ar__mpsc_pop(&l->head, &l->tail, &l->stub, 0);
 }
 
 void ar__io_submit(ar_node_t *node, ar__io_cmd_t *cmd)
 {
     struct ar__loop *l = node->loop;
-    inbox_push(l, cmd);
-    uv_async_send(&l->wake);
+    ar__mpsc_push(&l->head, &cmd->q, 0);
+    uv_async_send(&l->wake); /* after the push: a pop that missed it is called again */
 }
 
 static void on_signal(uv_signal_t *h, int signum)

@@ -29,41 +29,12 @@ void ar__mb_init(ar_proc_t *p, uintptr_t bits)
 
 uintptr_t ar__mb_push(ar_proc_t *p, ar__env_t *e)
 {
-    atomic_store_explicit(&e->q.next, NULL, memory_order_relaxed);
-    /* acq_rel: acquire pairs with the consumer's marking CAS (the token's duty sees the
-     * process as its consumer left it); release orders e's contents before the link. */
-    uintptr_t prev = atomic_exchange_explicit(&p->head, (uintptr_t)&e->q, memory_order_acq_rel);
-    /* release: the consumer's acquire load of `next` sees the whole envelope. */
-    atomic_store_explicit(&untag(prev)->next, &e->q, memory_order_release);
-    return prev & MB_BITS;
+    return ar__mpsc_push(&p->head, &e->q, MB_BITS);
 }
 
 ar__env_t *ar__mb_pop(ar_proc_t *p)
 {
-    struct ar__qnode *tail = p->tail;
-    struct ar__qnode *next = atomic_load_explicit(&tail->next, memory_order_acquire);
-    if (tail == &p->stub) {
-        if (!next) return NULL;
-        p->tail = tail = next;
-        next = atomic_load_explicit(&next->next, memory_order_acquire);
-    }
-    if (next) {
-        p->tail = next;
-        return (ar__env_t *)tail;
-    }
-    if (untag(atomic_load_explicit(&p->head, memory_order_acquire)) != tail)
-        return NULL; /* a push is between its exchange and its link: not visible yet */
-    /* tail is the last node: rest the stub behind it so tail can be detached. The consumer
-     * is active, so the head carries no tag bits here. */
-    atomic_store_explicit(&p->stub.next, NULL, memory_order_relaxed);
-    uintptr_t prev = atomic_exchange_explicit(&p->head, (uintptr_t)&p->stub, memory_order_acq_rel);
-    atomic_store_explicit(&untag(prev)->next, &p->stub, memory_order_release);
-    next = atomic_load_explicit(&tail->next, memory_order_acquire);
-    if (next) {
-        p->tail = next;
-        return (ar__env_t *)tail;
-    }
-    return NULL;
+    return (ar__env_t *)ar__mpsc_pop(&p->head, &p->tail, &p->stub, MB_BITS);
 }
 
 bool ar__mb_has_more(ar_proc_t *p)
