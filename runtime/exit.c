@@ -73,11 +73,10 @@ static ar__env_t *as_signal(ar__env_t *h, ar_pid_t self, ar_reason_t told, enum 
 /* Step 4: each half becomes its signal, then the queue is answered. Signals go out kind
  * by kind, links first and DOWNs next, so a process linked to and monitoring the one that
  * ends sees its EXIT before its DOWN, as one sender's order requires. */
-static void notify(ar_proc_t *p, ar_pid_t self, ar_reason_t why, enum ar__end how)
+static void send_halves(ar_proc_t *p, ar_pid_t self, ar_reason_t told, enum ar__end how)
 {
     static const enum ar__half_kind order[] = {HALF_LINK, HALF_WATCHED, HALF_MONITOR, HALF_CALL};
     ar_node_t *node = p->node;
-    ar_reason_t told = how == END_EXITED ? why : AR_REASON(AR_NOPROC);
     ar__env_t *by_kind[HALF_CALL + 1] = {NULL};
     for (ar__env_t *h = ar__halves_take_all(p), *next; h; h = next) {
         next = (ar__env_t *)atomic_load_explicit(&h->q.next, memory_order_relaxed);
@@ -91,6 +90,14 @@ static void notify(ar_proc_t *p, ar_pid_t self, ar_reason_t why, enum ar__end ho
             ar_pid_t peer = h->msg.reply_to.pid;
             ar__route_or_free(node, peer, as_signal(h, self, told, how));
         }
+}
+
+static void notify(ar_proc_t *p, ar_pid_t self, ar_reason_t why, enum ar__end how)
+{
+    ar_node_t *node = p->node;
+    ar_reason_t told = how == END_EXITED ? why : AR_REASON(AR_NOPROC);
+    /* most short lives hold none (and no bucket array, which taking them all frees) */
+    if (p->halves.n || p->halves.mask) send_halves(p, self, told, how);
     /* What reaches it before its mailbox is marked dead learns how it ended: a LINK or
      * MONITOR, a CALL it never took. What arrives after the mark gets AR_NOPROC. */
     ar__env_t *e = p->inner_head;
