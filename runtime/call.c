@@ -172,7 +172,7 @@ int ar_ask(ar_proc_t *self, ar_pid_t to, uint32_t tag, const void *req, size_t l
     rc = failed ? ar__send_msg(node, to, AR_MSG_CALL, tag, req, len, (ar_reply_to_t){me, ref})
                 : AR_ENOMEM;
     if (rc == AR_ENOPROC) { /* the outcome is a failed reply, like any other */
-        ar__route_or_free(node, me, ar__env_recycle_reply(failed, to, (ar_reply_to_t){me, ref},
+        ar__route_or_dead_letter(node, me, ar__env_recycle_reply(failed, to, (ar_reply_to_t){me, ref},
                                                           AR_REASON(AR_NOPROC)));
         failed = NULL;
         rc = 0;

@@ -88,7 +88,7 @@ static void send_halves(ar_proc_t *p, ar_pid_t self, ar_reason_t told, enum ar__
         for (ar__env_t *h = by_kind[order[k]], *next; h; h = next) {
             next = (ar__env_t *)atomic_load_explicit(&h->q.next, memory_order_relaxed);
             ar_pid_t peer = h->msg.reply_to.pid;
-            ar__route_or_free(node, peer, as_signal(h, self, told, how));
+            ar__route_or_dead_letter(node, peer, as_signal(h, self, told, how));
         }
 }
 

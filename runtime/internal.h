@@ -186,7 +186,8 @@ _Static_assert(sizeof(ar__env_t) + sizeof(uint64_t) <= AR__POOL_SMALL,
                "an envelope header and a small payload fit the smallest pool class");
 static inline void *ar__env_payload(ar__env_t *e) { return (void *)(e + 1); }
 ar__env_t *ar__env_new(size_t len);
-ar__env_t *ar__env_new_on(struct ar__sched *s, size_t len);
+/* Two envelopes at once, or neither (AR_ENOMEM): the two halves a link or monitor needs. */
+int ar__env_new_pair(ar__env_t **a, ar__env_t **b);
 void ar__env_free(ar__env_t *e);
 static inline void ar__env_free_on(struct ar__sched *s, ar__env_t *e);
 /* Turns e into a signal of `kind` from `from` with ref and reason, keeping its memory; a
@@ -214,7 +215,7 @@ int ar__route_dead(struct ar_node *node, struct ar_proc *p, ar__env_t *e);
  * monitor's reservation); false says nothing, and only ar__route decides. */
 bool ar__route_known_dead(struct ar_node *node, ar_pid_t to);
 /* ar__route for an envelope nobody waits on: an unroutable one is a dead letter. */
-void ar__route_or_free(struct ar_node *node, ar_pid_t to, ar__env_t *e);
+void ar__route_or_dead_letter(struct ar_node *node, ar_pid_t to, ar__env_t *e);
 /* Answers an envelope whose target ended: a LINK becomes the linker's EXIT, a MONITOR
  * the watcher's DOWN, a CALL the caller's failed reply, each with why; the rest is
  * dropped (messages counted). p: the struct it was queued in (its counts are given back). */
@@ -539,8 +540,8 @@ ar__sched_t *ar__current_sched(void);
  * node's schedulers, else on the node's inject queue (waking a parked scheduler). */
 void ar__schedule(struct ar_node *node, ar_proc_t *p);
 void ar__schedule_on(ar__sched_t *s, struct ar_node *node, ar_proc_t *p); /* s: the caller's */
-/* After a push reported MB_EMPTY/MB_DEAD bits: schedule, wake a foreign waiter, or drain. */
-void ar__after_push(struct ar_node *node, ar_proc_t *p, uintptr_t bits);
+/* After a push reported MB_EMPTY (ar__route drains a dead one itself): schedule the
+ * process, or wake the foreign thread its waiter stands for. */
 void ar__after_push_on(ar__sched_t *s, struct ar_node *node, ar_proc_t *p, uintptr_t bits);
 /* Parks the calling process until its mailbox gets something (or it must exit); false
  * when no stack could be had for the scheduler to go on with (nothing changed). */

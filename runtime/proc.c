@@ -50,7 +50,7 @@ void ar__proc_table_destroy(ar_node_t *node)
 {
     struct ar__proc_table *t = &node->ptab;
     uint32_t n = atomic_load(&t->nchunks);
-    for (uint32_t c = 0; c < n; c++) ar__free(((void **)atomic_load(&t->chunks[c]))[-1]);
+    for (uint32_t c = 0; c < n; c++) ar__free(atomic_load(&t->chunks[c]));
     pthread_mutex_destroy(&t->lock);
 }
 
@@ -62,14 +62,8 @@ static ar_proc_t *fresh_slot(ar_node_t *node)
     uint32_t c = index / AR__CHUNK_PROCS;
     if (c >= AR__MAX_CHUNKS) return NULL;
     if (c >= atomic_load_explicit(&t->nchunks, memory_order_relaxed)) {
-        /* cache-line aligned, as struct ar_proc promises; the block's own address is kept
-         * in the word just below the first slot */
-        size_t bytes = (size_t)AR__CHUNK_PROCS * sizeof(ar_proc_t) + AR__CACHE_LINE;
-        char *raw = ar__calloc(1, bytes);
-        if (!raw) return NULL;
-        ar_proc_t *chunk = (ar_proc_t *)(((uintptr_t)raw + sizeof(void *) + AR__CACHE_LINE - 1) &
-                                         ~(uintptr_t)(AR__CACHE_LINE - 1));
-        ((void **)chunk)[-1] = raw;
+        ar_proc_t *chunk = ar__calloc(AR__CHUNK_PROCS, sizeof(ar_proc_t));
+        if (!chunk) return NULL;
         for (uint32_t i = 0; i < AR__CHUNK_PROCS; i++) {
             chunk[i].index = c * AR__CHUNK_PROCS + i;
             ar__mb_init(&chunk[i], MB_EMPTY | MB_DEAD);
@@ -583,11 +577,7 @@ static int spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_s
     if (atomic_load_explicit(&node->stopping, memory_order_acquire)) return AR_ECLOSED;
     bool link = opts && opts->link;
     ar__env_t *parent_half = NULL, *child_half = NULL; /* a link's halves, made first */
-    if (link && !(parent_half = ar__env_new(0))) return AR_ENOMEM;
-    if (link && !(child_half = ar__env_new(0))) {
-        ar__env_free(parent_half);
-        return AR_ENOMEM;
-    }
+    if (link && ar__env_new_pair(&parent_half, &child_half)) return AR_ENOMEM;
     ar_proc_t *p = ar__proc_alloc(node);
     if (!p) {
         ar__env_free(parent_half);

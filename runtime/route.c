@@ -36,7 +36,7 @@ bool ar__route_known_dead(ar_node_t *node, ar_pid_t to)
     return to.hi == node->pid_hi && !ar__proc_lookup(node, to);
 }
 
-void ar__route_or_free(ar_node_t *node, ar_pid_t to, ar__env_t *e)
+void ar__route_or_dead_letter(ar_node_t *node, ar_pid_t to, ar__env_t *e)
 {
     if (ar__route(node, to, e) != 0) ar__dead_letter(node, NULL, e, AR_REASON(AR_NOPROC));
 }
@@ -98,16 +98,16 @@ void ar__dead_letter(ar_node_t *node, ar_proc_t *p, ar__env_t *e, ar_reason_t wh
     case ENV_LINK: /* the linker holds its half: it learns how its partner ended */
         e = ar__env_recycle(e, ENV_EXIT, dead, 0, why);
         e->flags = ENVF_LINK;
-        ar__route_or_free(node, to, e);
+        ar__route_or_dead_letter(node, to, e);
         return;
     case ENV_MONITOR:
-        ar__route_or_free(node, to, ar__env_recycle(e, ENV_DOWN, dead, e->msg.ref, why));
+        ar__route_or_dead_letter(node, to, ar__env_recycle(e, ENV_DOWN, dead, e->msg.ref, why));
         return;
     case ENV_MSG:
         if (e->msg.kind == AR_MSG_CALL) {
             ar__count(ar__current_sched(), node, AR__DROPPED); /* its target is gone */
             ar_reply_to_t rt = e->msg.reply_to;
-            ar__route_or_free(node, rt.pid, ar__env_recycle_reply(e, dead, rt, why));
+            ar__route_or_dead_letter(node, rt.pid, ar__env_recycle_reply(e, dead, rt, why));
             return;
         }
         if (e->msg.kind != AR_MSG_REPLY) ar__count(ar__current_sched(), node, AR__DROPPED);

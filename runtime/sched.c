@@ -286,11 +286,6 @@ void ar__requeue(ar_proc_t *p)
         ar__schedule(p->node, p);
 }
 
-void ar__after_push(ar_node_t *node, ar_proc_t *p, uintptr_t bits)
-{
-    if (bits) ar__after_push_on(ar__current_sched(), node, p, bits);
-}
-
 void ar__after_push_on(ar__sched_t *s, ar_node_t *node, ar_proc_t *p, uintptr_t bits)
 {
     if (!bits) return;

@@ -34,9 +34,17 @@ static inline __attribute__((always_inline)) ar__env_t *env_new(ar__sched_t *s, 
     return e;
 }
 
-ar__env_t *ar__env_new_on(ar__sched_t *s, size_t len) { return env_new(s, len); }
+ar__env_t *ar__env_new(size_t len) { return env_new(ar__current_sched(), len); }
 
-ar__env_t *ar__env_new(size_t len) { return ar__env_new_on(ar__current_sched(), len); }
+int ar__env_new_pair(ar__env_t **a, ar__env_t **b)
+{
+    *a = ar__env_new(0);
+    *b = *a ? ar__env_new(0) : NULL;
+    if (*b) return 0;
+    ar__env_free(*a);
+    *a = NULL;
+    return AR_ENOMEM;
+}
 
 void ar__env_free(ar__env_t *e)
 {
@@ -147,7 +155,7 @@ static int reply(ar_node_t *node, ar_reply_to_t to, const void *data, size_t len
     e->msg.len = len;
     e->msg.kind = AR_MSG_REPLY;
     e->flags = (uint8_t)(((to.ref & 1) ? ENVF_SYNC : 0) | (settled ? ENVF_RELEASED : 0));
-    ar__route_or_free(node, to.pid, e); /* a caller that is gone is no error of the replier's */
+    ar__route_or_dead_letter(node, to.pid, e); /* a caller that is gone is no error of the replier's */
     return 0;
 }
 

@@ -36,7 +36,7 @@ int ar__send_exit(ar_node_t *node, ar_pid_t from, ar_pid_t to, ar_reason_t why, 
 void ar__call_done(ar_node_t *node, ar_pid_t self, ar_pid_t to, ar_ref_t ref)
 {
     ar__env_t *e = ar__env_new(0);
-    if (e) ar__route_or_free(node, to, ar__env_recycle(e, ENV_CALL_DONE, self, ref,
+    if (e) ar__route_or_dead_letter(node, to, ar__env_recycle(e, ENV_CALL_DONE, self, ref,
                                                         AR_REASON(AR_NORMAL)));
 }
 
@@ -146,16 +146,6 @@ int ar_exit(ar_node_t *node, ar_pid_t target, ar_reason_t why)
     return rc == AR_ENOPROC ? 0 : rc; /* an exit to a dead pid does nothing */
 }
 
-/* Two envelopes at once, or none. */
-static bool two(ar__env_t **a, ar__env_t **b)
-{
-    *a = ar__env_new(0);
-    *b = *a ? ar__env_new(0) : NULL;
-    if (*b) return true;
-    ar__env_free(*a);
-    return false;
-}
-
 int ar_link(ar_proc_t *self, ar_pid_t other)
 {
     ar_proc_t *p = self_ok(self);
@@ -164,7 +154,7 @@ int ar_link(ar_proc_t *self, ar_pid_t other)
     if (ar_pid_eq(other, me) || ar__half_has(p, HALF_LINK, other, 0)) return 0;
     if (ar__route_known_dead(p->node, other)) return AR_ENOPROC;
     ar__env_t *half, *link;
-    if (!two(&half, &link)) return AR_ENOMEM;
+    if (ar__env_new_pair(&half, &link)) return AR_ENOMEM;
     ar__half_put(p, half, HALF_LINK, other, 0);
     link = ar__env_recycle(link, ENV_LINK, me, 0, AR_REASON(AR_NORMAL));
     if (ar__route(p->node, other, link) == 0) return 0;
@@ -179,7 +169,7 @@ int ar_unlink(ar_proc_t *self, ar_pid_t other)
     ar_proc_t *p = self_ok(self);
     if (!p) return AR_EINVAL;
     ar__env_t *h = ar__half_take(p, HALF_LINK, other, 0);
-    if (h) ar__route_or_free(p->node, other, ar__env_recycle(h, ENV_UNLINK, ar__proc_pid(p), 0,
+    if (h) ar__route_or_dead_letter(p->node, other, ar__env_recycle(h, ENV_UNLINK, ar__proc_pid(p), 0,
                                                              AR_REASON(AR_NORMAL)));
     return 0;
 }
@@ -203,7 +193,7 @@ int ar__monitor(ar_proc_t *p, ar_pid_t target, ar_ref_t *ref)
         down_at_once(p, mon, target, *ref = ar__make_ref(node));
         return 0;
     }
-    if (!two(&half, &mon)) return AR_ENOMEM;
+    if (ar__env_new_pair(&half, &mon)) return AR_ENOMEM;
     ar_ref_t r = ar__make_ref(node);
     ar__half_put(p, half, HALF_MONITOR, target, r);
     mon = ar__env_recycle(mon, ENV_MONITOR, ar__proc_pid(p), r, AR_REASON(AR_NORMAL));
@@ -234,7 +224,7 @@ int ar_demonitor(ar_proc_t *self, ar_ref_t ref, bool flush)
     ar__env_t *h = ar__half_take(p, HALF_MONITOR, AR_PID_NONE, ref);
     if (h) {
         ar_pid_t target = h->msg.reply_to.pid;
-        ar__route_or_free(p->node, target, ar__env_recycle(h, ENV_DEMONITOR, ar__proc_pid(p),
+        ar__route_or_dead_letter(p->node, target, ar__env_recycle(h, ENV_DEMONITOR, ar__proc_pid(p),
                                                            ref, AR_REASON(AR_NORMAL)));
     }
     if (flush) { /* a DOWN already turned into a message */

@@ -156,7 +156,7 @@ static void fire(ar_node_t *node, struct ar__wheel *w, ar__timer_t *t)
                                                 memory_order_acq_rel, memory_order_acquire)) {
         ar__env_t *e = t->env;
         t->env = NULL;
-        ar__route_or_free(node, t->to, e);
+        ar__route_or_dead_letter(node, t->to, e);
         if (t->ref) timer_map_remove(node, t);
     }
     put(t);
