@@ -17,7 +17,8 @@ BUILD   ?= build
 SAN     ?=
 
 # Debian packages arbor builds on (DEPENDENCIES.md).
-DEB_PKGS := pkg-config libuv1-dev libmsgpack-dev libcriterion-dev libssl-dev
+DEB_PKGS := pkg-config libuv1-dev libmsgpack-dev libcriterion-dev libssl-dev liburcu-dev \
+            libxxhash-dev
 PKGCONF  := $(shell command -v pkg-config 2>/dev/null)
 # msgpack-c is `msgpack` in Debian 12 and `msgpack-c` in newer releases.
 MSGPACK_PC := $(shell pkg-config --exists msgpack-c 2>/dev/null && echo msgpack-c || echo msgpack)
@@ -26,8 +27,8 @@ WARN    := -Wall -Wextra -Wstrict-prototypes -Wshadow -Wno-unused-parameter -Wer
 CFLAGS  := -std=c11 $(OPT) $(WARN) -fPIC -fvisibility=hidden -fstack-clash-protection \
            -D_GNU_SOURCE -Iinclude -MMD -MP $(SAN) $(EXTRA_CFLAGS)
 ifneq ($(PKGCONF),)
-DEP_CFLAGS := $(shell pkg-config --cflags libuv $(MSGPACK_PC) 2>/dev/null)
-DEP_LIBS   := $(shell pkg-config --libs libuv 2>/dev/null) -lpthread -lm
+DEP_CFLAGS := $(shell pkg-config --cflags libuv $(MSGPACK_PC) liburcu-bp liburcu-cds libxxhash 2>/dev/null)
+DEP_LIBS   := $(shell pkg-config --libs libuv liburcu-bp liburcu-cds libxxhash 2>/dev/null) -lpthread -lm
 MSGPACK_LIBS := $(shell pkg-config --libs $(MSGPACK_PC) 2>/dev/null)
 CRIT_LIBS  := $(shell pkg-config --libs criterion 2>/dev/null)
 endif
@@ -141,7 +142,7 @@ install: build
 	install -m 644 include/arbor.h $(DESTDIR)$(PREFIX)/include/
 	install -m 644 $(BUILD)/libarbor.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(BUILD)/libarbor.so $(DESTDIR)$(PREFIX)/lib/
-	printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: arbor\nDescription: Erlang/OTP-style processes and supervision for C\nVersion: %s\nRequires.private: libuv\nLibs: -L$${libdir} -larbor\nLibs.private: -lpthread -lcrypto\nCflags: -I$${includedir}\n' \
+	printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: arbor\nDescription: Erlang/OTP-style processes and supervision for C\nVersion: %s\nRequires.private: libuv liburcu-bp liburcu-cds libxxhash\nLibs: -L$${libdir} -larbor\nLibs.private: -lpthread -lcrypto\nCflags: -I$${includedir}\n' \
 	  '$(PREFIX)' "$$(sed -n 's/#define AR_VERSION_MAJOR //p' include/arbor.h).$$(sed -n 's/#define AR_VERSION_MINOR //p' include/arbor.h).$$(sed -n 's/#define AR_VERSION_PATCH //p' include/arbor.h)" \
 	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/arbor.pc
 uninstall:

@@ -202,7 +202,8 @@ typedef struct ar_spawn_opts {
     bool link;            /* link to the calling process, atomically (AR_ENOTPROC outside) */
     bool trap_exit;
     size_t mailbox_limit; /* 0: unbounded; else ar_send fails with AR_EAGAIN */
-    const char *name;     /* register atomically (AR_ENOTSUP until names land) */
+    const char *name;     /* registered before init runs; a taken name fails the spawn
+                             with AR_EEXIST and leaves nothing behind */
 } ar_spawn_opts_t;
 
 /* Starts a process running behaviour b. init (optional) runs in the new process's own
@@ -297,6 +298,18 @@ AR_EXTERN int ar_demonitor(ar_proc_t *self, ar_ref_t ref, bool flush);
 /* Turns exit trapping on or off; returns the old value (false for a NULL self). While
  * trapping, exit signals (but AR_KILL from ar_exit) arrive as AR_MSG_EXIT messages. */
 AR_EXTERN bool ar_trap_exit(ar_proc_t *self, bool on);
+
+/* ---- Names ------------------------------------------------------------------------- */
+/* A name (1 to AR_NAME_MAX - 1 bytes) maps to one live local process; a process has at
+ * most one name. The name is released as the process ends, before any DOWN or EXIT of it
+ * is sent, so whoever sees the death can take the name at once. Lookups take no lock.
+ * ar_register: AR_EINVAL (NULL node, bad name), AR_EEXIST (name taken), AR_EALREADY (the
+ * process has a name), AR_ENOPROC (dead, unknown or remote pid), AR_ENOMEM.
+ * ar_unregister: AR_EINVAL, AR_ENOENT (no such name).
+ * ar_whereis: the pid, or AR_PID_NONE (unknown name, or bad arguments). */
+AR_EXTERN int ar_register(ar_node_t *node, const char *name, ar_pid_t pid);
+AR_EXTERN int ar_unregister(ar_node_t *node, const char *name);
+AR_EXTERN ar_pid_t ar_whereis(ar_node_t *node, const char *name);
 
 /* ---- Supervisors (supervisors/, written on this API alone) ------------------------- */
 typedef enum { AR_ONE_FOR_ONE, AR_ONE_FOR_ALL, AR_REST_FOR_ONE, AR_SIMPLE_ONE_FOR_ONE } ar_strategy_t;

@@ -129,8 +129,9 @@ static void free_slot(ar_proc_t *p, enum ar__end how)
 void ar__exit_sequence(ar_proc_t *p, ar_reason_t why, enum ar__end how)
 {
     ar_pid_t self = ar__proc_pid(p);
+    char name[AR_NAME_MAX];
     release_owned(p);
-    /* step 2, the name: names are not in yet */
+    ar__names_release(p, name); /* step 2 */
     unpublish(p);
     notify(p, self, why, how);
     /* step 5, the exit event: the event stream is not in yet */

@@ -25,6 +25,7 @@ static int proc_info(ar_node_t *node, ar_pid_t pid, ar_proc_info_t *out)
     i.links = atomic_load_explicit(&p->nlinks, memory_order_relaxed);
     i.monitors = atomic_load_explicit(&p->nmonitors, memory_order_relaxed);
     i.monitored_by = atomic_load_explicit(&p->nmonitored_by, memory_order_relaxed);
+    ar__names_of(p, i.name);
     /* still the same process: the snapshot is not a mix of two occupants of the slot */
     if (atomic_load_explicit(&p->pid_lo, memory_order_acquire) != pid.lo || (fl & P_FOREIGN))
         return AR_ENOPROC;

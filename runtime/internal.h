@@ -32,6 +32,9 @@
 
 #include "queue.h"
 
+#include <urcu/urcu-bp.h> /* the flavour's names first, then the table (rcu.c) */
+#include <urcu/rculfhash.h>
+
 #define AR__CACHE_LINE 64
 #define AR__PID_INDEX(lo) ((uint32_t)(lo))
 #define AR__PID_SERIAL(lo) ((uint32_t)((lo) >> 32))
@@ -366,6 +369,7 @@ struct ar_proc {
     _Atomic uint8_t trap_exit;
     /* how many halves of each kind it holds, mirrored for ar_proc_info (other threads) */
     _Atomic uint32_t nlinks, nmonitors, nmonitored_by;
+    _Atomic(struct ar__name *) name; /* its registered name (names.c), or a marker */
 };
 /* An idle process with no state costs one slot, under four cache lines. */
 #define AR__PROC_MAX_BYTES 240
@@ -651,6 +655,8 @@ struct ar_node {
     struct ar__loop *loop;
     uint64_t start_ns;
     size_t stack_size;
+    struct cds_lfht *names;     /* registered names: name -> pid (names.c) */
+    uint64_t hash_seed;         /* of every table keyed by outside data */
     uint64_t spin_ns;
     pthread_mutex_t stack_lock; /* node-wide free stacks and the chunks they come from */
     ar__stack_t *stacks;
@@ -668,6 +674,38 @@ bool ar__outside_enter(struct ar_node *node);
 void ar__outside_leave(struct ar_node *node);
 uint64_t ar__now_ns(void);
 bool ar__timeout_ok(int timeout_ms);
+
+/* ---- RCU and lock-free tables (rcu.c) ------------------------------------------------ */
+/* Read-side sections around every lookup of a cds_lfht (never spanning a park). */
+void ar__rcu_read_lock(void);
+void ar__rcu_read_unlock(void);
+/* Under ThreadSanitizer, the edges liburcu gives but TSan cannot see: call published on a
+ * node before adding it, seen on a node a lookup found, reclaimed first in every call_rcu
+ * callback. Nothing otherwise. */
+void ar__rcu_published(void *obj);
+void ar__rcu_seen(void *obj);
+void ar__rcu_reclaimed(struct rcu_head *h);
+/* fn(h) after a grace period, on liburcu's call_rcu thread: it must not touch a node. */
+void ar__rcu_call(struct rcu_head *h, void (*fn)(struct rcu_head *));
+void ar__rcu_synchronize(void); /* not inside a read-side section */
+void ar__rcu_barrier(void);     /* every ar__rcu_call so far has run */
+struct cds_lfht *ar__lfht_new(unsigned long initial);
+void ar__lfht_destroy(struct cds_lfht *t); /* empty, no reader left */
+unsigned long ar__hash(const void *data, size_t len, uint64_t seed);
+
+/* ---- Names (names.c) ---------------------------------------------------------------- */
+/* A process's name pointer is NULL (none), a name, or one of these markers. */
+#define AR__NAME_CLAIMING ((struct ar__name *)1) /* a registration is in progress */
+#define AR__NAME_ENDED ((struct ar__name *)2)    /* ending: it takes no name any more */
+int ar__names_init(struct ar_node *node);
+void ar__names_destroy(struct ar_node *node);
+/* Gives a process being spawned (not yet running) its name: AR_EEXIST, AR_ENOMEM. */
+int ar__names_claim(ar_proc_t *p, ar_pid_t pid, const char *name);
+/* The exit sequence's step 2: frees p's name for others; copies it into out (AR_NAME_MAX
+ * bytes; "" if it had none). */
+void ar__names_release(ar_proc_t *p, char *out);
+/* Copies p's name into out ("" if none); false if it has none. Any thread. */
+bool ar__names_of(ar_proc_t *p, char *out);
 
 /* ---- I/O thread (loop.c) ------------------------------------------------------------ */
 struct uv_loop_s;

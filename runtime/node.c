@@ -55,6 +55,7 @@ static void node_free(ar_node_t *node)
     ar__timers_destroy(node);
     ar__depot_destroy(&node->depot);
     ar__proc_table_destroy(node);
+    ar__names_destroy(node);
     pthread_mutex_destroy(&node->inject_lock);
     pthread_mutex_destroy(&node->idle_lock);
     pthread_mutex_destroy(&node->top_lock);
@@ -123,7 +124,9 @@ int ar_node_start(const ar_node_config_t *cfg_in, ar_node_t **out)
     atomic_init(&node->next_ref, 2);
     node->start_ns = ar__now_ns();
 
-    if ((rc = ar__timers_init(node)) != 0) goto fail;
+    if (getrandom(&node->hash_seed, sizeof node->hash_seed, 0) != sizeof node->hash_seed)
+        node->hash_seed = ar__now_ns() ^ node->pid_hi;
+    if ((rc = ar__timers_init(node)) != 0 || (rc = ar__names_init(node)) != 0) goto fail;
     ar__stack_signals_init();
     if ((rc = ar__sched_start(node)) != 0) goto fail;
     if ((rc = ar__loop_start(node)) != 0) {

@@ -126,6 +126,7 @@ ar_proc_t *ar__proc_alloc(ar_node_t *node)
     p->stack = NULL;
     p->link = NULL;
     p->ext = NULL;
+    atomic_store_explicit(&p->name, NULL, memory_order_relaxed);
     p->wait_ref = 0;
     p->wait_timer = NULL;
     p->handling = NULL;
@@ -597,14 +598,17 @@ static int spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_s
     ar_pid_t pid = {node->pid_hi, lo};
     atomic_fetch_add_explicit(&node->live, 1, memory_order_relaxed);
     struct ar__proc_ext *x = parent ? NULL : ar__proc_ext(p); /* the start handshake's */
-    if (!publish(node, p, lo) || (!parent && !x)) {
-        int rc = x || parent ? AR_ECLOSED : AR_ENOMEM;
+    /* a name is claimed before init runs, as OTP registers before init */
+    int rc = !publish(node, p, lo)    ? AR_ECLOSED
+             : !parent && !x          ? AR_ENOMEM
+             : opts && opts->name     ? ar__names_claim(p, pid, opts->name)
+                                      : 0;
+    if (rc) {
         ar__exit_sequence(p, AR_REASON(AR_NOPROC), END_START_FAILED);
         ar__env_free(parent_half);
         ar__env_free(child_half);
         return rc;
     }
-    int rc;
     if (parent) {
         ar_pid_t ppid = ar__proc_pid(parent);
         if (link) { /* both halves before the child runs a line: one that dies at once
@@ -645,7 +649,8 @@ int ar_spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_spawn
         parent = NULL;
     if (opts) {
         if (opts->link && !parent) return AR_ENOTPROC;
-        if (opts->name) return AR_ENOTSUP; /* names: not yet */
+        size_t nl = opts->name ? strnlen(opts->name, AR_NAME_MAX) : 1;
+        if (nl == 0 || nl >= AR_NAME_MAX) return AR_EINVAL;
         if (opts->mailbox_limit > UINT32_MAX) return AR_EINVAL;
     }
     if (parent) return spawn(node, b, arg, opts, parent, out);

@@ -1,0 +1,244 @@
+/* Registered names: a lock-free hash table (liburcu's cds_lfht) from name to pid, read
+ * by ar_whereis from any thread without a lock, and a pointer in each process to its one
+ * name.
+ *
+ * A process's name pointer settles the races between registering, unregistering and
+ * ending. A registration first claims it (NULL -> CLAIMING: one name per process), then
+ * adds the name to the table, then stores it; the exit sequence swaps in ENDED (waiting
+ * out a claim in progress, which never parks) and removes the name it finds. So a name is
+ * gone from the table before the process unpublishes its pid and before any DOWN or EXIT
+ * of it is sent. Whoever removes a name from the table frees it, after a grace period.
+ */
+#include "internal.h"
+
+#include <sched.h>
+#include <string.h>
+
+struct ar__name {
+    struct cds_lfht_node ln;
+    struct rcu_head rcu;
+    ar_pid_t pid;
+    size_t len;
+    char text[]; /* len bytes and a NUL */
+};
+
+struct name_key {
+    const char *text;
+    size_t len;
+};
+
+static bool is_name(const struct ar__name *n) { return n > AR__NAME_ENDED; }
+
+static int match(struct cds_lfht_node *ln, const void *key)
+{
+    const struct ar__name *n = caa_container_of(ln, struct ar__name, ln);
+    const struct name_key *k = key;
+    ar__rcu_seen((void *)n);
+    return n->len == k->len && memcmp(n->text, k->text, k->len) == 0;
+}
+
+static int check_name(const char *name, size_t *len)
+{
+    if (!name) return AR_EINVAL;
+    *len = strnlen(name, AR_NAME_MAX);
+    return *len == 0 || *len >= AR_NAME_MAX ? AR_EINVAL : 0;
+}
+
+static struct ar__name *name_new(ar_pid_t pid, const char *text, size_t len)
+{
+    struct ar__name *n = ar__malloc(sizeof *n + len + 1);
+    if (!n) return NULL;
+    cds_lfht_node_init(&n->ln);
+    n->pid = pid;
+    n->len = len;
+    memcpy(n->text, text, len);
+    n->text[len] = '\0';
+    return n;
+}
+
+static void name_reclaim(struct rcu_head *h)
+{
+    ar__rcu_reclaimed(h);
+    ar__free(caa_container_of(h, struct ar__name, rcu));
+}
+
+/* Under a read-side section: the name's entry, or NULL. */
+static struct ar__name *find(ar_node_t *node, const char *text, size_t len)
+{
+    struct name_key k = {text, len};
+    struct cds_lfht_iter it;
+    cds_lfht_lookup(node->names, ar__hash(text, len, node->hash_seed), match, &k, &it);
+    struct cds_lfht_node *ln = cds_lfht_iter_get_node(&it);
+    return ln ? caa_container_of(ln, struct ar__name, ln) : NULL;
+}
+
+/* Under a read-side section: adds n unless its name is taken. */
+static bool add(ar_node_t *node, struct ar__name *n)
+{
+    struct name_key k = {n->text, n->len};
+    ar__rcu_published(n);
+    struct cds_lfht_node *got =
+        cds_lfht_add_unique(node->names, ar__hash(n->text, n->len, node->hash_seed), match, &k, &n->ln);
+    return got == &n->ln;
+}
+
+/* Under a read-side section: removes n from the table; whoever succeeds frees it. */
+static bool remove_name(ar_node_t *node, struct ar__name *n)
+{
+    if (cds_lfht_del(node->names, &n->ln) != 0) return false;
+    ar__rcu_call(&n->rcu, name_reclaim);
+    return true;
+}
+
+int ar__names_init(ar_node_t *node)
+{
+    node->names = ar__lfht_new(64);
+    return node->names ? 0 : AR_ENOMEM;
+}
+
+void ar__names_destroy(ar_node_t *node)
+{
+    if (!node->names) return;
+    /* every process ended and took its name along: nothing is left but to wait for the
+     * frees still pending, which run with the allocator hook the node started with */
+    ar__rcu_barrier();
+    ar__lfht_destroy(node->names);
+    node->names = NULL;
+}
+
+int ar__names_claim(ar_proc_t *p, ar_pid_t pid, const char *text)
+{
+    ar_node_t *node = p->node;
+    size_t len = strlen(text);
+    struct ar__name *n = name_new(pid, text, len);
+    if (!n) return AR_ENOMEM;
+    ar__rcu_read_lock();
+    bool added = add(node, n);
+    ar__rcu_read_unlock();
+    if (!added) {
+        ar__free(n);
+        return AR_EEXIST;
+    }
+    atomic_store_explicit(&p->name, n, memory_order_release);
+    return 0;
+}
+
+void ar__names_release(ar_proc_t *p, char *out)
+{
+    out[0] = '\0';
+    struct ar__name *n = atomic_load_explicit(&p->name, memory_order_acquire);
+    for (;;) {
+        if (n == AR__NAME_CLAIMING) { /* a registration is under way: it never parks */
+            sched_yield();
+            n = atomic_load_explicit(&p->name, memory_order_acquire);
+            continue;
+        }
+        if (atomic_compare_exchange_weak_explicit(&p->name, &n, AR__NAME_ENDED,
+                                                  memory_order_acq_rel, memory_order_acquire))
+            break;
+    }
+    if (!is_name(n)) return;
+    ar__rcu_read_lock();
+    memcpy(out, n->text, n->len + 1);
+    remove_name(p->node, n); /* else ar_unregister took it out first and frees it */
+    ar__rcu_read_unlock();
+}
+
+bool ar__names_of(ar_proc_t *p, char *out)
+{
+    out[0] = '\0';
+    ar__rcu_read_lock();
+    struct ar__name *n = atomic_load_explicit(&p->name, memory_order_acquire);
+    if (is_name(n)) memcpy(out, n->text, n->len + 1);
+    ar__rcu_read_unlock();
+    return out[0] != '\0';
+}
+
+/* Claims p's one name for a registration: 0, AR_EALREADY, or AR_ENOPROC (it ends). */
+static int claim(ar_proc_t *p, ar_pid_t pid)
+{
+    struct ar__name *none = NULL;
+    if (!atomic_compare_exchange_strong_explicit(&p->name, &none, AR__NAME_CLAIMING,
+                                                 memory_order_acq_rel, memory_order_acquire))
+        return none == AR__NAME_ENDED ? AR_ENOPROC : AR_EALREADY;
+    /* the slot may have a new occupant since the lookup: then that one is not ours */
+    if (atomic_load_explicit(&p->pid_lo, memory_order_acquire) != pid.lo) {
+        atomic_store_explicit(&p->name, NULL, memory_order_release);
+        return AR_ENOPROC;
+    }
+    return 0;
+}
+
+static int do_register(ar_node_t *node, const char *text, size_t len, ar_pid_t pid)
+{
+    struct ar__name *n = name_new(pid, text, len);
+    if (!n) return AR_ENOMEM;
+    int rc;
+    ar__rcu_read_lock();
+    ar_proc_t *p = ar__proc_lookup(node, pid);
+    if (!p || (atomic_load_explicit(&p->flags, memory_order_relaxed) & P_FOREIGN))
+        rc = AR_ENOPROC;
+    else if ((rc = claim(p, pid)) == 0) {
+        bool added = add(node, n);
+        /* only this thread moves the pointer on from CLAIMING: the exit sequence waits */
+        atomic_store_explicit(&p->name, added ? n : NULL, memory_order_release);
+        if (added) n = NULL;
+        else rc = AR_EEXIST;
+    }
+    ar__rcu_read_unlock();
+    ar__free(n);
+    return rc;
+}
+
+int ar_register(ar_node_t *node, const char *name, ar_pid_t pid)
+{
+    size_t len;
+    if (!node || check_name(name, &len)) return AR_EINVAL;
+    if (ar_pid_is_none(pid)) return AR_ENOPROC;
+    bool outside = ar__outside_enter(node);
+    int rc = do_register(node, name, len, pid);
+    if (outside) ar__outside_leave(node);
+    return rc;
+}
+
+static int do_unregister(ar_node_t *node, const char *text, size_t len)
+{
+    int rc = AR_ENOENT;
+    ar__rcu_read_lock();
+    struct ar__name *n = find(node, text, len);
+    if (n && remove_name(node, n)) {
+        rc = 0;
+        /* the owner may take a name again (unless it ends meanwhile: then it holds ENDED) */
+        ar_proc_t *p = ar__proc_lookup(node, n->pid);
+        struct ar__name *expect = n;
+        if (p)
+            atomic_compare_exchange_strong_explicit(&p->name, &expect, NULL,
+                                                    memory_order_acq_rel, memory_order_relaxed);
+    }
+    ar__rcu_read_unlock();
+    return rc;
+}
+
+int ar_unregister(ar_node_t *node, const char *name)
+{
+    size_t len;
+    if (!node || check_name(name, &len)) return AR_EINVAL;
+    bool outside = ar__outside_enter(node);
+    int rc = do_unregister(node, name, len);
+    if (outside) ar__outside_leave(node);
+    return rc;
+}
+
+ar_pid_t ar_whereis(ar_node_t *node, const char *name)
+{
+    size_t len;
+    if (!node || check_name(name, &len)) return AR_PID_NONE;
+    ar_pid_t pid = AR_PID_NONE;
+    bool outside = ar__outside_enter(node);
+    ar__rcu_read_lock();
+    struct ar__name *n = find(node, name, len);
+    if (n) pid = n->pid;
+    ar__rcu_read_unlock();
+    if (outside) ar__outside_leave(node);
+    return pid;
+}
