@@ -50,8 +50,23 @@ static int finish(ar__env_t *e, ar_buf_t *reply)
     return 0;
 }
 
-static int call_in_proc(ar_proc_t *p, ar_pid_t to, uint32_t tag, const void *req, size_t len,
-                        ar_buf_t *reply, int timeout_ms)
+/* The plain call's CALL: to one pid. */
+struct plain_call {
+    ar_node_t *node;
+    ar_pid_t to;
+    uint32_t tag;
+    const void *req;
+    size_t len;
+};
+static int push_plain(void *ctx, ar_reply_to_t rt, ar_pid_t *to)
+{
+    struct plain_call *c = ctx;
+    *to = c->to;
+    return ar__send_msg(c->node, c->to, AR_MSG_CALL, c->tag, c->req, c->len, rt);
+}
+
+static int call_in_proc(ar_proc_t *p, ar__call_push_fn push, void *ctx, ar_buf_t *reply,
+                        int timeout_ms)
 {
     ar_node_t *node = p->node;
     ar_ref_t ref = ar__make_ref(node) | 1;
@@ -61,11 +76,12 @@ static int call_in_proc(ar_proc_t *p, ar_pid_t to, uint32_t tag, const void *req
         p->wait_ref = 0;
         return AR_ENOMEM;
     }
-    int rc = ar__send_msg(node, to, AR_MSG_CALL, tag, req, len,
-                          (ar_reply_to_t){ar__proc_pid(p), ref});
+    ar_pid_t to = AR_PID_NONE;
+    int rc = push(ctx, (ar_reply_to_t){ar__proc_pid(p), ref}, &to);
     if (rc) {
+        p->wait_ref = 0;
         ar__wait_done(p, t);
-        return rc;
+        return rc < 0 ? rc : 0;
     }
     ar__env_t *e = ar__wait(p, call_pred, &ref);
     ar__wait_done(p, t);
@@ -79,8 +95,8 @@ static int call_in_proc(ar_proc_t *p, ar_pid_t to, uint32_t tag, const void *req
     return finish(e, reply);
 }
 
-static int call_foreign(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *req, size_t len,
-                        ar_buf_t *reply, int timeout_ms)
+static int call_foreign(ar_node_t *node, ar__call_push_fn push, void *ctx, ar_buf_t *reply,
+                        int timeout_ms)
 {
     ar__waiter_t w;
     int rc = ar__waiter_open(node, &w);
@@ -99,7 +115,8 @@ static int call_foreign(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *
         }
         dl = &deadline;
     }
-    rc = ar__send_msg(node, to, AR_MSG_CALL, tag, req, len, (ar_reply_to_t){me, ref});
+    ar_pid_t to = AR_PID_NONE;
+    rc = push(ctx, (ar_reply_to_t){me, ref}, &to);
     ar__env_t *got = NULL;
     if (rc == 0 && !(got = ar__waiter_wait(&w, call_pred, &ref, dl))) rc = AR_ETIMEDOUT;
     w.p->wait_ref = 0;
@@ -107,6 +124,21 @@ static int call_foreign(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *
         release_target(node, me, to, ref, got);
     if (got) rc = finish(got, reply);
     ar__waiter_close(&w); /* later replies find it dead and are dropped */
+    return rc < 0 ? rc : 0;
+}
+
+int ar__call_with(ar_node_t *node, ar__call_push_fn push, void *ctx, ar_buf_t *reply,
+                  int timeout_ms)
+{
+    ar_proc_t *p = ar__current_proc();
+    if (p && p->node == node) return call_in_proc(p, push, ctx, reply, timeout_ms);
+    if (ar__current_sched() && ar__current_sched()->node == node) return AR_ENOTPROC;
+    ar__outside_enter(node);
+    /* a stopping node takes no new calls from outside: the stop does not wait on them */
+    int rc = atomic_load_explicit(&node->stopping, memory_order_seq_cst)
+                 ? AR_ECLOSED
+                 : call_foreign(node, push, ctx, reply, timeout_ms);
+    ar__outside_leave(node);
     return rc;
 }
 
@@ -119,18 +151,9 @@ int ar_call(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *req, size_t 
     int rc = ar__check_payload(node, req, len);
     if (rc) return rc;
     ar_proc_t *p = ar__current_proc();
-    if (p && p->node == node) {
-        if (ar_pid_eq(to, ar__proc_pid(p))) return AR_EDEADLK;
-        return call_in_proc(p, to, tag, req, len, reply, timeout_ms);
-    }
-    if (ar__current_sched() && ar__current_sched()->node == node) return AR_ENOTPROC;
-    ar__outside_enter(node);
-    /* a stopping node takes no new calls from outside: the stop does not wait on them */
-    rc = atomic_load_explicit(&node->stopping, memory_order_seq_cst)
-             ? AR_ECLOSED
-             : call_foreign(node, to, tag, req, len, reply, timeout_ms);
-    ar__outside_leave(node);
-    return rc;
+    if (p && p->node == node && ar_pid_eq(to, ar__proc_pid(p))) return AR_EDEADLK;
+    struct plain_call c = {node, to, tag, req, len};
+    return ar__call_with(node, push_plain, &c, reply, timeout_ms);
 }
 
 int ar_ask(ar_proc_t *self, ar_pid_t to, uint32_t tag, const void *req, size_t len,

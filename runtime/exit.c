@@ -43,6 +43,20 @@ static void release_owned(ar_proc_t *p)
     if (p->ext) p->ext->asks = NULL;
 }
 
+/* Step 2, for a registry's entry: its registry hears of the end before anyone else. */
+static void send_exit_note(ar_proc_t *p, ar_reason_t why, enum ar__end how)
+{
+    ar__env_t *note = p->ext ? p->ext->exit_note : NULL;
+    if (!note) return;
+    p->ext->exit_note = NULL;
+    if (how != END_EXITED) {
+        ar__env_free(note);
+        return;
+    }
+    note->msg.reason = AR_REASON(why.code);
+    ar__route_or_dead_letter(p->node, p->ext->note_to, note);
+}
+
 /* Step 3. */
 static void unpublish(ar_proc_t *p)
 {
@@ -132,6 +146,7 @@ void ar__exit_sequence(ar_proc_t *p, ar_reason_t why, enum ar__end how)
     char name[AR_NAME_MAX];
     release_owned(p);
     ar__names_release(p, name); /* step 2 */
+    send_exit_note(p, why, how);
     unpublish(p);
     notify(p, self, why, how);
     /* step 5, the exit event: the event stream is not in yet */

@@ -323,7 +323,29 @@ struct ar__spawn_wait {
     ar__sem_t sem;
     void *arg;
     int rc;
+    ar__env_t *notify; /* an asynchronous start: sent to notify_to with the result instead */
+    ar_pid_t notify_to;
 };
+
+/* What a spawn on another's behalf sets before init runs (the registry's entries). */
+struct ar__spawn_extra {
+    ar_pid_t parent;     /* shown as its parent; never a top-level process */
+    ar__env_t *exit_note; /* sent to note_to when it ends after a successful start (the
+                             exit sequence's step 2), reason.code set; freed otherwise */
+    ar_pid_t note_to;
+};
+/* Spawns b as the calling process or thread would, but as x says; init runs here, in the
+ * caller's turn (or its thread waits). x->exit_note is the spawn's on success. */
+int ar__spawn_keyed(struct ar_node *node, const ar_behaviour_t *b, void *arg,
+                    const struct ar__spawn_extra *x, ar_pid_t *out);
+/* The same, but returns at once (pid in *out): init runs in the child's own first turn,
+ * and notify (payload: an int, the result) goes to notify_to when it is done. */
+int ar__spawn_async(struct ar_node *node, const ar_behaviour_t *b, void *arg,
+                    const struct ar__spawn_extra *x, ar__env_t *notify, ar_pid_t notify_to,
+                    ar_pid_t *out);
+/* A handler keeps the message it is handling: the envelope is the caller's from here
+ * (held halves and the mailbox's counts are settled). Not for a CALL. */
+ar__env_t *ar__msg_keep(ar_proc_t *self, const ar_msg_t *m);
 
 /* The first cache line is written by senders (the outer queue's producer end and the
  * counts beside it); the rest only by the thread running the process (its "owner"), but
@@ -384,6 +406,8 @@ struct ar__proc_ext {
     size_t ntimers, timers_cap;
     struct ar__ask *asks;        /* outstanding ar_ask refs */
     struct ar__spawn_wait *spawn_wait; /* foreign spawn: whom to tell init's result */
+    ar__env_t *exit_note;        /* see struct ar__spawn_extra */
+    ar_pid_t note_to;
 };
 struct ar__ask {
     struct ar__ask *next;
@@ -674,6 +698,15 @@ bool ar__outside_enter(struct ar_node *node);
 void ar__outside_leave(struct ar_node *node);
 uint64_t ar__now_ns(void);
 bool ar__timeout_ok(int timeout_ms);
+
+/* ---- Calls (call.c) ------------------------------------------------------------------ */
+/* A call whose CALL push makes and routes, with reply_to rt (the registry's calls): push
+ * returns 0 once it is on its way (*to: the pid it went to, or AR_PID_NONE if it is held
+ * for a process yet to come), 1 if it answered into its ctx at once (no wait), or an
+ * error. Then the caller waits for the reply as ar_call does. */
+typedef int (*ar__call_push_fn)(void *ctx, ar_reply_to_t rt, ar_pid_t *to);
+int ar__call_with(struct ar_node *node, ar__call_push_fn push, void *ctx, ar_buf_t *reply,
+                  int timeout_ms);
 
 /* ---- RCU and lock-free tables (rcu.c) ------------------------------------------------ */
 /* Read-side sections around every lookup of a cds_lfht (never spanning a park). */

@@ -441,9 +441,9 @@ static void handle_batch(ar_proc_t *p, ar__sched_t *s)
         ar__msg_taken_on(s, p, e);
         p->handling = e;
         b->handle(p, p->state, &e->msg);
-        p->handling = NULL;
         s = ar__current_sched(); /* afresh: the handler may have parked and moved threads */
-        ar__msg_done(s, e);
+        if (p->handling == e) ar__msg_done(s, e); /* else the handler kept it */
+        p->handling = NULL;
     }
 }
 
@@ -573,7 +573,8 @@ static bool publish(ar_node_t *node, ar_proc_t *p, uint64_t lo)
 }
 
 static int spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_spawn_opts_t *opts,
-                 ar_proc_t *parent, ar_pid_t *out)
+                 ar_proc_t *parent, const struct ar__spawn_extra *xtra,
+                 struct ar__spawn_wait *async, ar_pid_t *out)
 {
     if (atomic_load_explicit(&node->stopping, memory_order_acquire)) return AR_ECLOSED;
     bool link = opts && opts->link;
@@ -586,28 +587,44 @@ static int spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_s
         return AR_ENOMEM;
     }
     atomic_store_explicit(&p->b, b, memory_order_relaxed);
-    atomic_store_explicit(&p->parent_lo, parent ? atomic_load(&parent->pid_lo) : 0,
+    atomic_store_explicit(&p->parent_lo,
+                          xtra     ? xtra->parent.lo
+                          : parent ? atomic_load_explicit(&parent->pid_lo, memory_order_relaxed)
+                                   : 0,
                           memory_order_relaxed);
     if (opts) {
         atomic_store_explicit(&p->mailbox_limit, (uint32_t)opts->mailbox_limit,
                               memory_order_relaxed);
         atomic_store_explicit(&p->trap_exit, opts->trap_exit, memory_order_relaxed);
     }
-    if (!parent) atomic_fetch_or_explicit(&p->flags, P_TOPLEVEL, memory_order_relaxed);
+    if (!parent && !xtra) atomic_fetch_or_explicit(&p->flags, P_TOPLEVEL, memory_order_relaxed);
     uint64_t lo = AR__PID_LO(p->index, p->serial);
     ar_pid_t pid = {node->pid_hi, lo};
     atomic_fetch_add_explicit(&node->live, 1, memory_order_relaxed);
-    struct ar__proc_ext *x = parent ? NULL : ar__proc_ext(p); /* the start handshake's */
+    /* the start handshake's, or the exit note's */
+    struct ar__proc_ext *x = parent && !xtra ? NULL : ar__proc_ext(p);
     /* a name is claimed before init runs, as OTP registers before init */
     int rc = !publish(node, p, lo)    ? AR_ECLOSED
              : !parent && !x          ? AR_ENOMEM
              : opts && opts->name     ? ar__names_claim(p, pid, opts->name)
                                       : 0;
+    if (!rc && xtra && !x) rc = AR_ENOMEM;
     if (rc) {
         ar__exit_sequence(p, AR_REASON(AR_NOPROC), END_START_FAILED);
         ar__env_free(parent_half);
         ar__env_free(child_half);
         return rc;
+    }
+    if (xtra) {
+        x->exit_note = xtra->exit_note;
+        x->note_to = xtra->note_to;
+    }
+    if (async) {
+        x->spawn_wait = async;
+        atomic_fetch_or_explicit(&p->flags, P_STARTING, memory_order_relaxed);
+        if (out) *out = pid;
+        ar__schedule(node, p); /* its mailbox has no MB_EMPTY bit: we hold the duty */
+        return 0;
     }
     if (parent) {
         ar_pid_t ppid = ar__proc_pid(parent);
@@ -627,6 +644,7 @@ static int spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_s
         ar__sem_init(&w.sem);
         w.arg = arg;
         w.rc = 0;
+        w.notify = NULL;
         x->spawn_wait = &w;
         atomic_fetch_or_explicit(&p->flags, P_STARTING, memory_order_relaxed);
         ar__schedule(node, p); /* its mailbox has no MB_EMPTY bit: we hold the duty */
@@ -653,17 +671,59 @@ int ar_spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_spawn
         if (nl == 0 || nl >= AR_NAME_MAX) return AR_EINVAL;
         if (opts->mailbox_limit > UINT32_MAX) return AR_EINVAL;
     }
-    if (parent) return spawn(node, b, arg, opts, parent, out);
+    if (parent) return spawn(node, b, arg, opts, parent, NULL, NULL, out);
     bool counted = ar__outside_enter(node);
     int rc = top_reserve(node);
     if (rc == 0) {
         ar_pid_t pid = AR_PID_NONE;
-        rc = spawn(node, b, arg, opts, NULL, &pid);
+        rc = spawn(node, b, arg, opts, NULL, NULL, NULL, &pid);
         top_commit(node, rc == 0 ? pid.lo : 0);
         if (rc == 0 && out) *out = pid;
     }
     if (counted) ar__outside_leave(node);
     return rc;
+}
+
+static ar_proc_t *spawner(ar_node_t *node)
+{
+    ar_proc_t *p = ar__current_proc();
+    if (p && (p->node != node || (atomic_load_explicit(&p->flags, memory_order_relaxed) & P_FOREIGN)))
+        p = NULL;
+    return p;
+}
+
+int ar__spawn_keyed(ar_node_t *node, const ar_behaviour_t *b, void *arg,
+                    const struct ar__spawn_extra *x, ar_pid_t *out)
+{
+    ar_proc_t *parent = spawner(node);
+    if (parent) return spawn(node, b, arg, NULL, parent, x, NULL, out);
+    bool counted = ar__outside_enter(node);
+    int rc = spawn(node, b, arg, NULL, NULL, x, NULL, out);
+    if (counted) ar__outside_leave(node);
+    return rc;
+}
+
+int ar__spawn_async(ar_node_t *node, const ar_behaviour_t *b, void *arg,
+                    const struct ar__spawn_extra *x, ar__env_t *notify, ar_pid_t notify_to,
+                    ar_pid_t *out)
+{
+    struct ar__spawn_wait *w = ar__calloc(1, sizeof *w);
+    if (!w) return AR_ENOMEM;
+    w->arg = arg;
+    w->notify = notify;
+    w->notify_to = notify_to;
+    int rc = spawn(node, b, arg, NULL, NULL, x, w, out);
+    if (rc) ar__free(w);
+    return rc;
+}
+
+ar__env_t *ar__msg_keep(ar_proc_t *self, const ar_msg_t *m)
+{
+    ar__env_t *e = ar__container_of(m, ar__env_t, msg);
+    AR__ASSERT(self->handling == e && !(e->flags & ENVF_OWED));
+    self->handling = NULL; /* handle_batch leaves it alone */
+    e->flags &= (uint8_t)~(ENVF_HANDED | ENVF_COUNTED);
+    return e;
 }
 
 /* ---- a turn ---- */
@@ -672,9 +732,17 @@ static void start_foreign(ar_proc_t *p)
     struct ar__spawn_wait *w = p->ext->spawn_wait;
     p->ext->spawn_wait = NULL;
     atomic_fetch_and_explicit(&p->flags, ~(uint32_t)P_STARTING, memory_order_relaxed);
+    ar_node_t *node = p->node;
     int rc = start(p, w->arg);
-    w->rc = rc;
-    ar__sem_post(&w->sem);
+    if (!w->notify) { /* a foreign thread waits for it */
+        w->rc = rc;
+        ar__sem_post(&w->sem);
+        return;
+    }
+    memcpy(ar__env_payload(w->notify), &rc, sizeof rc);
+    w->notify->msg.len = sizeof rc;
+    ar__route_or_dead_letter(node, w->notify_to, w->notify);
+    ar__free(w);
 }
 
 void ar__proc_run(ar_proc_t *p)
