@@ -311,6 +311,75 @@ AR_EXTERN int ar_register(ar_node_t *node, const char *name, ar_pid_t pid);
 AR_EXTERN int ar_unregister(ar_node_t *node, const char *name);
 AR_EXTERN ar_pid_t ar_whereis(ar_node_t *node, const char *name);
 
+/* ---- Keyed registry ------------------------------------------------------------------ */
+/* A registry maps keys (1 to AR_KEY_MAX bytes) to entry processes, one per key, started
+ * on first use and reaped when idle: keyed actors (one per user, session, device...).
+ *
+ * - Sends and calls to a running entry go straight to it (a lock-free table lookup, no
+ *   registry process in the way); a missing key is started by the caller itself, whose
+ *   ar_registry_* call runs the entry's init (as ar_spawn does).
+ * - An entry is reaped once it has handled nothing (through the registry or not: timers
+ *   and direct sends count) and has had nothing queued for idle_ms, counted from the end
+ *   of its last handler; the check runs every idle_ms, so it goes between idle_ms and
+ *   twice that after. It stops with AR_SHUTDOWN and its terminate runs; one still in its
+ *   terminate after reap_timeout_ms is killed.
+ * - Nothing sent through the registry is lost to a reap: it is handled by the old
+ *   incarnation, or held and delivered to the next one in the order sent, or refused to
+ *   its sender with an error. An entry that ends by itself (crash, ar_stop) leaves its key
+ *   free, unless messages were held for it: then a fresh incarnation takes them. What was
+ *   queued at an entry when it crashed is lost with it, as in Erlang.
+ * - Entries are children of the registry's process. ar_registry_stop and ar_node_stop
+ *   stop every entry (terminate runs) and free the table.
+ * - init's arg is a const ar_registry_arg_t *, valid during init (copy the key to keep
+ *   it); arg is config.arg. A key whose init fails (< 0) is not kept: the call that
+ *   started it returns init's result, and calls held meanwhile fail. */
+typedef struct ar_registry ar_registry_t;
+typedef struct ar_key {
+    const void *data;
+    size_t len;
+} ar_key_t;
+typedef struct ar_registry_arg {
+    ar_key_t key;
+    void *arg;
+} ar_registry_arg_t;
+typedef struct ar_registry_config {
+    const ar_behaviour_t *behaviour; /* what every entry runs (handle required) */
+    void *arg;                       /* handed to every entry's init beside its key */
+    int idle_ms;                     /* reap entries idle this long; 0: never */
+    size_t max_entries;              /* 0: unbounded; beyond it a new key is AR_EAGAIN */
+    const char *name;                /* registers its process (ar_registry_find); copied */
+    int reap_timeout_ms;             /* a reaped entry's terminate; 0: 5000 */
+} ar_registry_config_t;
+/* The registry's behaviour, for a supervisor's child spec: arg is a
+ * const ar_registry_config_t * that outlives the supervisor (give it a name to find the
+ * registry again after a restart). */
+AR_EXTERN extern const ar_behaviour_t ar_registry;
+/* Starts a registry process (a child of the calling process, else top-level). AR_EINVAL
+ * (bad config), AR_EEXIST (its name is taken), AR_ECLOSED, AR_ENOMEM. */
+AR_EXTERN int ar_registry_start(ar_node_t *node, const ar_registry_config_t *cfg,
+                                ar_registry_t **out);
+/* The running registry registered under name, or NULL. */
+AR_EXTERN ar_registry_t *ar_registry_find(ar_node_t *node, const char *name);
+AR_EXTERN ar_pid_t ar_registry_pid(ar_registry_t *r);
+/* The key's entry, started if there is none (its init runs in this call). Errors:
+ * AR_EINVAL, AR_EAGAIN (max_entries), AR_ENOMEM, AR_ENOPROC (registry stopped), AR_ECLOSED,
+ * init's own result. */
+AR_EXTERN int ar_registry_get_or_spawn(ar_registry_t *r, ar_key_t key, ar_pid_t *out);
+/* The key's running entry, never started: AR_ENOPROC if none (or it is being reaped). */
+AR_EXTERN int ar_registry_lookup(ar_registry_t *r, ar_key_t key, ar_pid_t *out);
+/* ar_send and ar_call by key, starting the entry if need be (errors as get_or_spawn's,
+ * and as ar_send's and ar_call's). */
+AR_EXTERN int ar_registry_send(ar_registry_t *r, ar_key_t key, uint32_t tag, const void *data,
+                               size_t len);
+AR_EXTERN int ar_registry_call(ar_registry_t *r, ar_key_t key, uint32_t tag, const void *req,
+                               size_t len, ar_buf_t *reply, int timeout_ms);
+/* Keys in the table (running, starting or being reaped). */
+AR_EXTERN size_t ar_registry_count(ar_registry_t *r);
+/* Stops the registry: every entry is stopped (terminate runs), the table freed. Waits.
+ * The handle stays valid (every call on it fails AR_ENOPROC) until the node stops.
+ * AR_EINVAL, AR_EDEADLK (from the registry's own process). */
+AR_EXTERN int ar_registry_stop(ar_registry_t *r);
+
 /* ---- Supervisors (supervisors/, written on this API alone) ------------------------- */
 typedef enum { AR_ONE_FOR_ONE, AR_ONE_FOR_ALL, AR_REST_FOR_ONE, AR_SIMPLE_ONE_FOR_ONE } ar_strategy_t;
 typedef enum { AR_PERMANENT, AR_TRANSIENT, AR_TEMPORARY } ar_restart_t;

@@ -54,6 +54,7 @@ static void send_exit_note(ar_proc_t *p, ar_reason_t why, enum ar__end how)
         return;
     }
     note->msg.reason = AR_REASON(why.code);
+    note->msg.from = ar__proc_pid(p); /* still published: step 3 comes next */
     ar__route_or_dead_letter(p->node, p->ext->note_to, note);
 }
 

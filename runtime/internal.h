@@ -177,11 +177,19 @@ typedef struct ar__env {
     uint8_t kind;       /* enum ar__env_kind */
     uint8_t flags;      /* ENVF_* */
     uint8_t half;       /* enum ar__half_kind while held in a halves table */
-    uint8_t spare_;
+    uint8_t xflags;     /* marks of one subsystem's own messages (the registry's) */
     uint32_t cap;       /* payload bytes allocated (msg.len may say less) */
     ar_msg_t msg;
     /* payload bytes follow */
 } ar__env_t;
+
+/* An envelope a runtime-written behaviour sends itself or its peers (xflags): never
+ * mistaken for a user's message of the same tag. */
+#define AR__XF_INTERNAL 1u
+/* A wake-up ref no wait ever has (refs start at 2): its ENV_WAKE is a tick for the
+ * running behaviour, an internal AR_MSG_TIMER (tag AR__TICK_TAG) rather than a wait's end. */
+#define AR__REF_TICK ((ar_ref_t)1)
+#define AR__TICK_TAG 1u
 
 /* A message's header and the common small payload (one 64-bit term) fill exactly one
  * block of the smallest pool class: most messages cost one pooled block. */
@@ -331,7 +339,7 @@ struct ar__spawn_wait {
 struct ar__spawn_extra {
     ar_pid_t parent;     /* shown as its parent; never a top-level process */
     ar__env_t *exit_note; /* sent to note_to when it ends after a successful start (the
-                             exit sequence's step 2), reason.code set; freed otherwise */
+                             exit sequence's step 2; from: it, reason.code: why) */
     ar_pid_t note_to;
 };
 /* Spawns b as the calling process or thread would, but as x says; init runs here, in the
@@ -339,7 +347,8 @@ struct ar__spawn_extra {
 int ar__spawn_keyed(struct ar_node *node, const ar_behaviour_t *b, void *arg,
                     const struct ar__spawn_extra *x, ar_pid_t *out);
 /* The same, but returns at once (pid in *out): init runs in the child's own first turn,
- * and notify (payload: an int, the result) goes to notify_to when it is done. */
+ * and notify goes to notify_to when it is done (from: the child; the result, an int,
+ * written at the start of its payload). */
 int ar__spawn_async(struct ar_node *node, const ar_behaviour_t *b, void *arg,
                     const struct ar__spawn_extra *x, ar__env_t *notify, ar_pid_t notify_to,
                     ar_pid_t *out);
@@ -680,6 +689,8 @@ struct ar_node {
     uint64_t start_ns;
     size_t stack_size;
     struct cds_lfht *names;     /* registered names: name -> pid (names.c) */
+    pthread_mutex_t registries_lock;
+    struct ar_registry *registries; /* every registry started, until the node stops */
     uint64_t hash_seed;         /* of every table keyed by outside data */
     uint64_t spin_ns;
     pthread_mutex_t stack_lock; /* node-wide free stacks and the chunks they come from */
@@ -739,6 +750,10 @@ int ar__names_claim(ar_proc_t *p, ar_pid_t pid, const char *name);
 void ar__names_release(ar_proc_t *p, char *out);
 /* Copies p's name into out ("" if none); false if it has none. Any thread. */
 bool ar__names_of(ar_proc_t *p, char *out);
+
+/* ---- Keyed registries (registry*.c) --------------------------------------------------- */
+/* Frees what is left of every registry (their processes have ended). */
+void ar__registries_release(struct ar_node *node);
 
 /* ---- I/O thread (loop.c) ------------------------------------------------------------ */
 struct uv_loop_s;

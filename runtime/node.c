@@ -50,12 +50,14 @@ static bool on_own_thread(ar_node_t *node)
 
 static void node_free(ar_node_t *node)
 {
+    ar__registries_release(node);
+    ar__names_destroy(node); /* waits for the frees still pending: before anything else goes */
     ar__sched_free(node);
     ar__stacks_destroy(node);
     ar__timers_destroy(node);
     ar__depot_destroy(&node->depot);
     ar__proc_table_destroy(node);
-    ar__names_destroy(node);
+    pthread_mutex_destroy(&node->registries_lock);
     pthread_mutex_destroy(&node->inject_lock);
     pthread_mutex_destroy(&node->idle_lock);
     pthread_mutex_destroy(&node->top_lock);
@@ -94,6 +96,7 @@ int ar_node_start(const ar_node_config_t *cfg_in, ar_node_t **out)
     pthread_mutex_init(&node->top_lock, NULL);
     pthread_mutex_init(&node->exit_lock, NULL);
     pthread_mutex_init(&node->stack_lock, NULL);
+    pthread_mutex_init(&node->registries_lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);

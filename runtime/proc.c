@@ -354,6 +354,14 @@ static ar__env_t *admit(ar_proc_t *p, ar__env_t *e)
         }
         return e;
     case ENV_WAKE:
+        if (e->msg.ref == AR__REF_TICK) { /* a behaviour's own tick (the registry's idle check) */
+            e->kind = ENV_MSG;
+            e->msg.kind = AR_MSG_TIMER;
+            e->msg.tag = AR__TICK_TAG;
+            e->msg.from = ar__proc_pid(p);
+            e->xflags = AR__XF_INTERNAL;
+            return e;
+        }
         if (e->msg.ref != p->wait_ref) break;
         return e;
     default: /* a signal: links, monitors, exits */
@@ -733,6 +741,7 @@ static void start_foreign(ar_proc_t *p)
     p->ext->spawn_wait = NULL;
     atomic_fetch_and_explicit(&p->flags, ~(uint32_t)P_STARTING, memory_order_relaxed);
     ar_node_t *node = p->node;
+    ar_pid_t pid = ar__proc_pid(p); /* p is someone else's if the start fails */
     int rc = start(p, w->arg);
     if (!w->notify) { /* a foreign thread waits for it */
         w->rc = rc;
@@ -740,7 +749,7 @@ static void start_foreign(ar_proc_t *p)
         return;
     }
     memcpy(ar__env_payload(w->notify), &rc, sizeof rc);
-    w->notify->msg.len = sizeof rc;
+    w->notify->msg.from = pid;
     ar__route_or_dead_letter(node, w->notify_to, w->notify);
     ar__free(w);
 }

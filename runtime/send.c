@@ -21,6 +21,7 @@ static inline __attribute__((always_inline)) ar__env_t *env_new(ar__sched_t *s, 
     e->kind = ENV_MSG;
     e->flags = 0;
     e->half = HALF_NONE;
+    e->xflags = 0;
     e->cap = (uint32_t)len;
     e->msg.kind = AR_MSG_CAST;
     e->msg.tag = 0;

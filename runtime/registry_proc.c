@@ -1,0 +1,332 @@
+/* The registry's process: it owns the key table and decides what senders cannot: reaps,
+ * restarts, the end of an incarnation, and the registry's own stop. It never runs an
+ * entry's init (restarts start asynchronously, in the entry's own first turn) and never
+ * blocks but in its terminate.
+ *
+ * What it hears, each an internal message from the runtime (registry.h):
+ *   REAP_REQUEST  an entry found itself idle: mark it HOLDING, and after a grace period
+ *                 send it REAP (or REARM it, if it is not LIVE any more);
+ *   BUSY          the reaped entry was not idle: flush what was held, LIVE again;
+ *   REAPING       it stops: kill it if its terminate takes longer than reap_timeout_ms;
+ *   ENDED         an incarnation's exit note: forget the key, or start the next
+ *                 incarnation for what is held (an old incarnation's note never touches
+ *                 a newer one: pids are compared);
+ *   STARTED       an asynchronous start's result.
+ */
+#include "registry.h"
+
+#include <string.h>
+#include <time.h>
+
+#define DEFAULT_REAP_TIMEOUT_MS 5000
+
+static ar_pid_t entry_pid_of(ar_registry_t *r, struct reg_entry *e)
+{
+    return (ar_pid_t){r->node->pid_hi, atomic_load_explicit(&e->pid_lo, memory_order_relaxed)};
+}
+
+/* Under e's lock: an incarnation is over. What is held starts the next one; with nothing
+ * held the key is forgotten. Returns whether e was removed (the caller frees it). */
+static bool restart_or_remove(ar_registry_t *r, struct reg_entry *e)
+{
+    e->early_end = false;
+    atomic_store_explicit(&e->pid_lo, 0, memory_order_relaxed);
+    if (e->held) {
+        atomic_store_explicit(&e->state, E_STARTING, memory_order_release);
+        int rc = reg_spawn_async(r, e);
+        if (rc == 0) return false;
+        reg_fail_held(e, rc);
+    }
+    reg_remove(e);
+    return true;
+}
+
+static void after_grace(struct rcu_head *h)
+{
+    ar__rcu_reclaimed(h);
+    struct reg_note *n = caa_container_of(h, struct reg_note, rcu);
+    ar__env_t *env = (ar__env_t *)((char *)n - sizeof(ar__env_t));
+    ar__route_or_dead_letter(n->node, n->pid, env);
+}
+
+static void on_reap_request(ar_registry_t *r, ar__env_t *env, struct reg_note *n)
+{
+    struct reg_entry *e = n->e;
+    reg_lock(e);
+    bool reap = atomic_load_explicit(&e->state, memory_order_relaxed) == E_LIVE &&
+                atomic_load_explicit(&e->pid_lo, memory_order_relaxed) == n->pid.lo;
+    if (reap) {
+        atomic_store_explicit(&e->state, E_HOLDING, memory_order_release);
+        e->reaping = true;
+    }
+    reg_unlock(e);
+    if (!reap) {
+        env->msg.tag = REG_REARM;
+        ar__route_or_dead_letter(r->node, n->pid, env);
+        return;
+    }
+    /* every sender that saw it LIVE is done pushing once a grace period has passed */
+    env->msg.tag = REG_REAP;
+    n->node = r->node;
+    ar__rcu_call(&n->rcu, after_grace);
+}
+
+static void on_busy(ar_registry_t *r, struct reg_note *n)
+{
+    struct reg_entry *e = n->e;
+    reg_lock(e);
+    if (atomic_load_explicit(&e->state, memory_order_relaxed) == E_HOLDING && e->reaping &&
+        atomic_load_explicit(&e->pid_lo, memory_order_relaxed) == n->pid.lo) {
+        e->reaping = false;
+        /* if it ended meanwhile, what is left stays held for its exit note to decide */
+        if (reg_flush(e, n->pid)) atomic_store_explicit(&e->state, E_LIVE, memory_order_release);
+    }
+    reg_unlock(e);
+}
+
+static void on_ended(ar_registry_t *r, struct reg_note *n, ar_pid_t pid, ar_exit_code_t code)
+{
+    struct reg_entry *e = n->e;
+    reg_lock(e);
+    enum reg_state st = atomic_load_explicit(&e->state, memory_order_relaxed);
+    uint64_t cur = atomic_load_explicit(&e->pid_lo, memory_order_relaxed);
+    if (st == E_STARTING) { /* it ended before its start was settled: the starter decides */
+        if (!cur || cur == pid.lo) e->early_end = true;
+        reg_unlock(e);
+        return;
+    }
+    if (st == E_REMOVED || cur != pid.lo) { /* an older incarnation: not ours to touch */
+        reg_unlock(e);
+        return;
+    }
+    bool reaped = e->reaping && code == AR_SHUTDOWN;
+    e->reaping = false;
+    bool removed = restart_or_remove(r, e);
+    reg_unlock(e);
+    (void)reaped; /* the REAP event */
+    if (removed) reg_entry_free_later(e);
+}
+
+static void on_started(ar_registry_t *r, struct reg_note *n, ar_pid_t pid)
+{
+    struct reg_entry *e = n->e;
+    reg_lock(e);
+    bool removed = false;
+    if (n->rc < 0) { /* its init failed: whoever waited learns why */
+        reg_fail_held(e, n->rc);
+        reg_remove(e);
+        removed = true;
+    } else if (e->early_end) {
+        removed = restart_or_remove(r, e);
+    } else {
+        atomic_store_explicit(&e->pid_lo, pid.lo, memory_order_relaxed);
+        atomic_store_explicit(&e->state, reg_flush(e, pid) ? E_LIVE : E_HOLDING,
+                              memory_order_release);
+    }
+    reg_unlock(e);
+    if (removed) reg_entry_free_later(e);
+}
+
+/* ---- the behaviour ---- */
+
+static pthread_mutex_t *list_lock(ar_node_t *node) { return &node->registries_lock; }
+
+static int registry_init(ar_proc_t *self, void *arg, void **state)
+{
+    const ar_registry_config_t *cfg = arg;
+    ar_node_t *node = ar_node(self);
+    ar_registry_t *r = ar__calloc(1, sizeof *r);
+    if (!r) return AR_ENOMEM;
+    r->node = node;
+    r->cfg = *cfg;
+    r->cfg.name = NULL;
+    if (!r->cfg.reap_timeout_ms) r->cfg.reap_timeout_ms = DEFAULT_REAP_TIMEOUT_MS;
+    r->pid = ar_self(self);
+    reg_entry_behaviour(r);
+    int rc = AR_ENOMEM;
+    if ((cfg->name && !(r->cfg.name = ar__strdup(cfg->name))) || !(r->keys = ar__lfht_new(64)))
+        goto fail;
+    if (cfg->name && (rc = ar_register(node, cfg->name, r->pid)) != 0) goto fail;
+    pthread_mutex_lock(list_lock(node));
+    r->next = node->registries;
+    node->registries = r;
+    pthread_mutex_unlock(list_lock(node));
+    *state = r;
+    return 0;
+fail:
+    ar__lfht_destroy(r->keys);
+    ar__free((char *)r->cfg.name);
+    ar__free(r);
+    return rc;
+}
+
+static void registry_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    ar_registry_t *r = state;
+    if (m->kind == AR_MSG_TIMER && m->tag == REG_KILL && ar_pid_eq(m->from, r->pid) &&
+        m->len == sizeof(ar_pid_t)) { /* a reaped entry's terminate took too long */
+        ar_pid_t pid;
+        memcpy(&pid, m->data, sizeof pid);
+        ar_exit(r->node, pid, AR_REASON(AR_KILL));
+        return;
+    }
+    if (!(ar__container_of(m, ar__env_t, msg)->xflags & XF_REGISTRY)) return; /* not ours */
+    struct reg_note *n = (struct reg_note *)m->data;
+    switch (m->tag) {
+    case REG_REAP_REQUEST: on_reap_request(r, ar__msg_keep(self, m), n); return;
+    case REG_BUSY: on_busy(r, n); return;
+    case REG_REAPING:
+        ar_send_after(r->node, r->cfg.reap_timeout_ms, r->pid, REG_KILL, &n->pid, sizeof n->pid,
+                      NULL);
+        return;
+    case REG_ENDED: on_ended(r, n, m->from, m->reason.code); return;
+    case REG_STARTED: on_started(r, n, m->from); return;
+    default: return;
+    }
+}
+
+/* Stops every entry (AR_SHUTDOWN, then AR_KILL after reap_timeout_ms) and waits until
+ * none is left. Senders see the registry closed first. */
+static void stop_entries(ar_proc_t *self, ar_registry_t *r)
+{
+    uint64_t deadline = ar__now_ns() + (uint64_t)r->cfg.reap_timeout_ms * 1000000u;
+    for (bool first = true;; first = false) {
+        bool late = ar__now_ns() >= deadline, alive = false;
+        struct cds_lfht_iter it;
+        struct reg_entry *e;
+        ar__rcu_read_lock();
+        cds_lfht_for_each_entry(r->keys, &it, e, ln)
+        {
+            ar_pid_t pid = entry_pid_of(r, e);
+            if (!pid.lo || !ar__proc_lookup(r->node, pid)) continue;
+            alive = true;
+            if (first || late) ar_exit(r->node, pid, AR_REASON(late ? AR_KILL : AR_SHUTDOWN));
+        }
+        ar__rcu_read_unlock();
+        if (!alive || ar_sleep(self, 1) != 0) break;
+    }
+}
+
+/* Takes every entry out of the table and frees it (what is held is refused). No entry
+ * process runs any more, but a caller starting a key may still hold its entry: that one
+ * is left to the caller. */
+static void remove_all(ar_registry_t *r)
+{
+    struct cds_lfht_iter it;
+    struct reg_entry *e;
+    ar__rcu_read_lock();
+    cds_lfht_for_each_entry(r->keys, &it, e, ln)
+    {
+        reg_lock(e);
+        reg_fail_held(e, AR_ENOPROC);
+        bool theirs = e->winner_starts;
+        reg_remove(e);
+        reg_unlock(e);
+        if (!theirs) reg_entry_free_later(e);
+    }
+    ar__rcu_read_unlock();
+}
+
+/* The rest of a registry whose process is gone: its table (nothing reads it any more). */
+static void release_table(ar_registry_t *r)
+{
+    if (!r->keys) return;
+    remove_all(r);
+    ar__rcu_barrier(); /* the frees, and any REAP still waiting for its grace period */
+    ar__lfht_destroy(r->keys);
+    r->keys = NULL;
+}
+
+static void registry_terminate(ar_proc_t *self, void *state, ar_reason_t why)
+{
+    ar_registry_t *r = state;
+    atomic_store_explicit(&r->closed, 1, memory_order_release);
+    ar__rcu_synchronize(); /* no sender is between its check and its push any more */
+    stop_entries(self, r);
+    release_table(r);
+}
+
+const ar_behaviour_t ar_registry = {
+    .name = "ar_registry",
+    .init = registry_init,
+    .handle = registry_handle,
+    .terminate = registry_terminate,
+};
+
+/* ---- the API ---- */
+
+static ar_registry_t *by_pid(ar_node_t *node, ar_pid_t pid)
+{
+    pthread_mutex_lock(list_lock(node));
+    ar_registry_t *r = node->registries;
+    while (r && !ar_pid_eq(r->pid, pid)) r = r->next;
+    pthread_mutex_unlock(list_lock(node));
+    return r;
+}
+
+static int check_config(const ar_registry_config_t *cfg)
+{
+    if (!cfg || !cfg->behaviour || !cfg->behaviour->handle || cfg->idle_ms < 0 ||
+        cfg->reap_timeout_ms < 0)
+        return AR_EINVAL;
+    if (cfg->name) {
+        size_t n = strnlen(cfg->name, AR_NAME_MAX);
+        if (n == 0 || n >= AR_NAME_MAX) return AR_EINVAL;
+    }
+    return 0;
+}
+
+int ar_registry_start(ar_node_t *node, const ar_registry_config_t *cfg, ar_registry_t **out)
+{
+    if (!node || !out) return AR_EINVAL;
+    *out = NULL;
+    int rc = check_config(cfg);
+    if (rc) return rc;
+    ar_pid_t pid;
+    if ((rc = ar_spawn(node, &ar_registry, (void *)cfg, NULL, &pid)) != 0) return rc;
+    *out = by_pid(node, pid);
+    return *out ? 0 : AR_ENOPROC; /* it was stopped at once */
+}
+
+ar_registry_t *ar_registry_find(ar_node_t *node, const char *name)
+{
+    if (!node || !name) return NULL;
+    ar_pid_t pid = ar_whereis(node, name);
+    if (ar_pid_is_none(pid)) return NULL;
+    ar_registry_t *r = by_pid(node, pid);
+    return r && !atomic_load_explicit(&r->closed, memory_order_acquire) ? r : NULL;
+}
+
+ar_pid_t ar_registry_pid(ar_registry_t *r) { return r ? r->pid : AR_PID_NONE; }
+
+int ar_registry_stop(ar_registry_t *r)
+{
+    if (!r) return AR_EINVAL;
+    ar_node_t *node = r->node;
+    ar_proc_t *self = ar__current_proc();
+    if (self && self->node == node && ar_pid_eq(ar__proc_pid(self), r->pid)) return AR_EDEADLK;
+    /* its terminate stops the entries and frees the table; a call it never answers
+     * returns once it is gone (or at once, if it is gone already) */
+    ar_exit(node, r->pid, AR_REASON(AR_SHUTDOWN));
+    ar_buf_t b;
+    if (ar_call(node, r->pid, 0, NULL, 0, &b, AR_INFINITY) == 0) ar_buf_free(&b);
+    ar_proc_info_t info;
+    while (ar_proc_info(node, r->pid, &info) == 0) { /* the call could not wait (AR_ECLOSED) */
+        if (self && self->node == node) ar_sleep(self, 1);
+        else nanosleep(&(struct timespec){0, 1000000}, NULL);
+    }
+    return 0;
+}
+
+void ar__registries_release(ar_node_t *node)
+{
+    ar_registry_t *r = node->registries;
+    node->registries = NULL;
+    while (r) {
+        ar_registry_t *next = r->next;
+        release_table(r); /* only if its terminate was cut short */
+        ar__free((char *)r->cfg.name);
+        ar__free(r);
+        r = next;
+    }
+}
