@@ -4,7 +4,7 @@
  *   arbor_bench [-n N] [-p P] [-t MS] [-s] [WORKLOAD...]
  *     -n N   main count (processes, round trips, hops, calls; fan_in: messages per sender;
  *            link_chain_exit: chain length)
- *     -p P   ring size / fan_in senders
+ *     -p P   ring size / fan_in senders / registry_send keys
  *     -t MS  gen_server_call's call timeout (-1: infinity; default 5000, gen_server's)
  *     -s     run every workload in this process (default: each in a child process)
  *
@@ -27,6 +27,9 @@ int bench_link_chain_exit(const bench_opts_t *o);
 /* Workloads of supervisors. */
 int bench_supervisor_restart(const bench_opts_t *o);
 int bench_sup_start_100k(const bench_opts_t *o);
+/* Workloads of the keyed registry. */
+int bench_registry_get_or_spawn(const bench_opts_t *o);
+int bench_registry_send(const bench_opts_t *o);
 
 static const struct {
     const char *name;
@@ -42,6 +45,8 @@ static const struct {
     {"link_chain_exit", bench_link_chain_exit},
     {"supervisor_restart", bench_supervisor_restart},
     {"sup_start_100k", bench_sup_start_100k},
+    {"registry_get_or_spawn", bench_registry_get_or_spawn},
+    {"registry_send", bench_registry_send},
 };
 #define NWORKLOADS (sizeof workloads / sizeof workloads[0])
 

@@ -743,7 +743,8 @@ unsigned long ar__hash(const void *data, size_t len, uint64_t seed);
 #define AR__NAME_ENDED ((struct ar__name *)2)    /* ending: it takes no name any more */
 int ar__names_init(struct ar_node *node);
 void ar__names_destroy(struct ar_node *node);
-/* Gives a process being spawned (not yet running) its name: AR_EEXIST, AR_ENOMEM. */
+/* Gives a process being spawned (not yet running, its name pointer set to CLAIMING
+ * before it was published) its name: AR_EEXIST, AR_ENOMEM. */
 int ar__names_claim(ar_proc_t *p, ar_pid_t pid, const char *name);
 /* The exit sequence's step 2: frees p's name for others; copies it into out (AR_NAME_MAX
  * bytes; "" if it had none). */

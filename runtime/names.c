@@ -108,19 +108,20 @@ void ar__names_destroy(ar_node_t *node)
 
 int ar__names_claim(ar_proc_t *p, ar_pid_t pid, const char *text)
 {
+    /* p->name holds CLAIMING since before p was published: only this thread moves it */
     ar_node_t *node = p->node;
     size_t len = strlen(text);
     struct ar__name *n = name_new(pid, text, len);
-    if (!n) return AR_ENOMEM;
-    ar__rcu_read_lock();
-    bool added = add(node, n);
-    ar__rcu_read_unlock();
-    if (!added) {
-        ar__free(n);
-        return AR_EEXIST;
+    bool added = false;
+    if (n) {
+        ar__rcu_read_lock();
+        added = add(node, n);
+        ar__rcu_read_unlock();
     }
-    atomic_store_explicit(&p->name, n, memory_order_release);
-    return 0;
+    atomic_store_explicit(&p->name, added ? n : NULL, memory_order_release);
+    if (added) return 0;
+    ar__free(n);
+    return n ? AR_EEXIST : AR_ENOMEM;
 }
 
 void ar__names_release(ar_proc_t *p, char *out)

@@ -611,12 +611,16 @@ static int spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_s
     atomic_fetch_add_explicit(&node->live, 1, memory_order_relaxed);
     /* the start handshake's, or the exit note's */
     struct ar__proc_ext *x = parent && !xtra ? NULL : ar__proc_ext(p);
-    /* a name is claimed before init runs, as OTP registers before init */
+    /* a name is claimed before init runs, as OTP registers before init; the claim mark
+     * goes in before the pid is published, so no ar_register can race it */
+    if (opts && opts->name) atomic_store_explicit(&p->name, AR__NAME_CLAIMING, memory_order_relaxed);
     int rc = !publish(node, p, lo)    ? AR_ECLOSED
              : !parent && !x          ? AR_ENOMEM
              : opts && opts->name     ? ar__names_claim(p, pid, opts->name)
                                       : 0;
     if (!rc && xtra && !x) rc = AR_ENOMEM;
+    if (rc && atomic_load_explicit(&p->name, memory_order_relaxed) == AR__NAME_CLAIMING)
+        atomic_store_explicit(&p->name, NULL, memory_order_release); /* never claimed */
     if (rc) {
         ar__exit_sequence(p, AR_REASON(AR_NOPROC), END_START_FAILED);
         ar__env_free(parent_half);
