@@ -43,21 +43,6 @@ static void release_owned(ar_proc_t *p)
     if (p->ext) p->ext->asks = NULL;
 }
 
-/* Step 2, for a registry's entry: its registry hears of the end before anyone else. */
-static void send_exit_note(ar_proc_t *p, ar_reason_t why, enum ar__end how)
-{
-    ar__env_t *note = p->ext ? p->ext->exit_note : NULL;
-    if (!note) return;
-    p->ext->exit_note = NULL;
-    if (how != END_EXITED) {
-        ar__env_free(note);
-        return;
-    }
-    note->msg.reason = AR_REASON(why.code);
-    note->msg.from = ar__proc_pid(p); /* still published: step 3 comes next */
-    ar__route_or_dead_letter(p->node, p->ext->note_to, note);
-}
-
 /* Step 3. */
 static void unpublish(ar_proc_t *p)
 {
@@ -77,7 +62,15 @@ static ar__env_t *as_signal(ar__env_t *h, ar_pid_t self, ar_reason_t told, enum 
         h = ar__env_recycle(h, ENV_EXIT, self, 0, told);
         h->flags = ENVF_LINK;
         return h;
-    case HALF_WATCHED: return ar__env_recycle(h, ENV_DOWN, self, key.ref, told);
+    case HALF_WATCHED:
+        if (h->xflags & AR__XF_INTERNAL) { /* an exit note (struct ar__spawn_extra) */
+            if (how == END_START_FAILED) {
+                ar__env_free(h);
+                return NULL;
+            }
+            told = AR_REASON(told.code); /* no text: it keeps its envelope, and its mark */
+        }
+        return ar__env_recycle(h, ENV_DOWN, self, key.ref, told);
     case HALF_MONITOR:
         return ar__env_recycle(h, ENV_DEMONITOR, self, key.ref, AR_REASON(AR_NORMAL));
     case HALF_CALL: return ar__env_recycle_reply(h, self, key, told);
@@ -103,7 +96,8 @@ static void send_halves(ar_proc_t *p, ar_pid_t self, ar_reason_t told, enum ar__
         for (ar__env_t *h = by_kind[order[k]], *next; h; h = next) {
             next = (ar__env_t *)atomic_load_explicit(&h->q.next, memory_order_relaxed);
             ar_pid_t peer = h->msg.reply_to.pid;
-            ar__route_or_dead_letter(node, peer, as_signal(h, self, told, how));
+            ar__env_t *sig = as_signal(h, self, told, how);
+            if (sig) ar__route_or_dead_letter(node, peer, sig);
         }
 }
 
@@ -147,7 +141,6 @@ void ar__exit_sequence(ar_proc_t *p, ar_reason_t why, enum ar__end how)
     char name[AR_NAME_MAX];
     release_owned(p);
     ar__names_release(p, name); /* step 2 */
-    send_exit_note(p, why, how);
     unpublish(p);
     notify(p, self, why, how);
     /* step 5, the exit event: the event stream is not in yet */

@@ -337,10 +337,13 @@ struct ar__spawn_wait {
 
 /* What a spawn on another's behalf sets before init runs (the registry's entries). */
 struct ar__spawn_extra {
-    ar_pid_t parent;     /* shown as its parent; never a top-level process */
-    ar__env_t *exit_note; /* sent to note_to when it ends after a successful start (the
-                             exit sequence's step 2; from: it, reason.code: why) */
+    ar_pid_t parent;      /* shown as its parent; never a top-level process */
+    ar__env_t *exit_note; /* an internal (AR__XF_INTERNAL) envelope, held as a watched half:
+                             when it ends after a successful start, note_to gets it as an
+                             AR_MSG_DOWN (ref: note_ref, reason: the code alone), with no
+                             monitor of its own; dropped if the start fails */
     ar_pid_t note_to;
+    ar_ref_t note_ref;
 };
 /* Spawns b as the calling process or thread would, but as x says; init runs here, in the
  * caller's turn (or its thread waits). x->exit_note is the spawn's on success. */
@@ -415,8 +418,6 @@ struct ar__proc_ext {
     size_t ntimers, timers_cap;
     struct ar__ask *asks;        /* outstanding ar_ask refs */
     struct ar__spawn_wait *spawn_wait; /* foreign spawn: whom to tell init's result */
-    ar__env_t *exit_note;        /* see struct ar__spawn_extra */
-    ar_pid_t note_to;
 };
 struct ar__ask {
     struct ar__ask *next;

@@ -609,8 +609,7 @@ static int spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_s
     uint64_t lo = AR__PID_LO(p->index, p->serial);
     ar_pid_t pid = {node->pid_hi, lo};
     atomic_fetch_add_explicit(&node->live, 1, memory_order_relaxed);
-    /* the start handshake's, or the exit note's */
-    struct ar__proc_ext *x = parent && !xtra ? NULL : ar__proc_ext(p);
+    struct ar__proc_ext *x = parent ? NULL : ar__proc_ext(p); /* the start handshake's */
     /* a name is claimed before init runs, as OTP registers before init; the claim mark
      * goes in before the pid is published, so no ar_register can race it */
     if (opts && opts->name) atomic_store_explicit(&p->name, AR__NAME_CLAIMING, memory_order_relaxed);
@@ -618,7 +617,6 @@ static int spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_s
              : !parent && !x          ? AR_ENOMEM
              : opts && opts->name     ? ar__names_claim(p, pid, opts->name)
                                       : 0;
-    if (!rc && xtra && !x) rc = AR_ENOMEM;
     if (rc && atomic_load_explicit(&p->name, memory_order_relaxed) == AR__NAME_CLAIMING)
         atomic_store_explicit(&p->name, NULL, memory_order_release); /* never claimed */
     if (rc) {
@@ -627,10 +625,8 @@ static int spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_s
         ar__env_free(child_half);
         return rc;
     }
-    if (xtra) {
-        x->exit_note = xtra->exit_note;
-        x->note_to = xtra->note_to;
-    }
+    if (xtra) /* before it runs a line: its table is ours to write yet */
+        ar__half_put(p, xtra->exit_note, HALF_WATCHED, xtra->note_to, xtra->note_ref);
     if (async) {
         x->spawn_wait = async;
         atomic_fetch_or_explicit(&p->flags, P_STARTING, memory_order_relaxed);

@@ -135,25 +135,34 @@ ar__env_t *reg_note_new(int tag, struct reg_entry *e, ar_pid_t pid)
     return env;
 }
 
+/* The incarnation's exit note: the registry hears of its end as an internal DOWN whose
+ * ref is the entry (struct ar__spawn_extra). */
+static ar__env_t *exit_note(void)
+{
+    ar__env_t *note = ar__env_new(0);
+    if (note) note->xflags = XF_REGISTRY;
+    return note;
+}
+
 int reg_spawn_sync(ar_registry_t *r, struct reg_entry *e, ar_pid_t *out)
 {
-    ar__env_t *note = reg_note_new(REG_ENDED, e, AR_PID_NONE);
+    ar__env_t *note = exit_note();
     if (!note) return AR_ENOMEM;
-    struct ar__spawn_extra x = {r->pid, note, r->pid};
+    struct ar__spawn_extra x = {r->pid, note, r->pid, (ar_ref_t)(uintptr_t)e};
     int rc = ar__spawn_keyed(r->node, &r->entry_b, e, &x, out);
-    if (rc) ar__env_free(note); /* else the process's own, sent as it ends */
+    if (rc) ar__env_free(note); /* else the process's own */
     return rc;
 }
 
 int reg_spawn_async(ar_registry_t *r, struct reg_entry *e)
 {
-    ar__env_t *note = reg_note_new(REG_ENDED, e, AR_PID_NONE);
+    ar__env_t *note = exit_note();
     ar__env_t *started = note ? reg_note_new(REG_STARTED, e, AR_PID_NONE) : NULL;
     if (!started) {
         ar__env_free(note);
         return AR_ENOMEM;
     }
-    struct ar__spawn_extra x = {r->pid, note, r->pid};
+    struct ar__spawn_extra x = {r->pid, note, r->pid, (ar_ref_t)(uintptr_t)e};
     ar_pid_t pid;
     int rc = ar__spawn_async(r->node, &r->entry_b, e, &x, started, r->pid, &pid);
     if (rc) {
@@ -214,7 +223,6 @@ static int start_key(struct keyed *c, ar_reply_to_t rt, ar_pid_t *to)
     atomic_init(&e->state, E_STARTING);
     e->winner_starts = true;
     e->keylen = (uint32_t)c->k.len;
-    e->hash = c->hash;
     memcpy(e->key, c->k.data, c->k.len);
     ar__rcu_read_lock();
     ar__rcu_published(e);

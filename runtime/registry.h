@@ -35,7 +35,6 @@ enum reg_tag {
     REG_REARM,         /* registry -> entry: not reaped now; check again later */
     REG_BUSY,          /* entry -> registry: it was not idle after all */
     REG_REAPING,       /* entry -> registry: stopping now */
-    REG_ENDED,         /* exit note: an incarnation ended (reason.code says how) */
     REG_STARTED,       /* an asynchronous start's result */
     REG_KILL,          /* registry's timer: the reaped entry's terminate took too long */
 };
@@ -57,10 +56,9 @@ struct reg_entry {
     ar__env_t *held, *held_tail; /* buffered CAST/CALL/GET envelopes, in arrival order */
     /* the running incarnation's own (owner-only) fields */
     void *user_state;
-    uint64_t handled, handled_at_check;
+    uint32_t handled, handled_at_check; /* wraps: only compared for change */
     struct ar__timer *idle_timer;
     uint32_t keylen;
-    unsigned long hash;
     char key[];
 };
 

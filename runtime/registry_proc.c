@@ -8,7 +8,7 @@
  *                 send it REAP (or REARM it, if it is not LIVE any more);
  *   BUSY          the reaped entry was not idle: flush what was held, LIVE again;
  *   REAPING       it stops: kill it if its terminate takes longer than reap_timeout_ms;
- *   ENDED         an incarnation's exit note: forget the key, or start the next
+ *   (DOWN)        an incarnation's exit note, an internal DOWN whose ref is the entry: forget the key, or start the next
  *                 incarnation for what is held (an old incarnation's note never touches
  *                 a newer one: pids are compared);
  *   STARTED       an asynchronous start's result.
@@ -84,9 +84,8 @@ static void on_busy(ar_registry_t *r, struct reg_note *n)
     reg_unlock(e);
 }
 
-static void on_ended(ar_registry_t *r, struct reg_note *n, ar_pid_t pid, ar_exit_code_t code)
+static void on_ended(ar_registry_t *r, struct reg_entry *e, ar_pid_t pid, ar_exit_code_t code)
 {
-    struct reg_entry *e = n->e;
     reg_lock(e);
     enum reg_state st = atomic_load_explicit(&e->state, memory_order_relaxed);
     uint64_t cur = atomic_load_explicit(&e->pid_lo, memory_order_relaxed);
@@ -171,6 +170,10 @@ static void registry_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
         return;
     }
     if (!(ar__container_of(m, ar__env_t, msg)->xflags & XF_REGISTRY)) return; /* not ours */
+    if (m->kind == AR_MSG_DOWN) { /* an exit note: ref is the entry */
+        on_ended(r, (struct reg_entry *)(uintptr_t)m->ref, m->from, m->reason.code);
+        return;
+    }
     struct reg_note *n = (struct reg_note *)m->data;
     switch (m->tag) {
     case REG_REAP_REQUEST: on_reap_request(r, ar__msg_keep(self, m), n); return;
@@ -179,7 +182,6 @@ static void registry_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
         ar_send_after(r->node, r->cfg.reap_timeout_ms, r->pid, REG_KILL, &n->pid, sizeof n->pid,
                       NULL);
         return;
-    case REG_ENDED: on_ended(r, n, m->from, m->reason.code); return;
     case REG_STARTED: on_started(r, n, m->from); return;
     default: return;
     }

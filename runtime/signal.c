@@ -119,6 +119,7 @@ ar__env_t *ar__signal_admit(ar_proc_t *p, ar__env_t *e)
         if ((h = ar__half_take(p, HALF_WATCHED, from, ref)) != NULL) ar__env_free(h);
         break;
     case ENV_DOWN: /* at most once: the monitor is gone with it */
+        if (e->xflags & AR__XF_INTERNAL) return as_message(e, AR_MSG_DOWN); /* an exit note */
         if ((h = ar__half_take(p, HALF_MONITOR, from, ref)) == NULL) break;
         ar__env_free(h);
         return as_message(e, AR_MSG_DOWN);
