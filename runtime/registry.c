@@ -196,6 +196,7 @@ struct keyed {
     struct key_ref k;
     unsigned long hash;
     enum mode mode;
+    bool missing;   /* a lookup just found no entry: try to add it first */
     ar__env_t *env; /* M_SEND, M_CALL: the message, the caller's until it is routed or held */
     ar_pid_t got;   /* M_GET: the pid, when answered at once */
 };
@@ -312,6 +313,11 @@ static int keyed_route(void *ctx, ar_reply_to_t rt, ar_pid_t *to)
     ar_node_t *node = r->node;
     *to = AR_PID_NONE;
     for (;;) {
+        if (c->missing) { /* adding finds a racing entry as well as a lookup would */
+            c->missing = false;
+            int rc = start_key(c, rt, to);
+            if (rc != LOST_RACE) return rc;
+        }
         ar__rcu_read_lock();
         if (atomic_load_explicit(&r->closed, memory_order_acquire)) {
             ar__rcu_read_unlock();
@@ -395,6 +401,7 @@ static void keyed_init(struct keyed *c, ar_registry_t *r, ar_key_t key, enum mod
     c->k = (struct key_ref){key.data, key.len};
     c->hash = ar__hash(key.data, key.len, r->node->hash_seed);
     c->mode = mode;
+    c->missing = false;
     c->env = NULL;
     c->got = AR_PID_NONE;
 }
@@ -454,6 +461,7 @@ int ar_registry_get_or_spawn(ar_registry_t *r, ar_key_t key, ar_pid_t *out)
                               : find(r, c.k, c.hash);
     bool live = e && atomic_load_explicit(&e->state, memory_order_acquire) == E_LIVE;
     if (live) c.got = entry_pid(e);
+    c.missing = !e;
     ar__rcu_read_unlock();
     if (!live) {
         ar_buf_t reply = {NULL, 0};

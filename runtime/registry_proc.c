@@ -187,26 +187,47 @@ static void registry_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
     }
 }
 
-/* Stops every entry (AR_SHUTDOWN, then AR_KILL after reap_timeout_ms) and waits until
- * none is left. Senders see the registry closed first. */
+static bool is_exit_note(const ar_msg_t *m, void *ud)
+{
+    (void)ud;
+    return m->kind == AR_MSG_DOWN && (ar__container_of(m, ar__env_t, msg)->xflags & XF_REGISTRY);
+}
+
+/* Sends `why` to every entry process still alive; how many it found. */
+static size_t signal_entries(ar_registry_t *r, ar_exit_code_t why)
+{
+    size_t n = 0;
+    struct cds_lfht_iter it;
+    struct reg_entry *e;
+    ar__rcu_read_lock();
+    cds_lfht_for_each_entry(r->keys, &it, e, ln)
+    {
+        ar_pid_t pid = entry_pid_of(r, e);
+        if (!pid.lo || !ar__proc_lookup(r->node, pid)) continue;
+        ar_exit(r->node, pid, AR_REASON(why));
+        n++;
+    }
+    ar__rcu_read_unlock();
+    return n;
+}
+
+/* Stops every entry: AR_SHUTDOWN, then AR_KILL to those still alive after
+ * reap_timeout_ms, and waits until none is left. Each one's end arrives as its exit note;
+ * a last sweep covers notes that were on their way before the stop began. */
 static void stop_entries(ar_proc_t *self, ar_registry_t *r)
 {
+    size_t left = signal_entries(r, AR_SHUTDOWN);
     uint64_t deadline = ar__now_ns() + (uint64_t)r->cfg.reap_timeout_ms * 1000000u;
-    for (bool first = true;; first = false) {
-        bool late = ar__now_ns() >= deadline, alive = false;
-        struct cds_lfht_iter it;
-        struct reg_entry *e;
-        ar__rcu_read_lock();
-        cds_lfht_for_each_entry(r->keys, &it, e, ln)
-        {
-            ar_pid_t pid = entry_pid_of(r, e);
-            if (!pid.lo || !ar__proc_lookup(r->node, pid)) continue;
-            alive = true;
-            if (first || late) ar_exit(r->node, pid, AR_REASON(late ? AR_KILL : AR_SHUTDOWN));
-        }
-        ar__rcu_read_unlock();
-        if (!alive || ar_sleep(self, 1) != 0) break;
+    while (left) {
+        uint64_t now = ar__now_ns();
+        int ms = now >= deadline ? 0 : (int)((deadline - now) / 1000000u) + 1;
+        ar_msg_t *m;
+        if (ms == 0 || ar_receive(self, is_exit_note, NULL, ms, &m) != 0) break;
+        ar_msg_release(self, m);
+        left--;
     }
+    while (signal_entries(r, AR_KILL)) /* what a terminate still holds, and stragglers */
+        if (ar_sleep(self, 1) != 0) break;
 }
 
 /* Takes every entry out of the table and frees it (what is held is refused). No entry
