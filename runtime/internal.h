@@ -486,6 +486,10 @@ void ar__waiter_close(ar__waiter_t *w);
 /* Waits until pred accepts an envelope of p's and returns it, unlinked; a fatal signal
  * unwinds p. NULL when p cannot park (no stack can be had): the wait fails AR_ENOMEM. */
 ar__env_t *ar__wait(ar_proc_t *p, bool (*pred)(ar__env_t *, void *), void *ud);
+/* ar_receive; internal: of the runtime's own messages (AR__XF_INTERNAL), which a user's
+ * ar_receive never sees (a registry entry's user code must not take its reap request). */
+int ar__receive(ar_proc_t *self, bool (*match)(const ar_msg_t *m, void *ud), void *ud,
+                int timeout_ms, ar_msg_t **out, bool internal);
 /* Arms a wake-up for p's current wait (p->wait_ref) after ms; NULL on out of memory. */
 struct ar__timer *ar__wake_after(ar_proc_t *p, int ms);
 /* Ends a wait: its wake-up can no longer arrive unseen (a fired one is dropped). */

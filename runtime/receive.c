@@ -46,12 +46,14 @@ struct recv_match {
     bool (*match)(const ar_msg_t *m, void *ud);
     void *ud;
     ar_ref_t wake;
+    bool internal; /* the runtime's own receive: it alone sees internal messages */
 };
 static bool recv_pred(ar__env_t *e, void *arg)
 {
     struct recv_match *r = arg;
     if (e->kind == ENV_WAKE) return e->msg.ref == r->wake;
-    return e->kind == ENV_MSG && (!r->match || r->match(&e->msg, r->ud));
+    return e->kind == ENV_MSG && ((e->xflags & AR__XF_INTERNAL) != 0) == r->internal &&
+           (!r->match || r->match(&e->msg, r->ud));
 }
 
 static ar_proc_t *self_ok(ar_proc_t *self)
@@ -62,10 +64,16 @@ static ar_proc_t *self_ok(ar_proc_t *self)
 int ar_receive(ar_proc_t *self, bool (*match)(const ar_msg_t *m, void *ud), void *ud,
                int timeout_ms, ar_msg_t **out)
 {
+    return ar__receive(self, match, ud, timeout_ms, out, false);
+}
+
+int ar__receive(ar_proc_t *self, bool (*match)(const ar_msg_t *m, void *ud), void *ud,
+                int timeout_ms, ar_msg_t **out, bool internal)
+{
     ar_proc_t *p = self_ok(self);
     if (!p || !out || !ar__timeout_ok(timeout_ms)) return AR_EINVAL;
     *out = NULL;
-    struct recv_match r = {match, ud, 0};
+    struct recv_match r = {match, ud, 0, internal};
     ar__env_t *e;
     if (timeout_ms == 0) {
         e = ar__inner_take(p, recv_pred, &r);

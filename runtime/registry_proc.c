@@ -222,7 +222,7 @@ static void stop_entries(ar_proc_t *self, ar_registry_t *r)
         uint64_t now = ar__now_ns();
         int ms = now >= deadline ? 0 : (int)((deadline - now) / 1000000u) + 1;
         ar_msg_t *m;
-        if (ms == 0 || ar_receive(self, is_exit_note, NULL, ms, &m) != 0) break;
+        if (ms == 0 || ar__receive(self, is_exit_note, NULL, ms, &m, true) != 0) break;
         ar_msg_release(self, m);
         left--;
     }
