@@ -18,6 +18,8 @@ enum { TAG_GO = 1, TAG_MSG };
 
 typedef struct reg_run {
     long n, keys, per;
+    char (*key)[16];      /* registry_send: the keys, made before the clock starts */
+    unsigned char *keylen;
     ar_registry_t *reg;
     _Atomic long counted; /* entries that have their share */
     uint64_t t0, t1;
@@ -106,14 +108,13 @@ static void send_client(ar_proc_t *self, void *state, const ar_msg_t *m)
 {
     reg_run_t *r = state;
     (void)m;
-    char key[32];
     long total = r->per * r->keys;
     r->t0 = bench_now_ns();
     for (long i = total; i > 0; i--) {
-        int len = key_of(i % r->keys + 1, key);
+        long k = i % r->keys;
         int64_t v = i;
-        int rc = ar_registry_send(r->reg, (ar_key_t){key, (size_t)len}, TAG_MSG, &v, sizeof v);
-        BENCH_CHECK(rc == 0, "registry_send: %s: %s", key, BENCH_ERR(rc));
+        int rc = ar_registry_send(r->reg, (ar_key_t){r->key[k], r->keylen[k]}, TAG_MSG, &v, sizeof v);
+        BENCH_CHECK(rc == 0, "registry_send: %s: %s", r->key[k], BENCH_ERR(rc));
     }
     ar_stop(self, AR_REASON(AR_NORMAL));
 }
@@ -175,11 +176,13 @@ static uint64_t send_run(ar_node_t *node, long keys, long n)
     r->per = n / keys;
     bench_signal_init(&r->done);
     r->reg = registry(node, &counter_b, r);
-    char key[32];
-    for (long i = 1; i <= keys; i++) { /* the keys are live before the clock starts */
-        int len = key_of(i, key);
-        int rc = ar_registry_get_or_spawn(r->reg, (ar_key_t){key, (size_t)len}, NULL);
-        BENCH_CHECK(rc == 0, "registry_send: start %s: %s", key, BENCH_ERR(rc));
+    r->key = calloc((size_t)keys, sizeof *r->key);
+    r->keylen = calloc((size_t)keys, 1);
+    BENCH_CHECK(r->key && r->keylen, "out of memory");
+    for (long i = 0; i < keys; i++) { /* the keys are live before the clock starts */
+        r->keylen[i] = (unsigned char)snprintf(r->key[i], sizeof r->key[i], "key-%ld", i + 1);
+        int rc = ar_registry_get_or_spawn(r->reg, (ar_key_t){r->key[i], r->keylen[i]}, NULL);
+        BENCH_CHECK(rc == 0, "registry_send: start %s: %s", r->key[i], BENCH_ERR(rc));
     }
     run_client(node, &send_client_b, r);
     BENCH_CHECK(atomic_load(&r->counted) == keys, "registry_send: %ld entries counted their share",
@@ -187,6 +190,8 @@ static uint64_t send_run(ar_node_t *node, long keys, long n)
     uint64_t ns = r->t1 - r->t0;
     ar_registry_stop(r->reg);
     bench_signal_destroy(&r->done);
+    free(r->key);
+    free(r->keylen);
     free(r);
     return ns;
 }

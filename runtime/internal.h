@@ -731,8 +731,13 @@ void ar__rcu_read_unlock(void);
 /* Under ThreadSanitizer, the edges liburcu gives but TSan cannot see: call published on a
  * node before adding it, seen on a node a lookup found, reclaimed first in every call_rcu
  * callback. Nothing otherwise. */
+#if defined(__SANITIZE_THREAD__)
 void ar__rcu_published(void *obj);
 void ar__rcu_seen(void *obj);
+#else
+static inline void ar__rcu_published(void *obj) { (void)obj; }
+static inline void ar__rcu_seen(void *obj) { (void)obj; }
+#endif
 void ar__rcu_reclaimed(struct rcu_head *h);
 /* fn(h) after a grace period, on liburcu's call_rcu thread: it must not touch a node. */
 void ar__rcu_call(struct rcu_head *h, void (*fn)(struct rcu_head *));

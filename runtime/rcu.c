@@ -35,8 +35,10 @@ __attribute__((noinline)) void ar__rcu_read_unlock(void)
     urcu_bp_read_unlock();
 }
 
+#if defined(__SANITIZE_THREAD__)
 void ar__rcu_published(void *obj) { TSAN_RELEASE(obj); }
 void ar__rcu_seen(void *obj) { TSAN_ACQUIRE(obj); }
+#endif
 
 void ar__rcu_call(struct rcu_head *h, void (*fn)(struct rcu_head *))
 {
