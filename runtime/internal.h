@@ -346,7 +346,7 @@ struct ar__spawn_extra {
     ar_ref_t note_ref;
 };
 /* Spawns b as the calling process or thread would, but as x says; init runs here, in the
- * caller's turn (or its thread waits). x->exit_note is the spawn's on success. */
+ * caller's turn (or its thread waits). x->exit_note is the spawn's, whatever the result. */
 int ar__spawn_keyed(struct ar_node *node, const ar_behaviour_t *b, void *arg,
                     const struct ar__spawn_extra *x, ar_pid_t *out);
 /* The same, but returns at once (pid in *out): init runs in the child's own first turn,

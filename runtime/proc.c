@@ -584,16 +584,23 @@ static int spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_s
                  ar_proc_t *parent, const struct ar__spawn_extra *xtra,
                  struct ar__spawn_wait *async, ar_pid_t *out)
 {
-    if (atomic_load_explicit(&node->stopping, memory_order_acquire)) return AR_ECLOSED;
+    ar__env_t *note = xtra ? xtra->exit_note : NULL; /* ours from here, whatever happens */
+    if (atomic_load_explicit(&node->stopping, memory_order_acquire)) {
+        ar__env_free(note);
+        return AR_ECLOSED;
+    }
     bool link = opts && opts->link;
     ar__env_t *parent_half = NULL, *child_half = NULL; /* a link's halves, made first */
-    if (link && ar__env_new_pair(&parent_half, &child_half)) return AR_ENOMEM;
-    ar_proc_t *p = ar__proc_alloc(node);
+    ar_proc_t *p = link && ar__env_new_pair(&parent_half, &child_half) ? NULL : ar__proc_alloc(node);
     if (!p) {
         ar__env_free(parent_half);
         ar__env_free(child_half);
+        ar__env_free(note);
         return AR_ENOMEM;
     }
+    if (note) /* before it runs a line (its table is ours to write yet): from here its exit
+                 sequence sends the note, or drops it if the start fails */
+        ar__half_put(p, note, HALF_WATCHED, xtra->note_to, xtra->note_ref);
     atomic_store_explicit(&p->b, b, memory_order_relaxed);
     atomic_store_explicit(&p->parent_lo,
                           xtra     ? xtra->parent.lo
@@ -625,8 +632,6 @@ static int spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_s
         ar__env_free(child_half);
         return rc;
     }
-    if (xtra) /* before it runs a line: its table is ours to write yet */
-        ar__half_put(p, xtra->exit_note, HALF_WATCHED, xtra->note_to, xtra->note_ref);
     if (async) {
         x->spawn_wait = async;
         atomic_fetch_or_explicit(&p->flags, P_STARTING, memory_order_relaxed);
@@ -716,7 +721,10 @@ int ar__spawn_async(ar_node_t *node, const ar_behaviour_t *b, void *arg,
                     ar_pid_t *out)
 {
     struct ar__spawn_wait *w = ar__calloc(1, sizeof *w);
-    if (!w) return AR_ENOMEM;
+    if (!w) {
+        ar__env_free(x->exit_note); /* the spawn's, whatever happens */
+        return AR_ENOMEM;
+    }
     w->arg = arg;
     w->notify = notify;
     w->notify_to = notify_to;

@@ -77,18 +77,28 @@ static void answer_get(ar_node_t *node, ar__env_t *env, int rc, ar_pid_t pid)
     ar__route_or_dead_letter(node, rt.pid, env);
 }
 
+/* Puts env back at the head of what is held (a route that handed it back). */
+static void hold_first(struct reg_entry *e, ar__env_t *env)
+{
+    atomic_store_explicit(&env->q.next, e->held ? &e->held->q : NULL, memory_order_relaxed);
+    if (!e->held) e->held_tail = env;
+    e->held = env;
+}
+
 bool reg_flush(struct reg_entry *e, ar_pid_t pid)
 {
     ar_node_t *node = e->r->node;
     ar__env_t *env;
-    while ((env = e->held) != NULL) {
+    /* off the list before it is routed: a push rewrites its link */
+    while ((env = unhold(e)) != NULL) {
         if (env->xflags & XF_GET) {
-            unhold(e);
             answer_get(node, env, 0, pid);
             continue;
         }
-        if (ar__route(node, pid, env) != 0) return false; /* it ended: env stays first */
-        unhold(e);
+        if (ar__route(node, pid, env) != 0) { /* it ended: env stays first */
+            hold_first(e, env);
+            return false;
+        }
     }
     return true;
 }
@@ -113,13 +123,15 @@ static void entry_reclaim(struct rcu_head *h)
 
 void reg_entry_free_later(struct reg_entry *e) { ar__rcu_call(&e->rcu, entry_reclaim); }
 
-void reg_remove(struct reg_entry *e)
+bool reg_remove(struct reg_entry *e)
 {
+    if (atomic_load_explicit(&e->state, memory_order_relaxed) == E_REMOVED) return false;
     set_state(e, E_REMOVED);
     ar__rcu_read_lock();
     if (cds_lfht_del(e->r->keys, &e->ln) == 0)
         atomic_fetch_sub_explicit(&e->r->count, 1, memory_order_relaxed);
     ar__rcu_read_unlock();
+    return true;
 }
 
 ar__env_t *reg_note_new(int tag, struct reg_entry *e, ar_pid_t pid)
@@ -149,9 +161,7 @@ int reg_spawn_sync(ar_registry_t *r, struct reg_entry *e, ar_pid_t *out)
     ar__env_t *note = exit_note();
     if (!note) return AR_ENOMEM;
     struct ar__spawn_extra x = {r->pid, note, r->pid, (ar_ref_t)(uintptr_t)e};
-    int rc = ar__spawn_keyed(r->node, &r->entry_b, e, &x, out);
-    if (rc) ar__env_free(note); /* else the process's own */
-    return rc;
+    return ar__spawn_keyed(r->node, &r->entry_b, e, &x, out); /* the note is the spawn's */
 }
 
 int reg_spawn_async(ar_registry_t *r, struct reg_entry *e)
@@ -165,8 +175,7 @@ int reg_spawn_async(ar_registry_t *r, struct reg_entry *e)
     struct ar__spawn_extra x = {r->pid, note, r->pid, (ar_ref_t)(uintptr_t)e};
     ar_pid_t pid;
     int rc = ar__spawn_async(r->node, &r->entry_b, e, &x, started, r->pid, &pid);
-    if (rc) {
-        ar__env_free(note);
+    if (rc) { /* the note was the spawn's; the notice is still ours */
         ar__env_free(started);
         return rc;
     }
@@ -205,19 +214,41 @@ struct keyed {
 
 /* The caller starts the key's first incarnation itself. Returns 0 (routed or held), 1
  * (M_GET answered), LOST_RACE, or an error. */
+/* Under e's lock: a key its starter gives up (its init failed, or the table is full):
+ * out of the table, and what was held for it meanwhile is refused with rc. The starter
+ * frees it (a stop that took it out first left it to the starter). */
+static int undo_start(struct reg_entry *e, int rc)
+{
+    e->winner_starts = false;
+    reg_fail_held(e, rc);
+    reg_remove(e);
+    reg_unlock(e);
+    reg_entry_free_later(e);
+    return rc;
+}
+
+static int start_key_counted(struct keyed *c, ar_reply_to_t rt, ar_pid_t *to);
+
+/* The caller starts the key's first incarnation itself. Returns 0 (routed or held), 1
+ * (M_GET answered), LOST_RACE, or an error. A stop of the registry waits for it. */
 static int start_key(struct keyed *c, ar_reply_to_t rt, ar_pid_t *to)
 {
     ar_registry_t *r = c->r;
-    size_t max = r->cfg.max_entries;
-    if (atomic_fetch_add_explicit(&r->count, 1, memory_order_relaxed) >= max && max) {
-        atomic_fetch_sub_explicit(&r->count, 1, memory_order_relaxed);
-        return AR_EAGAIN;
-    }
+    /* seq_cst, as the stop's closed flag and its wait: either the stop waits for this
+     * start, or this start sees the registry closed */
+    atomic_fetch_add_explicit(&r->starters, 1, memory_order_seq_cst);
+    int rc = atomic_load_explicit(&r->closed, memory_order_seq_cst)
+                 ? AR_ENOPROC
+                 : start_key_counted(c, rt, to);
+    atomic_fetch_sub_explicit(&r->starters, 1, memory_order_release);
+    return rc;
+}
+
+static int start_key_counted(struct keyed *c, ar_reply_to_t rt, ar_pid_t *to)
+{
+    ar_registry_t *r = c->r;
     struct reg_entry *e = ar__calloc(1, sizeof *e + c->k.len);
-    if (!e) {
-        atomic_fetch_sub_explicit(&r->count, 1, memory_order_relaxed);
-        return AR_ENOMEM;
-    }
+    if (!e) return AR_ENOMEM;
     cds_lfht_node_init(&e->ln);
     e->r = r;
     atomic_flag_clear(&e->lock);
@@ -227,34 +258,31 @@ static int start_key(struct keyed *c, ar_reply_to_t rt, ar_pid_t *to)
     memcpy(e->key, c->k.data, c->k.len);
     ar__rcu_read_lock();
     ar__rcu_published(e);
-    struct cds_lfht_node *got = atomic_load_explicit(&r->closed, memory_order_acquire)
-                                    ? NULL
-                                    : cds_lfht_add_unique(r->keys, c->hash, match, &c->k, &e->ln);
+    struct cds_lfht_node *got = cds_lfht_add_unique(r->keys, c->hash, match, &c->k, &e->ln);
     ar__rcu_read_unlock();
     if (got != &e->ln) {
-        atomic_fetch_sub_explicit(&r->count, 1, memory_order_relaxed);
         ar__free(e);
-        return got ? LOST_RACE : AR_ENOPROC;
+        return LOST_RACE;
+    }
+    /* counted once it is in: a caller that lost the race for this key never counts it */
+    size_t max = r->cfg.max_entries;
+    if (atomic_fetch_add_explicit(&r->count, 1, memory_order_relaxed) >= max && max) {
+        reg_lock(e);
+        return undo_start(e, AR_EAGAIN);
     }
     ar_pid_t pid = AR_PID_NONE;
     int rc = reg_spawn_sync(r, e, &pid);
     reg_lock(e);
     e->winner_starts = false;
     if (atomic_load_explicit(&e->state, memory_order_relaxed) == E_REMOVED) {
-        /* the registry stopped meanwhile and left the entry to us */
+        /* a stop gave up waiting for this start and left the entry to us */
         reg_fail_held(e, AR_ENOPROC);
         reg_unlock(e);
         if (rc == 0) ar_exit(r->node, pid, AR_REASON(AR_SHUTDOWN));
         reg_entry_free_later(e);
         return AR_ENOPROC;
     }
-    if (rc) { /* its init failed: the key is free again, and whoever waited learns why */
-        reg_fail_held(e, rc);
-        reg_remove(e);
-        reg_unlock(e);
-        reg_entry_free_later(e);
-        return rc;
-    }
+    if (rc) return undo_start(e, rc); /* its init failed: whoever waited learns why */
     atomic_store_explicit(&e->pid_lo, pid.lo, memory_order_release);
     int result = 0;
     if (c->mode == M_GET && !e->early_end) {
@@ -265,10 +293,7 @@ static int start_key(struct keyed *c, ar_reply_to_t rt, ar_pid_t *to)
         if (!e->early_end && ar__route(r->node, pid, c->env) == 0)
             *to = pid;
         else { /* it ended already: held for the next incarnation */
-            ar__env_t *first = c->env;
-            atomic_store_explicit(&first->q.next, &e->held->q, memory_order_relaxed);
-            if (!e->held) e->held_tail = first;
-            e->held = first;
+            hold_first(e, c->env);
             e->early_end = true;
         }
         c->env = NULL;

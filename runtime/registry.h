@@ -70,6 +70,7 @@ struct ar_registry {
     struct cds_lfht *keys;
     _Atomic int closed;         /* its process ends: every call fails (AR_ENOPROC) */
     _Atomic size_t count;       /* entries in the table */
+    _Atomic int starters;       /* callers starting a key now: a stop waits for them */
     struct ar_registry *next;   /* the node's list (node.c frees what is left at stop) */
 };
 
@@ -96,9 +97,10 @@ bool reg_flush(struct reg_entry *e, ar_pid_t pid);
 /* Under e's lock: answers everything held with rc (calls fail, GETs get rc, casts are
  * dropped and counted). */
 void reg_fail_held(struct reg_entry *e, int rc);
-/* Takes e out of the table (under its lock, state REMOVED) and, unless a starting caller
- * owns it, frees it after a grace period. */
-void reg_remove(struct reg_entry *e);
+/* Under e's lock: takes e out of the table (state REMOVED); false if it was already. The
+ * one that removes it frees it (reg_entry_free_later, after unlocking), unless a caller
+ * starting it (winner_starts) owns it: that caller frees it. */
+bool reg_remove(struct reg_entry *e);
 void reg_entry_free_later(struct reg_entry *e);
 ar__env_t *reg_note_new(int tag, struct reg_entry *e, ar_pid_t pid);
 /* The incarnation's spawn: with its exit note to the registry. */

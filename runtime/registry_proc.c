@@ -243,9 +243,9 @@ static void remove_all(ar_registry_t *r)
         reg_lock(e);
         reg_fail_held(e, AR_ENOPROC);
         bool theirs = e->winner_starts;
-        reg_remove(e);
+        bool mine = reg_remove(e);
         reg_unlock(e);
-        if (!theirs) reg_entry_free_later(e);
+        if (mine && !theirs) reg_entry_free_later(e);
     }
     ar__rcu_read_unlock();
 }
@@ -260,11 +260,22 @@ static void release_table(ar_registry_t *r)
     r->keys = NULL;
 }
 
+/* Waits for callers that are starting a key (their init runs) to publish it, so the stop
+ * finds and stops those entries too; at most reap_timeout_ms (a starter still running
+ * then finds its entry removed and stops its process itself). */
+static void wait_starters(ar_proc_t *self, ar_registry_t *r)
+{
+    uint64_t deadline = ar__now_ns() + (uint64_t)r->cfg.reap_timeout_ms * 1000000u;
+    while (atomic_load_explicit(&r->starters, memory_order_seq_cst) && ar__now_ns() < deadline)
+        if (ar_sleep(self, 1) != 0) break;
+}
+
 static void registry_terminate(ar_proc_t *self, void *state, ar_reason_t why)
 {
     ar_registry_t *r = state;
-    atomic_store_explicit(&r->closed, 1, memory_order_release);
+    atomic_store_explicit(&r->closed, 1, memory_order_seq_cst);
     ar__rcu_synchronize(); /* no sender is between its check and its push any more */
+    wait_starters(self, r);
     stop_entries(self, r);
     release_table(r);
 }
