@@ -55,6 +55,7 @@ typedef struct world {
     atomic_bool stopping;      /* the test stops the registry: SHUTDOWNs are not reaps */
     /* what happened */
     atomic_int init_began, inits, init_fails, terminates, in_terminate, reaps, active, overlaps;
+    atomic_int killed;         /* terminates begun with AR_KILLED */
     _Atomic int last_why;      /* reason of the last terminate begun */
     _Atomic uint64_t last_end_ns; /* end of the last init or handler, any incarnation */
     _Atomic uint64_t min_gap_ns;  /* least (reap's terminate - last_end_ns) */
@@ -79,6 +80,7 @@ typedef struct world {
 } world_t;
 
 static world_t W;
+static th_alloc_t alloc; /* the allocator hook of the tests that count or fail blocks */
 
 static void world_reset(void)
 {
@@ -215,6 +217,7 @@ static void kv_terminate(ar_proc_t *self, void *state, ar_reason_t why)
         }
         atomic_fetch_add(&w->reaps, 1);
     }
+    if (why.code == AR_KILLED) atomic_fetch_add(&w->killed, 1);
     atomic_fetch_add(&w->in_terminate, 1);
     int mode = atomic_load(&w->term_mode);
     if (w->slow_term_ms) {
@@ -335,6 +338,16 @@ static ar_pid_t rec_pid(void)
     return p;
 }
 
+/* Waits (bounded) until n T_REC messages were handled; fails naming how many were. */
+static void await_recs(long n)
+{
+    uint64_t deadline = th_now_ns() + (uint64_t)TH_WAIT_MS * 1000000u;
+    while (atomic_load_explicit(&W.recs, memory_order_acquire) < n && th_now_ns() < deadline)
+        th_nap();
+    long got = atomic_load_explicit(&W.recs, memory_order_acquire);
+    cr_assert_eq(got, n, TH_AT "%ld of %ld accepted messages handled", TH_ROW, got, n);
+}
+
 static void ms_sleep(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -356,6 +369,8 @@ typedef struct drv {
     ar_registry_t *r;
     char key[64];
     int op;
+    long arm;      /* > 0: the arm-th allocation of the operation fails (th_alloc_arm) */
+    bool injected; /* that failure was injected */
     int rc;
     ar_pid_t pid;
     atomic_int done;
@@ -375,16 +390,17 @@ static void drv_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
     drv_t *d = state;
     ar_key_t k = K(d->key);
     d->pid = AR_PID_NONE;
-    if (d->op == D_GET) {
+    ar_buf_t b = {0};
+    if (d->arm > 0) th_alloc_arm(&alloc, d->arm);
+    if (d->op == D_GET)
         d->rc = ar_registry_get_or_spawn(d->r, k, &d->pid);
-    } else if (d->op == D_SEND) {
-        d->rc = ar_registry_send(d->r, k, T_NOTE, NULL, 0);
-    } else {
-        ar_buf_t b = {0};
+    else if (d->op == D_SEND)
+        d->rc = ar_registry_send(d->r, k, T_NOTE, "payload", 7);
+    else
         d->rc = ar_registry_call(d->r, k, T_PING, NULL, 0, &b, TH_WAIT_MS);
-        if (d->rc == 0 && b.len >= sizeof d->pid) memcpy(&d->pid, b.data, sizeof d->pid);
-        ar_buf_free(&b);
-    }
+    if (d->arm > 0) d->injected = th_alloc_disarm(&alloc);
+    if (d->rc == 0 && b.len >= sizeof d->pid) memcpy(&d->pid, b.data, sizeof d->pid);
+    ar_buf_free(&b);
     atomic_store_explicit(&d->done, 1, memory_order_release);
 }
 
@@ -585,7 +601,8 @@ Test(registry, send_and_call_start_one_entry_and_the_reply_comes_from_it, .timeo
     for (int i = 0; i < 500; i++) cr_assert_eq(W.seen[0][i], 1, "seq %d", i);
     cr_assert_eq(ar_registry_count(r), 1);
     /* a call that starts its key gets that entry's answer too */
-    cr_assert(ar_pid_eq(reg_ping(r, "fresh"), pid_at(1)));
+    ar_pid_t fresh = reg_ping(r, "fresh");
+    cr_assert(ar_pid_eq(fresh, pid_at(1)));
     cr_assert_eq(ar_registry_count(r), 2);
     th_node_stop(node);
 }
@@ -650,9 +667,67 @@ Test(registry, concurrent_get_or_spawn_from_threads_and_processes_spawns_once,
     th_node_stop(node);
 }
 
+/* ---- messages held while a key starts --------------------------------------------------- */
+/* BUG: runtime/registry.c:84-92 (reg_flush) routes each held envelope before taking it
+ * off the held list. ar__route pushes it into the target's mailbox, and the push
+ * rewrites env->q.next (the held list's link to the next envelope), after which the
+ * target may even have handled and freed it; unhold(e) then reads that link: every
+ * envelope held behind the first is lost (or a freed envelope is read). So whenever more
+ * than one message is held (a key starting, an entry being reaped, an incarnation found
+ * dead) all but the first are dropped although their sends returned 0, and held calls
+ * are never answered (their callers wait out the timeout). The failure path has the same
+ * flaw (ar__route_dead takes env back out of a dead mailbox through its q.next). Fix:
+ * unhold first (keeping the rest of the list), then route; on failure put env back at
+ * the head, linked to the rest. The tests "one_key_hammered_..." and
+ * "an_entry_ending_while_reaped_..." fail on this too. */
+Test(registry, messages_held_while_a_key_starts_are_all_delivered_in_order,
+     .timeout = TH_TIMEOUT)
+{
+    world_reset();
+    ar_node_t *node = th_node(2);
+    ar_registry_config_t cfg = reg_cfg(0);
+    ar_registry_t *r = reg_start(node, &cfg);
+    snprintf(W.slow_init_key, sizeof W.slow_init_key, "slow");
+    W.init_sleep_ms = 100;
+    thr_t starter = {.r = r, .op = D_SEND, .rc = 1};
+    snprintf(starter.key, sizeof starter.key, "slow");
+    cr_assert_eq(pthread_create(&starter.t, NULL, thr_main, &starter), 0);
+    th_await(atomic_load(&W.init_began) == 1);
+    ar_pid_t p;
+    cr_assert_eq(reg_lookup(r, "slow", &p), AR_ENOPROC, "a starting key has no pid yet");
+    for (uint32_t i = 0; i < 20; i++) reg_send_rec(r, "slow", 0, i); /* held */
+    thr_t caller = {.r = r, .op = D_CALL, .rc = 1};
+    snprintf(caller.key, sizeof caller.key, "slow");
+    cr_assert_eq(pthread_create(&caller.t, NULL, thr_main, &caller), 0);
+    pthread_join(starter.t, NULL);
+    cr_assert_eq(starter.rc, 0);
+    await_recs(20);
+    pthread_join(caller.t, NULL);
+    cr_assert_eq(caller.rc, 0, "the held call: %s", ar_err_name(caller.rc));
+    cr_assert(ar_pid_eq(caller.pid, pid_at(0)));
+    for (int i = 0; i < 20; i++) cr_assert_eq(W.seen[0][i], 1, "seq %d", i);
+    cr_assert_eq(atomic_load(&W.order_errors), 0);
+    th_await(atomic_load(&W.notes) == 1);
+    cr_assert_eq(atomic_load(&W.inits), 1);
+    cr_assert_eq(ar_registry_count(r), 1);
+    th_node_stop(node);
+}
+
 /* ---- a failing init ------------------------------------------------------------------ */
 #define INIT_ERR (-1000)
 
+/* BUG: a failing init frees the entry's exit note twice. runtime/registry.c:138-146
+ * (reg_spawn_sync) frees the REG_ENDED note when ar__spawn_keyed fails, but spawn()
+ * (runtime/proc.c:625-628) has already handed it to the process (x->exit_note) before
+ * init ran, and a failed start ends the process through ar__exit_sequence(...,
+ * END_START_FAILED), whose send_exit_note (runtime/exit.c:47-58) frees a note it does not
+ * send. A start from a foreign thread crashes at once (glibc: "free(): invalid pointer",
+ * the block freed into a scheduler's pool and then to libc); from a process the envelope
+ * goes into the pool twice and two later envelopes share it. Fix: one owner: e.g. leave
+ * the note to the spawner when the start fails (send_exit_note clears exit_note without
+ * freeing it for END_START_FAILED of a synchronous keyed spawn), or clear x->exit_note in
+ * spawn() on a failed start before the exit sequence. (ar__spawn_async is right as it is:
+ * there the process owns the note once spawn returned 0.) */
 Test(registry, a_failing_init_returns_its_error_and_leaves_no_key, .timeout = TH_TIMEOUT)
 {
     world_reset();
@@ -863,6 +938,8 @@ static void *hammer_main(void *arg)
     return NULL;
 }
 
+/* BUG: fails on reg_flush (see messages_held_while_a_key_starts_are_all_delivered_in_order):
+ * messages held across a reap are lost but the first. */
 Test(registry, one_key_hammered_by_8_threads_across_reaps_handles_each_message_once_in_order,
      .timeout = TH_TIMEOUT)
 {
@@ -946,7 +1023,10 @@ ParameterizedTestParameters(registry, an_entry_ending_while_reaped_with_messages
     return TH_ROWS(reap_row_t, reap_rows);
 }
 
-/* The entry is reaped and parks in its terminate; meanwhile messages (and a call) are
+/* BUG: fails on reg_flush (see messages_held_while_a_key_starts_are_all_delivered_in_order):
+ * of the messages held during the reap only the first reaches the new incarnation.
+ *
+ * The entry is reaped and parks in its terminate; meanwhile messages (and a call) are
  * sent for its key and held; then it ends (returning, crashing, killed): a fresh
  * incarnation handles them all in order, and the old incarnation's kill timer
  * (reap_timeout_ms after REAPING) never touches the new one. */
@@ -980,7 +1060,7 @@ ParameterizedTest(reap_row_t *row, registry,
         ar_exit(node, old, AR_REASON(AR_KILL));
     else
         atomic_store(&W.term_go, 1);
-    th_await(atomic_load_explicit(&W.recs, memory_order_acquire) == 10);
+    await_recs(10);
     pthread_join(caller.t, NULL);
     cr_assert_eq(caller.rc, 0, TH_AT "the held call: %s", TH_ROW, ar_err_name(caller.rc));
     ar_pid_t fresh = pid_at(1);
@@ -1090,7 +1170,8 @@ Test(registry, a_crashed_entry_is_removed_and_the_next_message_starts_a_fresh_on
     /* an entry that stops by itself (normal) leaves the key free too */
     th_send(node, fresh, T_STOP, NULL, 0);
     th_await(ar_registry_count(r) == 0);
-    cr_assert(ar_pid_eq(reg_ping(r, "k"), pid_at(2)));
+    ar_pid_t third = reg_ping(r, "k");
+    cr_assert(ar_pid_eq(third, pid_at(2)));
     th_node_stop(node);
 }
 
@@ -1210,7 +1291,6 @@ Test(registry, concurrent_get_or_spawn_of_one_key_for_the_last_free_slot_all_suc
 }
 
 /* ---- stopping ---------------------------------------------------------------------------- */
-static th_alloc_t alloc;
 
 Test(registry, registry_stop_stops_every_entry_and_frees_everything, .timeout = TH_TIMEOUT)
 {
@@ -1278,19 +1358,19 @@ Test(registry, node_stop_stops_every_entry_and_frees_everything, .timeout = TH_T
     cr_assert_eq(atomic_load(&alloc.live), 0, "%ld blocks leaked", atomic_load(&alloc.live));
 }
 
-/* BUG: runtime/registry_proc.c:190-208 (stop_entries) sends AR_SHUTDOWN only on its
- * first pass. A key whose first incarnation a caller is starting when the stop begins
- * (start_key in runtime/registry.c: its init runs outside any read-side section, so
- * ar__rcu_synchronize does not wait for it, and pid_lo is still 0 on that pass) becomes
- * LIVE during the stop: start_key (registry.c:232-249) checks only for E_REMOVED, not
- * r->closed. The loop then sees it alive on later passes but never tells it to stop: it
- * is killed at the deadline (its terminate never runs) and ar_registry_stop takes the
- * whole reap_timeout_ms. (Had the starter finished between the last pass and
- * remove_all, the entry would be freed under its running process.) Fix: have start_key
- * treat r->closed like E_REMOVED once it holds the entry's lock (stop its own pid with
- * AR_SHUTDOWN), and/or have stop_entries send AR_SHUTDOWN to every pid it has not
- * signalled yet on each pass. */
-Test(registry, registry_stop_while_a_caller_starts_a_key_runs_its_terminate_too,
+/* BUG: runtime/registry_proc.c:190-208 (stop_entries) sends AR_SHUTDOWN on its first
+ * pass only. A key whose first incarnation a caller is starting when the stop begins
+ * (start_key, runtime/registry.c:230-249: init runs outside any read-side section, so
+ * ar__rcu_synchronize in registry_terminate does not wait for it, and pid_lo is still 0
+ * on the first pass) becomes LIVE during the stop, because start_key checks only for
+ * E_REMOVED, not for r->closed. Later passes see it alive but never tell it to stop: it
+ * is killed at the deadline (AR_KILL: its terminate sees AR_KILLED, not AR_SHUTDOWN) and
+ * ar_registry_stop takes the whole reap_timeout_ms. (Had the starter finished between
+ * the last pass and remove_all, remove_all would free the entry under its running
+ * process.) Fix: in start_key, once it holds the entry's lock, treat r->closed like
+ * E_REMOVED (stop its own pid with AR_SHUTDOWN); and/or have stop_entries send
+ * AR_SHUTDOWN, on every pass, to each live pid it has not signalled yet. */
+Test(registry, registry_stop_while_a_caller_starts_a_key_shuts_that_entry_down_too,
      .timeout = TH_TIMEOUT)
 {
     world_reset();
@@ -1312,12 +1392,13 @@ Test(registry, registry_stop_while_a_caller_starts_a_key_runs_its_terminate_too,
     double took = th_ms_since(t0);
     pthread_join(t.t, NULL);
     cr_assert(t.rc == 0 || t.rc == AR_ENOPROC, "the starter's send: %s", ar_err_name(t.rc));
-    cr_log_info("stop took %.1f ms; %d inits, %d terminates", took, atomic_load(&W.inits),
-                atomic_load(&W.terminates));
-    cr_assert_eq(atomic_load(&W.terminates), atomic_load(&W.inits),
-                 "%d entries started, %d terminates ran: an entry started during the stop "
-                 "was killed (the stop took %.0f ms, reap_timeout_ms %d)",
-                 atomic_load(&W.inits), atomic_load(&W.terminates), took, REAP_TIMEOUT);
+    cr_log_info("stop took %.1f ms; %d inits, %d terminates, %d of them killed", took,
+                atomic_load(&W.inits), atomic_load(&W.terminates), atomic_load(&W.killed));
+    cr_assert_eq(atomic_load(&W.terminates), atomic_load(&W.inits));
+    cr_assert_eq(atomic_load(&W.killed), 0,
+                 "an entry started during the stop was never told to stop: killed at the "
+                 "deadline (the stop took %.0f ms, reap_timeout_ms %d)",
+                 took, REAP_TIMEOUT);
     cr_assert_lt(took, REAP_TIMEOUT, "the stop waited for the kill deadline");
     th_node_stop(node);
 }
@@ -1400,7 +1481,12 @@ Test(registry, an_entry_handlers_receive_never_takes_the_registrys_own_messages,
 enum { OOM_MAX_N = 2000 };
 enum { OP_GET, OP_SEND, OP_CALL };
 
-static void oom_sweep(int op)
+/* Fails the n-th allocation of one operation on a new key, n = 1, 2, ... until an
+ * operation needs fewer: each returns 0 or an error (AR_ENOMEM, or another AR_E* code,
+ * which is logged), never crashes; the key exists exactly when it succeeded, and then
+ * works; what a successful send sent is handled once; nothing leaks. From the test's
+ * thread, or from a process (whose init-on-the-caller's-stack path differs). */
+static void oom_sweep(int op, bool from_proc)
 {
     static const char *const names[] = {"get_or_spawn", "send", "call"};
     th_alloc_install(&alloc);
@@ -1414,14 +1500,35 @@ static void oom_sweep(int op)
         ar_pid_t pid = AR_PID_NONE;
         ar_buf_t b = {0};
         int rc;
-        th_alloc_arm(&alloc, n);
-        if (op == OP_GET)
-            rc = ar_registry_get_or_spawn(r, K("new-key"), &pid);
-        else if (op == OP_SEND)
-            rc = ar_registry_send(r, K("new-key"), T_NOTE, "payload", 7);
-        else
-            rc = ar_registry_call(r, K("new-key"), T_PING, "request", 7, &b, TH_WAIT_MS);
-        bool injected = th_alloc_disarm(&alloc);
+        bool injected;
+        if (from_proc) {
+            static drv_t d;
+            memset(&d, 0, sizeof d);
+            d.r = r;
+            d.op = op == OP_GET ? D_GET : op == OP_SEND ? D_SEND : D_CALL;
+            d.arm = n;
+            snprintf(d.key, sizeof d.key, "new-key");
+            ar_pid_t drv = th_spawn(node, &drv_b, &d);
+            th_send(node, drv, T_NOTE, NULL, 0);
+            th_await(atomic_load_explicit(&d.done, memory_order_acquire));
+            rc = d.rc;
+            injected = d.injected;
+            pid = d.pid;
+        } else {
+            th_alloc_arm(&alloc, n);
+            if (op == OP_GET)
+                rc = ar_registry_get_or_spawn(r, K("new-key"), &pid);
+            else if (op == OP_SEND)
+                rc = ar_registry_send(r, K("new-key"), T_NOTE, "payload", 7);
+            else
+                rc = ar_registry_call(r, K("new-key"), T_PING, "request", 7, &b, TH_WAIT_MS);
+            injected = th_alloc_disarm(&alloc);
+            if (rc == 0 && op == OP_CALL) {
+                cr_assert_geq(b.len, sizeof(ar_pid_t));
+                memcpy(&pid, b.data, sizeof pid);
+                ar_buf_free(&b);
+            }
+        }
         if (rc != 0) {
             failures++;
             cr_assert_lt(rc, 0);
@@ -1432,9 +1539,6 @@ static void oom_sweep(int op)
                 cr_log_info("n=%ld: %s returned %s", n, names[op], ar_err_name(rc));
             }
             cr_assert_null(b.data);
-        } else if (op == OP_CALL) {
-            cr_assert_geq(b.len, sizeof(ar_pid_t));
-            ar_buf_free(&b);
         }
         size_t count = ar_registry_count(r);
         cr_assert_eq(count, rc == 0 ? 1u : 0u, "n=%ld: %s returned %s and left %zu keys", n,
@@ -1446,7 +1550,7 @@ static void oom_sweep(int op)
             cr_assert_eq(lrc, 0, "n=%ld: the key is not LIVE", n);
             ar_pid_t again = reg_ping(r, "new-key");
             cr_assert(ar_pid_eq(again, p));
-            if (op == OP_GET) cr_assert(ar_pid_eq(pid, p));
+            if (op != OP_SEND) cr_assert(ar_pid_eq(pid, p), "n=%ld: handed out another pid", n);
             if (op == OP_SEND) cr_assert_eq(atomic_load(&W.notes), 1, "n=%ld", n);
             cr_assert_eq(atomic_load(&W.inits), 1, "n=%ld", n);
         } else {
@@ -1462,20 +1566,36 @@ static void oom_sweep(int op)
                      ar_err_name(rc), atomic_load(&alloc.live));
     }
     cr_assert(done, "%s never succeeded within %d allocations", names[op], OOM_MAX_N);
-    cr_log_info("%s: %d injected failures, %d not AR_ENOMEM", names[op], failures, other);
+    cr_log_info("%s%s: %d injected failures, %d not AR_ENOMEM", names[op],
+                from_proc ? " from a process" : "", failures, other);
 }
 
 Test(registry, get_or_spawn_out_of_memory_fails_cleanly, .timeout = TH_TIMEOUT)
 {
-    oom_sweep(OP_GET);
+    oom_sweep(OP_GET, false);
 }
 
 Test(registry, send_out_of_memory_fails_cleanly, .timeout = TH_TIMEOUT)
 {
-    oom_sweep(OP_SEND);
+    oom_sweep(OP_SEND, false);
 }
 
 Test(registry, call_out_of_memory_fails_cleanly, .timeout = TH_TIMEOUT)
 {
-    oom_sweep(OP_CALL);
+    oom_sweep(OP_CALL, false);
+}
+
+Test(registry, get_or_spawn_from_a_process_out_of_memory_fails_cleanly, .timeout = TH_TIMEOUT)
+{
+    oom_sweep(OP_GET, true);
+}
+
+Test(registry, send_from_a_process_out_of_memory_fails_cleanly, .timeout = TH_TIMEOUT)
+{
+    oom_sweep(OP_SEND, true);
+}
+
+Test(registry, call_from_a_process_out_of_memory_fails_cleanly, .timeout = TH_TIMEOUT)
+{
+    oom_sweep(OP_CALL, true);
 }
