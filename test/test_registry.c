@@ -668,7 +668,7 @@ Test(registry, concurrent_get_or_spawn_from_threads_and_processes_spawns_once,
 }
 
 /* ---- messages held while a key starts --------------------------------------------------- */
-/* BUG: runtime/registry.c:84-92 (reg_flush) routes each held envelope before taking it
+/* BUG: runtime/registry.c:80-94 (reg_flush) routes each held envelope before taking it
  * off the held list. ar__route pushes it into the target's mailbox, and the push
  * rewrites env->q.next (the held list's link to the next envelope), after which the
  * target may even have handled and freed it; unhold(e) then reads that link: every
