@@ -2,9 +2,10 @@
  *
  * 1. Reaps. A registry with idle_ms 1 and a small key set. Foreign threads and processes
  *    send numbered messages {sender, key, seq} (now and then as a call) in bursts to
- *    random keys, with random pauses between bursts, so entries are reaped in the pauses
- *    and the next burst meets an entry in every stage of its reaping (REAP_REQUEST out,
- *    HOLDING, in its terminate, restarting). Invariants: every send or call that returned
+ *    random keys. Main keeps changing which keys are quiet (nobody sends to them) for
+ *    random spells of 0.2 to 4 ms, so entries are reaped in the quiet spells and the next
+ *    burst meets an entry in every stage of its reaping (REAP_REQUEST out, HOLDING, in
+ *    its terminate, restarting). Invariants: every send or call that returned
  *    0 is handled exactly once, each sender's messages to a key in the order sent; a
  *    call's reply comes from the entry; two incarnations of one key never run handlers at
  *    once; a reap comes at least idle_ms after the entry's last handler; reaps happened.
@@ -24,10 +25,10 @@
 #define N_PROCS 4
 #define N_SENDERS (N_THREADS + N_PROCS)
 #define N_KEYS 4
-#define QUOTA (ST_TSAN ? 1500 : 6000) /* messages per sender in phase 1 */
+#define QUOTA (ST_TSAN ? 3000 : 12000) /* messages per sender in phase 1 */
 #define SEQ_CAP QUOTA
 #define BURST_MAX 40
-#define PAUSE_MAX_US 3000
+#define PAUSE_MAX_US 1000
 #define SPAWN_ROUNDS (ST_TSAN ? 20 : 60)
 #define STOP_KEYS 8
 #define STOP_RUN_MS (ST_TSAN ? 600 : 300)
@@ -64,6 +65,7 @@ static sender_t g_senders[N_SENDERS];
 static atomic_ulong g_handled; /* TAG_REC handled (release after each record) */
 static atomic_uint g_senders_done;
 static atomic_bool g_go;
+static atomic_uint g_quiet;      /* phase 1: bit k set: nobody sends to key k now */
 static _Atomic int g_phase;     /* which phase runs (entries behave by it) */
 static atomic_bool g_stopping;  /* phase 3: SHUTDOWNs are the stop's, not reaps */
 
@@ -188,11 +190,15 @@ static ar_registry_t *registry_start(int idle_ms, int reap_timeout_ms)
 }
 
 /* ---- phase 1: senders ----------------------------------------------------------------- */
-/* One message of sender s to a random key; as a call one time in 16. */
-static void send_one(sender_t *s)
+/* One message of sender s to a random key that is not quiet, as a call one time in 16;
+ * false if every key is quiet now. */
+static bool send_one(sender_t *s)
 {
     uint32_t k = (uint32_t)st_below(&s->rng, N_KEYS);
-    if (s->next[k] >= SEQ_CAP) return;
+    unsigned quiet = atomic_load_explicit(&g_quiet, memory_order_relaxed);
+    for (int i = 0; i < N_KEYS && (quiet & (1u << k)); i++) k = (k + 1) % N_KEYS;
+    if (quiet & (1u << k)) return false;
+    if (s->next[k] >= SEQ_CAP) return true;
     rec_msg_t m = {s->id, k, s->next[k]};
     char key[16];
     key_name(key, sizeof key, "key", k);
@@ -200,7 +206,7 @@ static void send_one(sender_t *s)
     int rc;
     if (st_chance(&s->rng, 6)) {
         ar_buf_t b = {NULL, 0};
-        rc = ar_registry_call(g_reg, rk, TAG_REC, &m, sizeof m, &b, ST_WAIT_MS);
+        rc = ar_registry_call(g_reg, rk, TAG_REC, &m, sizeof m, &b, ST_WAIT_MS / 4);
         if (rc == 0 && (b.len != sizeof m || memcmp(b.data, &m, sizeof m) != 0))
             st_violation("sender %u: a call's reply is not the entry's echo", s->id);
         ar_buf_free(&b);
@@ -214,12 +220,13 @@ static void send_one(sender_t *s)
     if (rc == 0) s->accepted++;
     else s->refused++;
     s->left--;
+    return true;
 }
 
 static unsigned burst_of(sender_t *s) { return (unsigned)st_range(&s->rng, 1, BURST_MAX); }
 static unsigned pause_of(sender_t *s)
 {
-    return st_chance(&s->rng, 20) ? 0 : (unsigned)st_below(&s->rng, PAUSE_MAX_US);
+    return st_chance(&s->rng, 50) ? 0 : (unsigned)st_below(&s->rng, PAUSE_MAX_US);
 }
 
 static void *thread_sender(void *arg)
@@ -227,7 +234,8 @@ static void *thread_sender(void *arg)
     sender_t *s = arg;
     while (!atomic_load_explicit(&g_go, memory_order_acquire)) st_nap_us(50);
     while (s->left) {
-        for (unsigned i = burst_of(s); i && s->left; i--) send_one(s);
+        for (unsigned i = burst_of(s); i && s->left; i--)
+            if (!send_one(s)) break;
         st_nap_us(pause_of(s));
     }
     atomic_fetch_add_explicit(&g_senders_done, 1, memory_order_release);
@@ -245,7 +253,8 @@ static void sender_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
 {
     sender_t *s = state;
     (void)m;
-    for (unsigned i = burst_of(s); i && s->left; i--) send_one(s);
+    for (unsigned i = burst_of(s); i && s->left; i--)
+        if (!send_one(s)) break;
     if (!s->left) {
         atomic_fetch_add_explicit(&g_senders_done, 1, memory_order_release);
         ar_stop(self, AR_REASON(AR_NORMAL));
@@ -280,8 +289,18 @@ static void phase_reaps(void)
         ST_EXPECT_RC(ar_send(g_node, pid, TAG_GO, NULL, 0), 0, "ar_send(GO)");
     }
     atomic_store_explicit(&g_go, true, memory_order_release);
-    ST_WAIT(atomic_load_explicit(&g_senders_done, memory_order_acquire) == N_SENDERS,
-            "phase 1: all senders to finish (%u of %d)", st_get(&g_senders_done), N_SENDERS);
+    /* quiet spells: some keys (now and then all, never for long) get nothing */
+    st_rng_t qr = st_rng_for(7);
+    uint64_t dl1 = st_now_ms() + ST_WAIT_MS;
+    while (atomic_load_explicit(&g_senders_done, memory_order_acquire) < N_SENDERS) {
+        if (st_now_ms() > dl1)
+            st_fail("timed out waiting for: phase 1: all senders to finish (%u of %d)",
+                    st_get(&g_senders_done), N_SENDERS);
+        unsigned mask = (unsigned)st_below(&qr, 1u << N_KEYS);
+        atomic_store_explicit(&g_quiet, mask, memory_order_relaxed);
+        st_nap_us((unsigned)st_range(&qr, 200, 4000));
+    }
+    atomic_store_explicit(&g_quiet, 0, memory_order_relaxed);
     for (int i = 0; i < N_THREADS; i++) st_join(th[i]);
     uint64_t accepted = 0, refused = 0;
     for (uint32_t s = 0; s < N_SENDERS; s++) {
@@ -429,7 +448,7 @@ static bool p3_op(st_rng_t *rng, bool after_stop)
     ar_pid_t pid;
     if (op == 0) {
         ar_buf_t b = {NULL, 0};
-        rc = ar_registry_call(g_reg, k, TAG_PING, "x", 1, &b, ST_WAIT_MS);
+        rc = ar_registry_call(g_reg, k, TAG_PING, "x", 1, &b, ST_WAIT_MS / 4);
         ar_buf_free(&b);
     } else if (op == 1) {
         rc = ar_registry_get_or_spawn(g_reg, k, &pid);
@@ -537,9 +556,14 @@ int main(int argc, char **argv)
     unsigned scheds = (unsigned)st_range(&rng, 1, 3);
     g_node = st_node_start(scheds);
     printf("schedulers=%u\n", scheds);
-    phase_reaps();
-    phase_spawn_once();
-    phase_stop();
+    void (*const phases[])(void) = {phase_reaps, phase_spawn_once, phase_stop};
+    for (size_t i = 0; i < sizeof phases / sizeof phases[0]; i++) {
+        phases[i]();
+        if (st_get(&st_violations) != 0) { /* fail now: later phases would only wait on it */
+            fflush(stdout);
+            _exit(st_finish(t0));
+        }
+    }
     ST_EXPECT_RC(ar_node_stop(g_node, ST_WAIT_MS), 0, "ar_node_stop");
     long live = atomic_load(st_live_blocks());
     ST_CHECK(live == 0, "%ld runtime blocks not freed after ar_node_stop", live);
