@@ -1259,7 +1259,7 @@ Test(registry, concurrent_get_or_spawn_of_one_key_for_the_last_free_slot_all_suc
     cfg.max_entries = 2;
     ar_registry_t *r = reg_start(node, &cfg);
     reg_get(r, "resident");
-    int eagain = 0, rounds = 300;
+    int eagain = 0, rounds = 1000;
     for (int round = 0; round < rounds; round++) {
         char key[64];
         snprintf(key, sizeof key, "last-%d", round);
