@@ -363,6 +363,10 @@ static int keyed_route(void *ctx, ar_reply_to_t rt, ar_pid_t *to)
                 c->got = pid;
                 return 1;
             }
+            if (c->mode == M_CALL && ar_pid_eq(pid, c->env->msg.reply_to.pid)) {
+                ar__rcu_read_unlock();
+                return AR_EDEADLK; /* the key's entry calling its own key */
+            }
             int rc = ar__route(node, pid, c->env);
             if (rc != AR_ENOPROC) {
                 ar__rcu_read_unlock();

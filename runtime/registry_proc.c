@@ -15,6 +15,7 @@
  */
 #include "registry.h"
 
+#include <sched.h>
 #include <string.h>
 #include <time.h>
 
@@ -227,7 +228,7 @@ static void stop_entries(ar_proc_t *self, ar_registry_t *r)
         left--;
     }
     while (signal_entries(r, AR_KILL)) /* what a terminate still holds, and stragglers */
-        if (ar_sleep(self, 1) != 0) break;
+        if (ar_sleep(self, 1) != 0) sched_yield(); /* no stack to park on: wait anyway */
 }
 
 /* Takes every entry out of the table and frees it (what is held is refused). No entry
@@ -267,7 +268,7 @@ static void wait_starters(ar_proc_t *self, ar_registry_t *r)
 {
     uint64_t deadline = ar__now_ns() + (uint64_t)r->cfg.reap_timeout_ms * 1000000u;
     while (atomic_load_explicit(&r->starters, memory_order_seq_cst) && ar__now_ns() < deadline)
-        if (ar_sleep(self, 1) != 0) break;
+        if (ar_sleep(self, 1) != 0) sched_yield();
 }
 
 static void registry_terminate(ar_proc_t *self, void *state, ar_reason_t why)

@@ -1599,3 +1599,29 @@ Test(registry, call_from_a_process_out_of_memory_fails_cleanly, .timeout = TH_TI
 {
     oom_sweep(OP_CALL, true);
 }
+
+/* ---- an entry calling its own key ------------------------------------------------------- */
+static _Atomic int self_call_rc = 1;
+static ar_registry_t *self_call_reg;
+static void self_caller(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    (void)state;
+    if (m->kind != AR_MSG_CAST) return;
+    ar_buf_t b;
+    atomic_store(&self_call_rc, ar_registry_call(self_call_reg, (ar_key_t){"me", 2}, 1, NULL, 0, &b, 5000));
+    (void)self;
+}
+static const ar_behaviour_t self_caller_b = {.name = "self_caller", .handle = self_caller};
+
+Test(registry, an_entry_calling_its_own_key_gets_edeadlk_at_once, .timeout = TH_TIMEOUT)
+{
+    ar_node_t *node = th_node(2);
+    ar_registry_config_t cfg = {.behaviour = &self_caller_b};
+    cr_assert_eq(ar_registry_start(node, &cfg, &self_call_reg), 0);
+    uint64_t t0 = th_now_ns();
+    cr_assert_eq(ar_registry_send(self_call_reg, (ar_key_t){"me", 2}, 0, NULL, 0), 0);
+    th_await(atomic_load(&self_call_rc) != 1);
+    cr_assert_eq(atomic_load(&self_call_rc), AR_EDEADLK);
+    cr_assert_lt(th_ms_since(t0), 4000.0, "it did not wait for the call's timeout");
+    th_node_stop(node);
+}
