@@ -3,11 +3,13 @@
  * name.
  *
  * A process's name pointer settles the races between registering, unregistering and
- * ending. A registration first claims it (NULL -> CLAIMING: one name per process), then
+ * ending. A free slot holds ENDED, a new process NULL (or CLAIMING, when it is spawned with
+ * a name). A registration first claims it (NULL -> CLAIMING: one name per process), then
  * adds the name to the table, then stores it; the exit sequence swaps in ENDED (waiting
  * out a claim in progress, which never parks) and removes the name it finds. So a name is
  * gone from the table before the process unpublishes its pid and before any DOWN or EXIT
- * of it is sent. Whoever removes a name from the table frees it, after a grace period.
+ * of it is sent. Whoever removes a name from the table frees it, after a grace period,
+ * and only once the owner's pointer has let go of it.
  */
 #include "internal.h"
 
@@ -127,7 +129,15 @@ int ar__names_claim(ar_proc_t *p, ar_pid_t pid, const char *text)
 void ar__names_release(ar_proc_t *p, char *out)
 {
     out[0] = '\0';
-    struct ar__name *n = atomic_load_explicit(&p->name, memory_order_acquire);
+    struct ar__name *n = NULL;
+    /* most processes have no name: that needs no read-side section */
+    if (atomic_compare_exchange_strong_explicit(&p->name, &n, AR__NAME_ENDED,
+                                                memory_order_acq_rel, memory_order_acquire))
+        return;
+    /* a name is read under a read-side section from the moment it is loaded: an
+     * ar_unregister may free it after a grace period */
+    ar__rcu_read_lock();
+    n = atomic_load_explicit(&p->name, memory_order_acquire);
     for (;;) {
         if (n == AR__NAME_CLAIMING) { /* a registration is under way: it never parks */
             sched_yield();
@@ -138,8 +148,10 @@ void ar__names_release(ar_proc_t *p, char *out)
                                                   memory_order_acq_rel, memory_order_acquire))
             break;
     }
-    if (!is_name(n)) return;
-    ar__rcu_read_lock();
+    if (!is_name(n)) {
+        ar__rcu_read_unlock();
+        return;
+    }
     memcpy(out, n->text, n->len + 1);
     remove_name(p->node, n); /* else ar_unregister took it out first and frees it */
     ar__rcu_read_unlock();
@@ -159,9 +171,14 @@ bool ar__names_of(ar_proc_t *p, char *out)
 static int claim(ar_proc_t *p, ar_pid_t pid)
 {
     struct ar__name *none = NULL;
-    if (!atomic_compare_exchange_strong_explicit(&p->name, &none, AR__NAME_CLAIMING,
-                                                 memory_order_acq_rel, memory_order_acquire))
-        return none == AR__NAME_ENDED ? AR_ENOPROC : AR_EALREADY;
+    while (!atomic_compare_exchange_strong_explicit(&p->name, &none, AR__NAME_CLAIMING,
+                                                    memory_order_acq_rel, memory_order_acquire)) {
+        if (none == AR__NAME_ENDED || atomic_load_explicit(&p->pid_lo, memory_order_acquire) != pid.lo)
+            return AR_ENOPROC; /* it ends, or the slot is someone else's now */
+        if (none != AR__NAME_CLAIMING) return AR_EALREADY;
+        sched_yield(); /* another claim is under way: it never parks */
+        none = NULL;
+    }
     /* the slot may have a new occupant since the lookup: then that one is not ours */
     if (atomic_load_explicit(&p->pid_lo, memory_order_acquire) != pid.lo) {
         atomic_store_explicit(&p->name, NULL, memory_order_release);
@@ -207,14 +224,20 @@ static int do_unregister(ar_node_t *node, const char *text, size_t len)
     int rc = AR_ENOENT;
     ar__rcu_read_lock();
     struct ar__name *n = find(node, text, len);
-    if (n && remove_name(node, n)) {
+    if (n && cds_lfht_del(node->names, &n->ln) == 0) {
         rc = 0;
-        /* the owner may take a name again (unless it ends meanwhile: then it holds ENDED) */
+        /* The owner may take a name again (unless it ends meanwhile: then it holds
+         * ENDED). Its registration may still be storing n: that is waited out (it never
+         * parks), so the owner lets go of n before n's grace period begins. */
         ar_proc_t *p = ar__proc_lookup(node, n->pid);
-        struct ar__name *expect = n;
-        if (p)
-            atomic_compare_exchange_strong_explicit(&p->name, &expect, NULL,
-                                                    memory_order_acq_rel, memory_order_relaxed);
+        for (struct ar__name *expect = n; p; expect = n) {
+            if (atomic_compare_exchange_strong_explicit(&p->name, &expect, NULL,
+                                                        memory_order_acq_rel, memory_order_acquire) ||
+                expect != AR__NAME_CLAIMING)
+                break;
+            sched_yield();
+        }
+        ar__rcu_call(&n->rcu, name_reclaim);
     }
     ar__rcu_read_unlock();
     return rc;

@@ -126,7 +126,9 @@ ar_proc_t *ar__proc_alloc(ar_node_t *node)
     p->stack = NULL;
     p->link = NULL;
     p->ext = NULL;
-    atomic_store_explicit(&p->name, NULL, memory_order_relaxed);
+    /* until spawn says otherwise: a registration that found the slot's last occupant
+     * cannot claim it */
+    atomic_store_explicit(&p->name, AR__NAME_ENDED, memory_order_relaxed);
     p->wait_ref = 0;
     p->wait_timer = NULL;
     p->handling = NULL;
@@ -619,7 +621,8 @@ static int spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_s
     struct ar__proc_ext *x = parent ? NULL : ar__proc_ext(p); /* the start handshake's */
     /* a name is claimed before init runs, as OTP registers before init; the claim mark
      * goes in before the pid is published, so no ar_register can race it */
-    if (opts && opts->name) atomic_store_explicit(&p->name, AR__NAME_CLAIMING, memory_order_relaxed);
+    atomic_store_explicit(&p->name, opts && opts->name ? AR__NAME_CLAIMING : NULL,
+                          memory_order_relaxed);
     int rc = !publish(node, p, lo)    ? AR_ECLOSED
              : !parent && !x          ? AR_ENOMEM
              : opts && opts->name     ? ar__names_claim(p, pid, opts->name)
