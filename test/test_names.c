@@ -15,6 +15,7 @@
 #include "test_helpers.h"
 
 #include <limits.h>
+#include <sched.h>
 
 enum {
     CMD_REGISTER = 1, /* call: ar_register(node, payload, self) -> int */
@@ -1095,6 +1096,10 @@ Test(names, linked_spawn_with_a_name_out_of_memory_is_enomem_and_leaves_nothing,
 }
 
 /* ---- races ------------------------------------------------------------------------------- */
+/* Each race runs until RACE_MS have passed (or a bounded number of rounds); a broken
+ * interleaving usually shows within a few milliseconds, and leaves state that the checks
+ * after each round see. */
+#define RACE_MS 1500u
 /* ar_register against ar_unregister of the same name: whatever the interleaving, once both
  * stop the table and the owner agree (the name maps to it and it shows the name, or it
  * maps to nothing and the owner has no name and may register again). */
@@ -1158,10 +1163,11 @@ Test(names, register_racing_unregister_leaves_table_and_owner_agreeing, .timeout
     ar_node_t *node = th_node(2);
     static holder_t h;
     ar_pid_t pid = hold(node, &h);
-    for (int round = 0; round < 20; round++) {
+    uint64_t end = th_now_ns() + RACE_MS * 1000000u;
+    for (int round = 0; round < 1000 && th_now_ns() < end; round++) {
         static atomic_int stop;
         atomic_store(&stop, 0);
-        racer_t reg = {node, pid, "contested", &stop, 20000, 0, 0, 0};
+        racer_t reg = {node, pid, "contested", &stop, 200000, 0, 0, 0};
         racer_t unreg = reg;
         pthread_t a, b;
         cr_assert_eq(pthread_create(&a, NULL, reg_racer, &reg), 0);
@@ -1187,9 +1193,10 @@ Test(names, unregister_racing_a_named_spawn_leaves_table_and_child_agreeing,
     racer_t unreg = {node, AR_PID_NONE, "newborn", &stop, LONG_MAX, 0, 0, 0};
     pthread_t b;
     cr_assert_eq(pthread_create(&b, NULL, unreg_racer, &unreg), 0);
-    enum { SPAWNS = 400 };
+    enum { SPAWNS = 20000 };
     static holder_t h[SPAWNS];
-    for (int i = 0; i < SPAWNS && !atomic_load(&stop); i++) {
+    uint64_t end = th_now_ns() + RACE_MS * 1000000u;
+    for (int i = 0; i < SPAWNS && th_now_ns() < end; i++) {
         ar_pid_t pid = AR_PID_NONE;
         int rc = spawn_named(node, &h[i], "newborn", &pid);
         cr_assert_eq(rc, 0, "spawn %d: %s", i, ar_err_name(rc));
@@ -1214,32 +1221,84 @@ Test(names, unregister_racing_a_named_spawn_leaves_table_and_child_agreeing,
     th_node_stop(node);
 }
 
-/* A thread finds a process by the name it is being spawned with and tries to give it a
- * second name: the process already holds one, so that must fail (AR_EALREADY), and after
- * the process ends neither name may be left behind. */
+/* Threads find processes by the name they are being spawned with and try to give them a
+ * second name: such a process already holds one, so that must fail (AR_EALREADY, or
+ * AR_ENOPROC once it ends), and after it ends neither name may be left behind. Several
+ * spawning threads (each with its own name) and two aliasers on two cores, so that
+ * preemption lands anywhere in a spawn. */
+#define ALIAS_SPAWNERS 3
+#define ALIASERS 2
+
+static const char *const primary_names[ALIAS_SPAWNERS] = {"primary0", "primary1", "primary2"};
+static const char *const alias_names[ALIAS_SPAWNERS] = {"alias0", "alias1", "alias2"};
+
 typedef struct aliaser {
     ar_node_t *node;
     atomic_int *stop;
+    unsigned seed;
     atomic_long tries, wrongly_ok;
     int bad_rc;
     ar_pid_t victim;
+    int victim_name;
 } aliaser_t;
 
 static void *aliaser_main(void *arg)
 {
     aliaser_t *a = arg;
     while (!atomic_load(a->stop)) {
-        ar_pid_t p = ar_whereis(a->node, "primary");
+        int k = (int)(lcg(&a->seed) % ALIAS_SPAWNERS);
+        ar_pid_t p = ar_whereis(a->node, primary_names[k]);
         if (ar_pid_is_none(p)) continue;
-        int rc = ar_register(a->node, "alias", p);
+        int rc = ar_register(a->node, alias_names[k], p);
         atomic_fetch_add(&a->tries, 1);
         if (rc == 0) {
-            if (atomic_fetch_add(&a->wrongly_ok, 1) == 0) a->victim = p;
-            /* seq_cst above: the victim is written before the count is seen */
+            if (atomic_load(&a->wrongly_ok) == 0) a->victim = p, a->victim_name = k;
+            atomic_fetch_add(&a->wrongly_ok, 1); /* seq_cst: after the victim */
         } else if (rc != AR_EALREADY && rc != AR_ENOPROC && !a->bad_rc) {
             a->bad_rc = rc;
         }
     }
+    return NULL;
+}
+
+typedef struct alias_spawner {
+    ar_node_t *node;
+    int k;
+    atomic_int *stop;
+    int spawns;
+    int failed;         /* 0, or what went wrong first (below) */
+    int failed_rc, failed_at;
+    ar_pid_t left;      /* what a name still mapped to */
+    atomic_int done;
+} alias_spawner_t;
+
+enum { AS_SPAWN = 1, AS_NEVER_ENDED, AS_PRIMARY_LEFT, AS_ALIAS_LEFT };
+
+static void *alias_spawner_main(void *arg)
+{
+    alias_spawner_t *t = arg;
+    static holder_t h[ALIAS_SPAWNERS];
+    while (!atomic_load(t->stop) && !t->failed) {
+        ar_pid_t pid = AR_PID_NONE;
+        int rc = spawn_named(t->node, &h[t->k], primary_names[t->k], &pid);
+        t->spawns++;
+        if (rc != 0) {
+            t->failed = AS_SPAWN, t->failed_rc = rc, t->failed_at = t->spawns;
+            break;
+        }
+        ar_exit(t->node, pid, AR_REASON(AR_KILL));
+        /* bounded: a name left behind must fail the test, not hang it */
+        uint64_t dl = th_now_ns() + 2000u * 1000000u;
+        while (th_proc_alive(t->node, pid) && th_now_ns() < dl) sched_yield();
+        ar_pid_t w;
+        if (th_proc_alive(t->node, pid)) t->failed = AS_NEVER_ENDED;
+        else if (!ar_pid_is_none(w = ar_whereis(t->node, primary_names[t->k])))
+            t->failed = AS_PRIMARY_LEFT, t->left = w;
+        else if (!ar_pid_is_none(w = ar_whereis(t->node, alias_names[t->k])))
+            t->failed = AS_ALIAS_LEFT, t->left = w;
+        if (t->failed) t->failed_at = t->spawns;
+    }
+    atomic_store(&t->done, 1);
     return NULL;
 }
 
@@ -1248,40 +1307,59 @@ Test(names, a_named_spawn_racing_a_register_of_its_pid_never_gives_two_names,
 {
     ar_node_t *node = th_node(2);
     static atomic_int stop;
-    static aliaser_t al;
-    al.node = node;
-    al.stop = &stop;
-    pthread_t t;
-    cr_assert_eq(pthread_create(&t, NULL, aliaser_main, &al), 0);
-    enum { SPAWNS = 3000 };
-    static holder_t h[SPAWNS];
-    uint64_t until = th_now_ns() + 3000u * 1000000u;
-    int i;
-    for (i = 0; i < SPAWNS && th_now_ns() < until && atomic_load(&al.wrongly_ok) == 0; i++) {
-        ar_pid_t pid = AR_PID_NONE;
-        int rc = spawn_named(node, &h[i], "primary", &pid);
-        cr_assert_eq(rc, 0, "spawn %d: %s", i, ar_err_name(rc));
-        th_send(node, pid, CAST_STOP, NULL, 0);
-        /* bounded: a name left behind must fail the test, not hang it */
-        uint64_t dl = th_now_ns() + 2000u * 1000000u;
-        while (th_proc_alive(node, pid) && th_now_ns() < dl) th_nap();
-        cr_assert(!th_proc_alive(node, pid), "spawn %d: the child never ended", i);
-        char ps[AR_PID_STRLEN];
-        ar_pid_t w = ar_whereis(node, "primary");
-        cr_assert(ar_pid_is_none(w), "spawn %d: \"primary\" outlived its owner (maps to %s)",
-                  i, pid_str(w, ps));
-        w = ar_whereis(node, "alias");
-        cr_assert(ar_pid_is_none(w), "spawn %d: \"alias\" outlived its owner (maps to %s)", i,
-                  pid_str(w, ps));
+    static aliaser_t al[ALIASERS];
+    static alias_spawner_t sp[ALIAS_SPAWNERS];
+    pthread_t ta[ALIASERS], ts[ALIAS_SPAWNERS];
+    for (int i = 0; i < ALIASERS; i++) {
+        al[i].node = node;
+        al[i].stop = &stop;
+        al[i].seed = 99u + (unsigned)i;
+        cr_assert_eq(pthread_create(&ta[i], NULL, aliaser_main, &al[i]), 0);
+    }
+    for (int i = 0; i < ALIAS_SPAWNERS; i++) {
+        sp[i].node = node;
+        sp[i].k = i;
+        sp[i].stop = &stop;
+        cr_assert_eq(pthread_create(&ts[i], NULL, alias_spawner_main, &sp[i]), 0);
+    }
+    uint64_t until = th_now_ns() + RACE_MS * 1000000u;
+    for (;;) {
+        bool any_failed = false, all_done = true;
+        for (int i = 0; i < ALIAS_SPAWNERS; i++) {
+            if (!atomic_load(&sp[i].done)) all_done = false;
+            else any_failed = true; /* a spawner only stops early when it failed */
+        }
+        for (int i = 0; i < ALIASERS; i++)
+            if (atomic_load(&al[i].wrongly_ok)) any_failed = true;
+        if (any_failed || all_done || th_now_ns() >= until) break;
+        th_nap();
     }
     atomic_store(&stop, 1);
-    pthread_join(t, NULL);
+    for (int i = 0; i < ALIAS_SPAWNERS; i++) th_await(atomic_load(&sp[i].done));
+    for (int i = 0; i < ALIAS_SPAWNERS; i++) pthread_join(ts[i], NULL);
+    for (int i = 0; i < ALIASERS; i++) pthread_join(ta[i], NULL);
     char ps[AR_PID_STRLEN];
-    cr_assert_eq(atomic_load(&al.wrongly_ok), 0,
-                 "ar_register(\"alias\", %s) succeeded for a process found under \"primary\" "
-                 "(%ld times in %ld tries, %d spawns)", pid_str(al.victim, ps),
-                 atomic_load(&al.wrongly_ok), atomic_load(&al.tries), i);
-    cr_assert_eq(al.bad_rc, 0, "ar_register: %s", ar_err_name(al.bad_rc));
-    cr_log_info("aliaser: %ld tries over %d spawns", atomic_load(&al.tries), i);
+    long tries = 0;
+    int spawns = 0;
+    for (int i = 0; i < ALIAS_SPAWNERS; i++) spawns += sp[i].spawns;
+    for (int i = 0; i < ALIASERS; i++) {
+        tries += atomic_load(&al[i].tries);
+        cr_assert_eq(atomic_load(&al[i].wrongly_ok), 0,
+                     "ar_register(\"%s\", %s) succeeded for a process found under \"%s\": it "
+                     "got a second name (%ld times; %d spawns)", alias_names[al[i].victim_name],
+                     pid_str(al[i].victim, ps), primary_names[al[i].victim_name],
+                     atomic_load(&al[i].wrongly_ok), spawns);
+        cr_assert_eq(al[i].bad_rc, 0, "ar_register: %s", ar_err_name(al[i].bad_rc));
+    }
+    for (int i = 0; i < ALIAS_SPAWNERS; i++) {
+        alias_spawner_t *t = &sp[i];
+        cr_assert_neq(t->failed, AS_SPAWN, "spawner %d, spawn %d: %s", i, t->failed_at,
+                      ar_err_name(t->failed_rc));
+        cr_assert_neq(t->failed, AS_NEVER_ENDED, "spawner %d: a killed child never ended", i);
+        cr_assert_eq(t->failed, 0, "spawner %d, spawn %d: \"%s\" outlived its owner (maps to "
+                     "%s)", i, t->failed_at, t->failed == AS_PRIMARY_LEFT ? primary_names[i]
+                     : alias_names[i], pid_str(t->left, ps));
+    }
+    cr_log_info("aliasers: %ld tries over %d spawns", tries, spawns);
     th_node_stop(node);
 }
