@@ -1184,43 +1184,145 @@ Test(names, register_racing_unregister_leaves_table_and_owner_agreeing, .timeout
     th_node_stop(node);
 }
 
-/* The same race with the registration made by spawn's .name. */
+/* The same race with the registration made by spawn's .name: several spawning threads
+ * (each with its own name) against two unregistering threads. A child found without its
+ * name must, within a moment (an unregister may still be letting go of it), show no name
+ * and be able to take another. */
+#define NB_SPAWNERS 3
+#define NB_UNREGISTERS 2
+
+static const char *const newborn_names[NB_SPAWNERS] = {"newborn0", "newborn1", "newborn2"};
+static const char *const other_names[NB_SPAWNERS] = {"other0", "other1", "other2"};
+
+typedef struct nb_spawner {
+    ar_node_t *node;
+    int k;
+    atomic_int *stop;
+    int spawns, lost; /* children spawned; of them, found without their name */
+    int failed;       /* 0, or what went wrong first (below) */
+    int failed_rc, failed_at;
+    char shown[AR_NAME_MAX];
+    atomic_int done;
+} nb_spawner_t;
+
+enum { NB_SPAWN = 1, NB_STRANGER, NB_STUCK, NB_CANNOT_REGISTER, NB_NEVER_ENDED };
+
+static void *nb_spawner_main(void *arg)
+{
+    nb_spawner_t *t = arg;
+    static holder_t h[NB_SPAWNERS];
+    while (!atomic_load(t->stop) && !t->failed) {
+        ar_pid_t pid = AR_PID_NONE;
+        int rc = spawn_named(t->node, &h[t->k], newborn_names[t->k], &pid);
+        t->spawns++;
+        t->failed_at = t->spawns;
+        if (rc != 0) {
+            t->failed = NB_SPAWN, t->failed_rc = rc;
+            break;
+        }
+        ar_pid_t w = ar_whereis(t->node, newborn_names[t->k]);
+        if (!ar_pid_is_none(w) && !ar_pid_eq(w, pid)) {
+            t->failed = NB_STRANGER;
+            break;
+        }
+        if (ar_pid_is_none(w)) {
+            t->lost++;
+            ar_proc_info_t info;
+            uint64_t dl = th_now_ns() + 1000u * 1000000u;
+            do {
+                if (ar_proc_info(t->node, pid, &info) != 0) snprintf(info.name, 2, "?");
+            } while (info.name[0] && th_now_ns() < dl);
+            if (info.name[0]) {
+                t->failed = NB_STUCK;
+                memcpy(t->shown, info.name, AR_NAME_MAX);
+                break;
+            }
+            rc = ar_register(t->node, other_names[t->k], pid);
+            if (rc == 0) rc = ar_unregister(t->node, other_names[t->k]);
+            if (rc != 0) {
+                t->failed = NB_CANNOT_REGISTER, t->failed_rc = rc;
+                break;
+            }
+        }
+        ar_exit(t->node, pid, AR_REASON(AR_KILL));
+        uint64_t dl = th_now_ns() + 2000u * 1000000u;
+        while (th_proc_alive(t->node, pid) && th_now_ns() < dl) sched_yield();
+        if (th_proc_alive(t->node, pid)) t->failed = NB_NEVER_ENDED;
+    }
+    atomic_store(&t->done, 1);
+    return NULL;
+}
+
+typedef struct nb_unregister {
+    ar_node_t *node;
+    atomic_int *stop;
+    unsigned seed;
+    long ok;
+    int bad_rc;
+} nb_unregister_t;
+
+static void *nb_unregister_main(void *arg)
+{
+    nb_unregister_t *u = arg;
+    while (!atomic_load(u->stop)) {
+        int rc = ar_unregister(u->node, newborn_names[lcg(&u->seed) % NB_SPAWNERS]);
+        if (rc == 0) u->ok++;
+        else if (rc != AR_ENOENT && !u->bad_rc) u->bad_rc = rc;
+    }
+    return NULL;
+}
+
 Test(names, unregister_racing_a_named_spawn_leaves_table_and_child_agreeing,
      .timeout = TH_TIMEOUT)
 {
     ar_node_t *node = th_node(2);
     static atomic_int stop;
-    racer_t unreg = {node, AR_PID_NONE, "newborn", &stop, LONG_MAX, 0, 0, 0};
-    pthread_t b;
-    cr_assert_eq(pthread_create(&b, NULL, unreg_racer, &unreg), 0);
-    enum { SPAWNS = 20000 };
-    static holder_t h[SPAWNS];
-    uint64_t end = th_now_ns() + RACE_MS * 1000000u;
-    for (int i = 0; i < SPAWNS && th_now_ns() < end; i++) {
-        ar_pid_t pid = AR_PID_NONE;
-        int rc = spawn_named(node, &h[i], "newborn", &pid);
-        cr_assert_eq(rc, 0, "spawn %d: %s", i, ar_err_name(rc));
-        ar_pid_t w = ar_whereis(node, "newborn");
-        cr_assert(ar_pid_is_none(w) || ar_pid_eq(w, pid), "spawn %d: a stranger", i);
-        if (ar_pid_is_none(w)) {
-            /* unregistered by the racer, which may still be letting go of the child's
-             * pointer: within a moment the child must show no name */
-            char n[AR_NAME_MAX];
-            uint64_t dl = th_now_ns() + 1000u * 1000000u;
-            do info_name(node, pid, n);
-            while (n[0] && th_now_ns() < dl);
-            cr_assert_str_eq(n, "", "spawn %d: \"newborn\" was unregistered, yet the child "
-                             "still shows it as its name", i);
-            int rc2 = ar_register(node, "other", pid);
-            cr_assert_eq(rc2, 0, "spawn %d: the child lost its name, yet cannot take one: %s",
-                         i, ar_err_name(rc2));
-            cr_assert_eq(ar_unregister(node, "other"), 0);
-        }
-        end_and_wait(node, pid);
+    static nb_spawner_t sp[NB_SPAWNERS];
+    static nb_unregister_t un[NB_UNREGISTERS];
+    pthread_t ts[NB_SPAWNERS], tu[NB_UNREGISTERS];
+    for (int i = 0; i < NB_UNREGISTERS; i++) {
+        un[i].node = node;
+        un[i].stop = &stop;
+        un[i].seed = 5u + (unsigned)i;
+        cr_assert_eq(pthread_create(&tu[i], NULL, nb_unregister_main, &un[i]), 0);
+    }
+    for (int i = 0; i < NB_SPAWNERS; i++) {
+        sp[i].node = node;
+        sp[i].k = i;
+        sp[i].stop = &stop;
+        cr_assert_eq(pthread_create(&ts[i], NULL, nb_spawner_main, &sp[i]), 0);
+    }
+    uint64_t until = th_now_ns() + 2 * RACE_MS * 1000000u; /* its window is narrower */
+    for (bool any = false; !any && th_now_ns() < until;) {
+        for (int i = 0; i < NB_SPAWNERS; i++)
+            if (atomic_load(&sp[i].done)) any = true; /* only a failure stops one early */
+        th_nap();
     }
     atomic_store(&stop, 1);
-    pthread_join(b, NULL);
-    cr_assert_eq(unreg.bad_rc, 0, "ar_unregister: %s", ar_err_name(unreg.bad_rc));
+    for (int i = 0; i < NB_SPAWNERS; i++) th_await(atomic_load(&sp[i].done));
+    for (int i = 0; i < NB_SPAWNERS; i++) pthread_join(ts[i], NULL);
+    for (int i = 0; i < NB_UNREGISTERS; i++) pthread_join(tu[i], NULL);
+    int spawns = 0, lost = 0;
+    for (int i = 0; i < NB_SPAWNERS; i++) {
+        nb_spawner_t *t = &sp[i];
+        spawns += t->spawns;
+        lost += t->lost;
+        cr_assert_neq(t->failed, NB_SPAWN, "spawner %d, spawn %d: %s", i, t->failed_at,
+                      ar_err_name(t->failed_rc));
+        cr_assert_neq(t->failed, NB_STRANGER, "spawner %d, spawn %d: \"%s\" maps to a "
+                      "stranger", i, t->failed_at, newborn_names[i]);
+        cr_assert_neq(t->failed, NB_STUCK, "spawner %d, spawn %d: \"%s\" was unregistered, "
+                      "yet the child still shows \"%s\" as its name", i, t->failed_at,
+                      newborn_names[i], t->shown);
+        cr_assert_neq(t->failed, NB_CANNOT_REGISTER, "spawner %d, spawn %d: the child lost "
+                      "its name, yet cannot take another: %s", i, t->failed_at,
+                      ar_err_name(t->failed_rc));
+        cr_assert_eq(t->failed, 0, "spawner %d: a killed child never ended", i);
+    }
+    for (int i = 0; i < NB_UNREGISTERS; i++)
+        cr_assert_eq(un[i].bad_rc, 0, "ar_unregister: %s", ar_err_name(un[i].bad_rc));
+    cr_log_info("named spawns: %d, %d of them lost their name to a racing unregister",
+                spawns, lost);
     th_node_stop(node);
 }
 
