@@ -30,7 +30,6 @@ enum init_mode {
     INIT_OK,
     INIT_RETURN_ENOENT, /* init returns AR_ENOENT: spawn returns it as is */
     INIT_CRASH,         /* AR_FAIL in init: spawn returns AR_ENOPROC */
-    INIT_STOP,          /* ar_stop in init: spawn succeeds, the process ends right after */
 };
 
 #define INIT_FAIL_TEXT "init gives up"
@@ -65,7 +64,6 @@ static int holder_init(ar_proc_t *self, void *arg, void **state)
     switch (h->mode) {
     case INIT_RETURN_ENOENT: return AR_ENOENT;
     case INIT_CRASH: AR_FAIL(self, INIT_FAIL_TEXT);
-    case INIT_STOP: ar_stop(self, AR_REASON(AR_NORMAL)); break;
     default: break;
     }
     return 0;
