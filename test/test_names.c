@@ -277,7 +277,7 @@ Test(names, a_taken_name_is_eexist_and_keeps_mapping_to_its_one_owner, .timeout 
         info_name(node, p, n);
         cr_assert_str_eq(n, "", "the refused process got no name");
         /* the refusal left it free to take another name */
-        char mine[16];
+        char mine[32];
         snprintf(mine, sizeof mine, "other%d", i);
         cr_assert_eq(ar_register(node, mine, p), 0);
     }
