@@ -21,8 +21,10 @@ enum {
     CMD_REGISTER = 1, /* call: ar_register(node, payload, self) -> int */
     CMD_UNREGISTER,   /* call: ar_unregister(node, payload) -> int */
     CMD_INFO_NAME,    /* call: ar_proc_info(self).name -> char[AR_NAME_MAX] */
+    CMD_MONITOR_ALL,  /* call: monitor every pid of the payload -> int (0 or an error) */
     CAST_STOP,        /* ar_stop(AR_NORMAL) */
     CAST_FAIL,        /* AR_FAIL: a crash */
+    CAST_HOT,         /* a watcher polls for its DOWN or EXIT */
     CMD_SPAWN,        /* call to a spawner: a spawn_req_t -> spawn_res_t */
 };
 
@@ -74,7 +76,16 @@ static void holder_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
     holder_t *h = state;
     ar_node_t *node = ar_node(self);
     (void)h;
-    if (m->kind == AR_MSG_CALL) {
+    if (m->kind == AR_MSG_CALL && m->tag == CMD_MONITOR_ALL) {
+        int rc = 0;
+        for (size_t i = 0; rc == 0 && i < m->len / sizeof(ar_pid_t); i++) {
+            ar_pid_t p;
+            ar_ref_t ref;
+            memcpy(&p, (const char *)m->data + i * sizeof p, sizeof p);
+            rc = ar_monitor(self, p, &ref);
+        }
+        ar_reply(node, m->reply_to, &rc, sizeof rc);
+    } else if (m->kind == AR_MSG_CALL) {
         char name[AR_NAME_MAX] = "";
         if (m->len && m->len <= sizeof name) memcpy(name, m->data, m->len);
         int rc = 0;
@@ -482,7 +493,7 @@ Test(names, a_process_can_register_again_after_unregister, .timeout = TH_TIMEOUT
 
 /* ---- a dead owner's name is free by the time its death is seen --------------------- */
 /* A watcher monitors (or links to, trapping exits) a named target; on its DOWN (EXIT) it
- * looks the name up and takes it. */
+ * looks the name up and tries to take it. */
 typedef struct watcher {
     ar_pid_t target;
     char name[AR_NAME_MAX];
@@ -494,7 +505,8 @@ typedef struct watcher {
     ar_ref_t got_ref;
     ar_pid_t whereis_seen, whereis_after;
     int register_rc;
-    atomic_int seen; /* set once the fields above are written */
+    atomic_int seen;     /* set once the fields above are written */
+    atomic_int spinning; /* a hot watcher polls its mailbox from now on */
 } watcher_t;
 
 static int watcher_init(ar_proc_t *self, void *arg, void **state)
@@ -510,13 +522,9 @@ static int watcher_init(ar_proc_t *self, void *arg, void **state)
     return 0;
 }
 
-static void watcher_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+static void watcher_saw(ar_proc_t *self, watcher_t *w, const ar_msg_t *m)
 {
-    watcher_t *w = state;
     ar_node_t *node = ar_node(self);
-    if (m->kind == AR_MSG_CAST && m->tag == CAST_STOP) ar_stop(self, AR_REASON(AR_NORMAL));
-    if (m->kind != AR_MSG_DOWN && m->kind != AR_MSG_EXIT) return;
-    if (atomic_load(&w->seen)) return;
     /* first thing: nothing else may have run in between */
     w->whereis_seen = ar_whereis(node, w->name);
     w->register_rc = ar_register(node, w->name, ar_self(self));
@@ -525,6 +533,33 @@ static void watcher_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
     w->from = m->from;
     w->got_ref = m->ref;
     atomic_store(&w->seen, 1);
+}
+
+static bool is_death(const ar_msg_t *m, void *ud)
+{
+    (void)ud;
+    return m->kind == AR_MSG_DOWN || m->kind == AR_MSG_EXIT;
+}
+
+static void watcher_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    watcher_t *w = state;
+    if (m->kind == AR_MSG_CAST && m->tag == CAST_STOP) ar_stop(self, AR_REASON(AR_NORMAL));
+    if (m->kind == AR_MSG_CAST && m->tag == CAST_HOT) {
+        /* polls for the death on its own scheduler: it sees it the moment it is queued,
+         * while the ending process is still sending the others */
+        atomic_store(&w->spinning, 1);
+        uint64_t deadline = th_now_ns() + (uint64_t)TH_WAIT_MS * 1000000u;
+        ar_msg_t *got = NULL;
+        while (ar_receive(self, is_death, NULL, 0, &got) != 0 && th_now_ns() < deadline) {
+        }
+        if (got) {
+            watcher_saw(self, w, got);
+            ar_msg_release(self, got);
+        }
+        return;
+    }
+    if (is_death(m, NULL) && !atomic_load(&w->seen)) watcher_saw(self, w, m);
 }
 
 static const ar_behaviour_t watcher_b = {"watcher", watcher_init, watcher_handle, NULL};
@@ -543,12 +578,46 @@ static void end_by(ar_node_t *node, ar_pid_t pid, enum end_way way)
     }
 }
 
+/* Each round a named target is watched by WATCHERS processes, so its exit sequence sends
+ * that many DOWNs (EXITs), then DEMONITORs to its crowd; the first watcher polls its
+ * mailbox on the other scheduler and acts the moment its DOWN is queued. None of them may find the name still mapping to the
+ * target, and the first to try takes it at once (the others find it taken by a sibling). */
+#define WATCHERS 4
+
+/* A target that monitors a crowd of processes sends each a DEMONITOR as it ends, after its
+ * EXITs and DOWNs: that widens the time between its death being heard of and the end of
+ * its exit sequence, so a name released too late would be seen. */
+#define CROWD 128
+static ar_pid_t crowd[CROWD];
+
+static void crowd_start(ar_node_t *node)
+{
+    for (int i = 0; i < CROWD; i++) crowd[i] = th_spawn(node, &th_echo, NULL);
+}
+
+static void crowd_watched_by(ar_node_t *node, ar_pid_t target)
+{
+    ar_buf_t r = {0};
+    int rc = ar_call(node, target, CMD_MONITOR_ALL, crowd, sizeof crowd, &r, TH_WAIT_MS);
+    cr_assert_eq(rc, 0, "monitor-all call: %s", ar_err_name(rc));
+    int got;
+    cr_assert_eq(r.len, sizeof got);
+    memcpy(&got, r.data, sizeof got);
+    ar_buf_free(&r);
+    cr_assert_eq(got, 0, "ar_monitor: %s", ar_err_name(got));
+}
+
 static void check_free_when_death_seen(bool link)
 {
-    ar_node_t *node = th_node(2);
-    enum { ROUNDS = 25 };
+    ar_node_config_t cfg;
+    ar_node_config_init(&cfg);
+    cfg.schedulers = 2;
+    cfg.spin_us = 5000; /* an idle scheduler stays awake: watchers run while DOWNs go out */
+    ar_node_t *node = th_node_cfg(&cfg);
+    crowd_start(node);
+    enum { ROUNDS = 6 };
     static holder_t targets[END_WAYS * ROUNDS];
-    static watcher_t watchers[END_WAYS * ROUNDS];
+    static watcher_t watchers[END_WAYS * ROUNDS][WATCHERS];
     for (int i = 0; i < END_WAYS * ROUNDS; i++) {
         enum end_way way = (enum end_way)(i % END_WAYS);
         char name[32];
@@ -561,29 +630,51 @@ static void check_free_when_death_seen(bool link)
             t = hold(node, &targets[i]);
             cr_assert_eq(ar_register(node, name, t), 0, "round %d", i);
         }
-        watcher_t *w = &watchers[i];
-        w->target = t;
-        w->link = link;
-        snprintf(w->name, sizeof w->name, "%s", name);
-        ar_pid_t wp = th_spawn(node, &watcher_b, w);
-        cr_assert_eq(w->arm_rc, 0, "round %d: %s: %s", i, link ? "link" : "monitor",
-                     ar_err_name(w->arm_rc));
+        ar_pid_t wp[WATCHERS];
+        for (int k = 0; k < WATCHERS; k++) {
+            watcher_t *w = &watchers[i][k];
+            w->target = t;
+            w->link = link;
+            snprintf(w->name, sizeof w->name, "%s", name);
+            wp[k] = th_spawn(node, &watcher_b, w);
+            cr_assert_eq(w->arm_rc, 0, "round %d: %s: %s", i, link ? "link" : "monitor",
+                         ar_err_name(w->arm_rc));
+        }
+        crowd_watched_by(node, t);
+        th_send(node, wp[0], CAST_HOT, NULL, 0);
+        th_await(atomic_load(&watchers[i][0].spinning));
         end_by(node, t, way);
-        th_await(atomic_load(&w->seen));
-        char ps[AR_PID_STRLEN];
-        cr_assert_eq(w->kind, link ? AR_MSG_EXIT : AR_MSG_DOWN, "round %d (%s)", i,
-                     end_way_name[way]);
-        cr_assert(ar_pid_eq(w->from, t));
-        if (!link) cr_assert_eq(w->got_ref, w->ref);
-        cr_assert(ar_pid_is_none(w->whereis_seen),
-                  "round %d (%s): when the %s was seen, \"%s\" still mapped to %s", i,
-                  end_way_name[way], link ? "EXIT" : "DOWN", name, pid_str(w->whereis_seen, ps));
-        cr_assert_eq(w->register_rc, 0, "round %d (%s): taking the name at once: %s", i,
-                     end_way_name[way], ar_err_name(w->register_rc));
-        cr_assert_pid_eq(w->whereis_after, wp);
-        cr_assert_pid_eq(ar_whereis(node, name), wp);
-        /* the watcher goes, leaving the name for the next round */
-        end_and_wait(node, wp);
+        for (int k = 0; k < WATCHERS; k++) th_await(atomic_load(&watchers[i][k].seen));
+        int winner = -1;
+        for (int k = 0; k < WATCHERS; k++) {
+            watcher_t *w = &watchers[i][k];
+            char ps[AR_PID_STRLEN];
+            cr_assert_eq(w->kind, link ? AR_MSG_EXIT : AR_MSG_DOWN, "round %d (%s)", i,
+                         end_way_name[way]);
+            cr_assert(ar_pid_eq(w->from, t));
+            if (!link) cr_assert_eq(w->got_ref, w->ref);
+            cr_assert(!ar_pid_eq(w->whereis_seen, t),
+                      "round %d (%s), watcher %d: when the %s was seen, \"%s\" still mapped "
+                      "to the dead %s", i, end_way_name[way], k, link ? "EXIT" : "DOWN", name,
+                      pid_str(t, ps));
+            if (w->register_rc == 0) {
+                cr_assert_eq(winner, -1, "round %d: two watchers took \"%s\"", i, name);
+                winner = k;
+                cr_assert_pid_eq(w->whereis_after, wp[k]);
+            } else {
+                cr_assert_eq(w->register_rc, AR_EEXIST, "round %d (%s), watcher %d: taking "
+                             "the name: %s", i, end_way_name[way], k,
+                             ar_err_name(w->register_rc));
+                cr_assert(!ar_pid_is_none(w->whereis_seen) ||
+                              !ar_pid_eq(w->whereis_after, t),
+                          "round %d: taken, but by whom?", i);
+            }
+        }
+        cr_assert_neq(winner, -1, "round %d (%s): no watcher could take \"%s\" on seeing its "
+                      "owner's %s", i, end_way_name[way], name, link ? "EXIT" : "DOWN");
+        cr_assert_pid_eq(ar_whereis(node, name), wp[winner]);
+        /* the watchers go, leaving the name for the next round */
+        for (int k = 0; k < WATCHERS; k++) end_and_wait(node, wp[k]);
         cr_assert(ar_pid_is_none(ar_whereis(node, name)));
     }
     th_node_stop(node);
@@ -603,10 +694,12 @@ Test(names, a_dead_owners_name_is_free_when_its_exit_is_seen, .timeout = TH_TIME
 Test(names, a_dead_owners_name_is_free_once_proc_info_reports_it_dead, .timeout = TH_TIMEOUT)
 {
     ar_node_t *node = th_node(2);
+    crowd_start(node);
     enum { ROUNDS = 200 };
     static holder_t h[ROUNDS];
     for (int i = 0; i < ROUNDS; i++) {
         ar_pid_t p = hold_named(node, &h[i], "brief");
+        if (i % 2) crowd_watched_by(node, p);
         end_by(node, p, (enum end_way)(i % END_WAYS));
         uint64_t deadline = th_now_ns() + (uint64_t)TH_WAIT_MS * 1000000u;
         for (;;) {
