@@ -50,6 +50,7 @@ static bool on_own_thread(ar_node_t *node)
 
 static void node_free(ar_node_t *node)
 {
+    ar__events_destroy(node); /* its thread first: callbacks may still use the node */
     ar__sched_free(node);
     ar__stacks_destroy(node);
     ar__timers_destroy(node);
@@ -124,6 +125,7 @@ int ar_node_start(const ar_node_config_t *cfg_in, ar_node_t **out)
     node->start_ns = ar__now_ns();
 
     if ((rc = ar__timers_init(node)) != 0) goto fail;
+    if ((rc = ar__events_init(node)) != 0 || (rc = ar__crash_report_start(node)) != 0) goto fail;
     ar__stack_signals_init();
     if ((rc = ar__sched_start(node)) != 0) goto fail;
     if ((rc = ar__loop_start(node)) != 0) {
@@ -306,6 +308,7 @@ int ar_node_stop(ar_node_t *node, int timeout_ms)
         signal_all(node, AR_KILL, 0);
         wait_none_alive(node, 0);
     }
+    ar__events_stop(node); /* what is buffered reaches the function subscribers first */
     wait_outside_calls(node);
     ar__loop_stop(node);
     ar__sched_stop(node);
