@@ -128,7 +128,8 @@ AR_EXTERN void ar_node_request_stop(ar_node_t *node);
  * that kill. Calls other threads have in progress finish before the node is freed; a new
  * ar_call from outside the node gets AR_ECLOSED, as does ar_spawn; no call may start once
  * this has returned. Then it joins every thread and frees the node. Must be called from
- * outside the node's processes (AR_EDEADLK). AR_EINVAL for NULL or a bad timeout. */
+ * outside the node's processes and events callbacks (AR_EDEADLK). AR_EINVAL for NULL or a
+ * bad timeout. */
 AR_EXTERN int ar_node_stop(ar_node_t *node, int timeout_ms);
 
 /* ---- Pids, refs, reasons ------------------------------------------------------------ */

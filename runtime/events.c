@@ -98,7 +98,10 @@ struct ev_payload {
     char text[];
 };
 
-static _Thread_local bool on_events_thread;
+/* The bus whose events thread this is (NULL: not an events thread). */
+static _Thread_local struct ar__events *thread_events;
+
+bool ar__events_on_thread(ar_node_t *node) { return thread_events && thread_events == node->events; }
 
 static uint64_t wall_ns(void)
 {
@@ -383,7 +386,7 @@ static void *events_main(void *arg)
 {
     ar_node_t *node = arg;
     struct ar__events *ev = node->events;
-    on_events_thread = true;
+    thread_events = ev;
     for (;;) {
         pthread_mutex_lock(&ev->lock);
         struct ar__sub *s = pick(ev);
@@ -536,7 +539,7 @@ static void remove_locked(ar_node_t *node, struct ar__events *ev, struct ar__sub
         free_fn_sub(s);
         return;
     }
-    if (on_events_thread) return; /* called from its own batch: freed when it ends */
+    if (thread_events == ev) return; /* called from its own batch: freed when it ends */
     uint64_t round = ev->serving_round;
     ev->waiters++;
     while (ev->serving == s && ev->serving_round == round)

@@ -723,6 +723,8 @@ void ar__events_unqueued(ar__env_t *e);
  * internal bits). */
 int ar__events_subscribe_fn(struct ar_node *node, uint32_t kinds,
                             void (*fn)(const ar_event_t *e, void *ud), void *ud, ar_ref_t *sub);
+/* Whether the calling thread is node's events thread (ar_node_stop refuses to run there). */
+bool ar__events_on_thread(struct ar_node *node);
 /* The default logger (crash_report.c): subscribes unless the config turned it off. */
 int ar__crash_report_start(struct ar_node *node);
 

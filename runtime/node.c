@@ -288,7 +288,7 @@ static void wait_outside_calls(ar_node_t *node)
 int ar_node_stop(ar_node_t *node, int timeout_ms)
 {
     if (!node || !ar__timeout_ok(timeout_ms)) return AR_EINVAL;
-    if (on_own_thread(node)) return AR_EDEADLK;
+    if (on_own_thread(node) || ar__events_on_thread(node)) return AR_EDEADLK;
     /* seq_cst: pairs with a spawn's publication, and with ar__outside_leave */
     atomic_store_explicit(&node->stopping, 1, memory_order_seq_cst);
     uint64_t until = timeout_ms == AR_INFINITY ? 0 : ar__now_ns() + (uint64_t)timeout_ms * 1000000u;

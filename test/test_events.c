@@ -530,6 +530,31 @@ Test(events, a_function_may_unsubscribe_itself_from_its_callback, .timeout = TH_
     cr_assert_eq(atomic_load(&self_calls), 1, "no callback after it unsubscribed");
 }
 
+/* A callback may call into its node, but not stop it: that would join its own thread. */
+static atomic_int stop_rc = 1, emit_rc = 1;
+static void stopper_fn(const ar_event_t *e, void *ud)
+{
+    if (e->kind != AR_EV_USER || strcmp(e->name ? e->name : "", "stop?") != 0) return;
+    atomic_store(&stop_rc, ar_node_stop(ud, 0));
+    ar_event_t again = {.kind = AR_EV_USER, .name = "from a callback"};
+    atomic_store(&emit_rc, ar_events_emit(ud, &again));
+}
+
+Test(events, a_callback_cannot_stop_its_node_but_may_emit, .timeout = TH_TIMEOUT)
+{
+    ar_node_t *node = events_node(2, 0);
+    cr_assert_eq(ar_events_subscribe_fn(node, AR_EV_USER, stopper_fn, node, NULL), 0);
+    rec_init(&rec_a, node);
+    subscribe_fn(node, AR_EV_USER, &rec_a);
+    ar_event_t e = {.kind = AR_EV_USER, .name = "stop?"};
+    cr_assert_eq(ar_events_emit(node, &e), 0);
+    th_await(rec_len(&rec_a) == 2);
+    cr_assert_eq(atomic_load(&stop_rc), AR_EDEADLK);
+    cr_assert_eq(atomic_load(&emit_rc), 0);
+    cr_assert_str_eq(rec_a.e[1].name, "from a callback");
+    th_node_stop(node);
+}
+
 /* ---- LAGGED ----------------------------------------------------------------------------- */
 enum { BUF = 8, OVER = 5 };
 
