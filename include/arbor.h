@@ -426,9 +426,11 @@ typedef struct ar_event {
  * from a process of node), AR_ENOMEM. */
 AR_EXTERN int ar_events_subscribe(ar_node_t *node, uint32_t kinds, ar_ref_t *sub);
 /* Subscribes fn: it is called with each event of kinds, one at a time, on the node's
- * events thread (never a scheduler thread, never as a process: it may block, at the cost
- * of its own buffer only, and may call any ar_node_t function). The subscription lasts
- * until ar_events_unsubscribe or ar_node_stop (which delivers what is buffered first).
+ * events thread (never a scheduler thread, never as a process: it may block, and may call
+ * any ar_node_t function but ar_node_stop). All function subscribers share that thread,
+ * so a slow one delays the others (each still has its own buffer); the runtime never
+ * waits for it. The subscription lasts until ar_events_unsubscribe or ar_node_stop (which
+ * delivers what is buffered first).
  * AR_EINVAL (NULL node or fn, bad kinds), AR_ECLOSED (node stopping), AR_ENOMEM. */
 AR_EXTERN int ar_events_subscribe_fn(ar_node_t *node, uint32_t kinds,
                                      void (*fn)(const ar_event_t *e, void *ud), void *ud,
