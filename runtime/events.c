@@ -6,8 +6,9 @@
  * copy of its own: one envelope holding the event and its strings. Numbering and handing
  * over under one lock is what makes each subscriber see its events in seq order, and one
  * process's events in the order they happened. Nothing under the lock waits for a
- * subscriber, calls user code or takes another lock but the ones that schedule a process
- * (ar__route); so a producer never blocks for longer than other producers' hand-overs.
+ * subscriber, calls user code or takes another lock but leaves (the allocator's, and
+ * inside ar__route the ones that schedule a process); so a producer never blocks for
+ * longer than other producers' hand-overs.
  * With nobody subscribed, the hooks on the hot paths do one relaxed load of the node's
  * mask (internal.h, ar__events_wanted) and nothing else.
  *
@@ -37,8 +38,10 @@
  * thread is serving is freed by it alone: an unsubscribe from another thread waits for
  * the batch to end, so no callback runs once ar_events_unsubscribe has returned.
  *
- * Lock order: the events lock, then (inside ar__route) the scheduling locks. Never held
- * across user code, a park, or another runtime lock's acquisition but those.
+ * Lock order: the events lock, then leaves only (the pool depot's and the allocator's,
+ * and inside ar__route the scheduling locks). Never held across user code or a park; the
+ * events thread holds it to pick work, never while it calls fn. Callers of
+ * ar__events_publish (names) may hold locks of their own that these never take.
  */
 #include "internal.h"
 
