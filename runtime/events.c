@@ -12,10 +12,11 @@
  * With nobody subscribed, the hooks on the hot paths do one relaxed load of the node's
  * mask (internal.h, ar__events_wanted) and nothing else.
  *
- * Buffers and LAGGED. Each subscription counts `pending`: events handed to it and not yet
- * taken (a process: event messages in its mailbox not yet given to a handler or to
- * ar_receive; a function: events in its queue the events thread has not popped). A
- * producer that finds pending at the cap (event_buffer), or no memory for the copy,
+ * Buffers and LAGGED. Each subscription counts the events handed to it (`pushed`, by
+ * producers) and those taken (`popped`, by its consumer, on another cache line): pending
+ * is the difference (a process: event messages in its mailbox not yet given to a handler
+ * or to ar_receive; a function: events in its queue the events thread has not taken out).
+ * A producer that finds pending at the cap (event_buffer), or no memory for the copy,
  * drops the event for that subscriber and counts it in `dropped`. The LAGGED reporting
  * them comes before the next event the subscriber gets: a producer that finds room while
  * dropped > 0 queues a LAGGED first; and a consumer that empties its buffer while
@@ -52,30 +53,46 @@
 /* Events one function subscription gets per turn of the events thread, so one busy
  * subscriber does not keep the others waiting. */
 #define SERVE_BATCH 64
+/* Run dry, the events thread naps LINGER_NS up to LINGER_NAPS times before it sleeps until a
+ * producer wakes it: under a steady stream, producers then never pay for a wake-up (a
+ * system call each), and the thread takes events in larger batches. An idle node's events
+ * thread is asleep half a millisecond after the last event. */
+#define LINGER_NS 100000
+#define LINGER_NAPS 5
 
+/* Fields by writer, so that producers and the consumer do not take turns at one cache
+ * line for each event: read-mostly, then producers' (under the lock), then the
+ * consumer's. */
 struct ar__sub {
     struct ar__sub *next; /* in the node's list (lock) */
     ar_node_t *node;
     ar_ref_t ref;
     uint32_t kinds;
     bool is_fn;
-    bool listed;                /* in the node's list (lock) */
-    _Atomic uint64_t pending;   /* events handed over, not yet taken (see above) */
-    _Atomic uint64_t dropped;   /* since the last LAGGED; written under the lock */
-    uint64_t last_dropped_seq;  /* the LAGGED's seq (lock) */
-    /* a process subscriber */
-    ar_pid_t pid;
-    _Atomic uint64_t refs; /* 1 while listed, + 1 per envelope of it in the mailbox */
-    /* a function subscriber */
-    void (*fn)(const ar_event_t *e, void *ud);
+    bool listed; /* in the node's list (lock) */
+    ar_pid_t pid; /* a process subscriber's */
+    void (*fn)(const ar_event_t *e, void *ud); /* a function subscriber's */
     void *ud;
-    _Atomic uintptr_t head;  /* its queue: pushed under the lock, popped by the thread */
+    /* --- producers, under the lock --- */
+    _Alignas(AR__CACHE_LINE) _Atomic uintptr_t head; /* a function's queue: pushed here */
+    _Atomic uint64_t pushed;   /* events handed over, ever (LAGGED aside) */
+    _Atomic uint64_t dropped;  /* since the last LAGGED; read outside the lock as a hint */
+    uint64_t last_dropped_seq; /* the LAGGED's seq */
+    /* --- the consumer: the process, or the events thread --- */
+    _Alignas(AR__CACHE_LINE) _Atomic uint64_t popped; /* events taken, ever */
     struct ar__qnode *tail;
     struct ar__qnode stub;
-    _Atomic uint64_t queued; /* entries in its queue, LAGGED included */
-    _Atomic bool dead;       /* unsubscribed: its batch stops */
-    uint64_t served;         /* the round it was last picked in (lock) */
+    _Atomic uint64_t refs; /* a process's: 1 while listed, + 1 per envelope in its mailbox */
+    _Atomic bool dead;     /* a function's, unsubscribed: its batch stops */
+    uint64_t served;       /* the round it was last picked in (lock) */
 };
+
+/* Events handed to s and not yet taken; an overestimate outside the lock, never less. */
+static uint64_t pending(struct ar__sub *s)
+{
+    return atomic_load_explicit(&s->pushed, memory_order_relaxed) -
+           atomic_load_explicit(&s->popped, memory_order_relaxed);
+}
 
 struct ar__events {
     pthread_mutex_t lock;
@@ -92,6 +109,8 @@ struct ar__events {
     uint64_t serving_round, round;
     unsigned waiters; /* unsubscribers waiting for a batch to end */
     pthread_cond_t served;
+    struct ar__pool_cache cache; /* the events thread's: delivered envelopes go back to
+                                    the node's pools in batches */
 };
 
 /* An event envelope's payload: the event, then its strings. */
@@ -118,7 +137,13 @@ int ar__events_init(ar_node_t *node)
 {
     struct ar__events *ev = ar__calloc(1, sizeof *ev);
     if (!ev) return AR_ENOMEM;
-    pthread_mutex_init(&ev->lock, NULL);
+    /* adaptive: a hand-over takes a few hundred nanoseconds, so a producer that finds the
+     * lock taken spins a little before it sleeps (a futex round trip costs more) */
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+    pthread_mutex_init(&ev->lock, &ma);
+    pthread_mutexattr_destroy(&ma);
     pthread_cond_init(&ev->served, NULL);
     ar__sem_init(&ev->wake);
     ev->cap = node->cfg.event_buffer ? node->cfg.event_buffer : DEFAULT_BUFFER;
@@ -229,23 +254,27 @@ static void put_ref(struct ar__sub *s)
 }
 
 /* An envelope of a process subscription leaves the buffer: its counts are given back.
- * Returns its subscription; *emptied when that was the last event in the buffer. */
+ * Returns its subscription; *emptied when that was the last event in the buffer (as far
+ * as the consumer sees: the lock decides). */
 static struct ar__sub *credit(ar__env_t *e, bool *emptied)
 {
     struct ev_payload *pl = ar__env_payload(e);
+    struct ar__sub *s = pl->sub;
     e->flags &= (uint8_t)~ENVF_EVENT;
     *emptied = pl->ev.kind != AR_EV_LAGGED &&
-               atomic_fetch_sub_explicit(&pl->sub->pending, 1, memory_order_relaxed) == 1;
-    return pl->sub;
+               atomic_fetch_add_explicit(&s->popped, 1, memory_order_relaxed) + 1 ==
+                   atomic_load_explicit(&s->pushed, memory_order_relaxed);
+    return s;
 }
 
 /* Hands env to s (lock held). counted: an event, which takes room in the buffer (a
  * LAGGED takes none). 0, or AR_ENOPROC when s's process is gone (env freed). */
 static int enqueue(struct ar__sub *s, ar__env_t *env, bool counted)
 {
-    if (counted) atomic_fetch_add_explicit(&s->pending, 1, memory_order_relaxed);
+    if (counted) /* the lock holder alone writes it: no read-modify-write */
+        atomic_store_explicit(&s->pushed, atomic_load_explicit(&s->pushed, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
     if (s->is_fn) {
-        atomic_fetch_add_explicit(&s->queued, 1, memory_order_relaxed);
         ar__mpsc_push(&s->head, &env->q, 0);
         return 0;
     }
@@ -255,7 +284,7 @@ static int enqueue(struct ar__sub *s, ar__env_t *env, bool counted)
     if (env->flags & ENVF_EVENT) { /* not queued (a dead mailbox's drain credits it) */
         bool emptied;
         put_ref(credit(env, &emptied)); /* never the last: s is listed */
-    }
+    } /* either way it counts as pushed and popped: pending is as before */
     ar__env_free(env);
     return rc;
 }
@@ -264,7 +293,7 @@ static int enqueue(struct ar__sub *s, ar__env_t *env, bool counted)
 static void owe_lagged_locked(struct ar__sub *s)
 {
     uint64_t dropped = atomic_load_explicit(&s->dropped, memory_order_relaxed);
-    if (!s->listed || !dropped || atomic_load_explicit(&s->pending, memory_order_relaxed))
+    if (!s->listed || !dropped || pending(s))
         return; /* a producer queued it meanwhile, or events wait: it goes before those */
     ar__env_t *lag = lagged_env(s, dropped);
     if (!lag) return; /* no memory: the next event or the next emptying brings it */
@@ -284,7 +313,7 @@ static bool deliver(struct ar__events *ev, struct ar__sub *s, const ar_event_t *
 {
     uint64_t dropped = atomic_load_explicit(&s->dropped, memory_order_relaxed);
     ar__env_t *env = NULL, *lag = NULL;
-    if (atomic_load_explicit(&s->pending, memory_order_relaxed) >= ev->cap ||
+    if (pending(s) >= ev->cap ||
         !(env = event_env(s, e, t)) || (dropped && !(lag = lagged_env(s, dropped)))) {
         ar__env_free(env); /* full, or out of memory: counted, reported as LAGGED */
         drop(s, dropped, e->seq);
@@ -317,9 +346,9 @@ void ar__events_publish(ar_node_t *node, ar_event_t *e)
     struct texts t = {text_len(e->behaviour), text_len(e->name), text_len(e->reason.text)};
     uint32_t also = e->kind == AR_EV_EXIT && abnormal(e->reason) ? AR__EV_EXIT_ABNORMAL : 0;
     bool wake = false;
+    e->time_ns = wall_ns(); /* outside the lock, which stays short */
     pthread_mutex_lock(&ev->lock);
     e->seq = ++ev->seq;
-    e->time_ns = wall_ns();
     for (struct ar__sub *s = ev->subs; s; s = s->next)
         if (s->kinds & (e->kind | also)) wake |= deliver(ev, s, e, &t);
     pthread_mutex_unlock(&ev->lock);
@@ -347,41 +376,64 @@ void ar__events_unqueued(ar__env_t *e)
 }
 
 /* ---- the events thread ---- */
+/* Whether a function subscription's queue holds something (the events thread, its
+ * consumer, may look at its tail; pushes are under the lock, which the caller holds). */
+static bool has_work(struct ar__sub *s)
+{
+    return s->is_fn &&
+           (s->tail != &s->stub ||
+            atomic_load_explicit(&s->head, memory_order_relaxed) != (uintptr_t)&s->stub);
+}
+
 static struct ar__sub *pick(struct ar__events *ev)
 {
     struct ar__sub *best = NULL;
     for (struct ar__sub *s = ev->subs; s; s = s->next)
-        if (s->is_fn && atomic_load_explicit(&s->queued, memory_order_relaxed) &&
-            (!best || s->served < best->served))
-            best = s;
+        if (has_work(s) && (!best || s->served < best->served)) best = s;
     return best;
 }
 
-static void serve(struct ar__sub *s)
+/* Takes up to SERVE_BATCH entries out of s's queue at once (they leave the buffer: one
+ * store of popped for all), then calls fn for each, unless s is unsubscribed meanwhile. */
+static void serve(ar_node_t *node, struct ar__events *ev, struct ar__sub *s)
 {
-    for (int i = 0; i < SERVE_BATCH; i++) {
+    ar__env_t *batch[SERVE_BATCH];
+    int n = 0;
+    uint64_t events = 0;
+    /* pop's NULL: empty, or a push still linking in (the next pick comes back for it) */
+    while (n < SERVE_BATCH && (batch[n] = pop(s)) != NULL)
+        events += ((struct ev_payload *)ar__env_payload(batch[n++]))->ev.kind != AR_EV_LAGGED;
+    atomic_store_explicit(&s->popped,
+                          atomic_load_explicit(&s->popped, memory_order_relaxed) + events,
+                          memory_order_relaxed);
+    for (int i = 0; i < n; i++) {
+        ar__env_t *e = batch[i];
         /* acquire: pairs with the unsubscriber's store; nothing of it runs after */
-        if (atomic_load_explicit(&s->dead, memory_order_acquire)) return;
-        ar__env_t *e = pop(s);
-        if (!e) return; /* empty, or a push still linking in: the next pick comes back */
-        struct ev_payload *pl = ar__env_payload(e);
-        atomic_fetch_sub_explicit(&s->queued, 1, memory_order_relaxed);
-        if (pl->ev.kind != AR_EV_LAGGED) /* it left the buffer: room for another */
-            atomic_fetch_sub_explicit(&s->pending, 1, memory_order_relaxed);
-        s->fn(&pl->ev, s->ud);
-        ar__env_free(e);
+        if (!atomic_load_explicit(&s->dead, memory_order_acquire))
+            s->fn(&((struct ev_payload *)ar__env_payload(e))->ev, s->ud);
+        ar__pool_free_cached(&node->depot, &ev->cache, e, sizeof *e + e->cap);
     }
 }
 
-/* Waits for work. `sleeping` is set before the last look under the lock: a producer that
- * queues after that look sees it and posts. */
-static void idle(struct ar__events *ev)
+static bool work_or_quit(struct ar__events *ev)
 {
-    atomic_store_explicit(&ev->sleeping, 1, memory_order_relaxed);
     pthread_mutex_lock(&ev->lock);
     bool work = pick(ev) != NULL || atomic_load_explicit(&ev->quit, memory_order_acquire);
     pthread_mutex_unlock(&ev->lock);
-    if (!work) ar__sem_wait(&ev->wake, NULL);
+    return work;
+}
+
+/* Waits for work: naps first (see LINGER_NS), then sleeps. `sleeping` is set before the
+ * last look under the lock: a producer that queues after that look sees it and posts. */
+static void idle(struct ar__events *ev)
+{
+    for (int i = 0; i < LINGER_NAPS; i++) {
+        struct timespec ts = {0, LINGER_NS};
+        nanosleep(&ts, NULL);
+        if (work_or_quit(ev)) return;
+    }
+    atomic_store_explicit(&ev->sleeping, 1, memory_order_relaxed);
+    if (!work_or_quit(ev)) ar__sem_wait(&ev->wake, NULL);
     atomic_store_explicit(&ev->sleeping, 0, memory_order_relaxed);
 }
 
@@ -390,6 +442,7 @@ static void *events_main(void *arg)
     ar_node_t *node = arg;
     struct ar__events *ev = node->events;
     thread_events = ev;
+    ev->cache.max = ar__pool_bypass ? 0 : AR__POOL_CACHE_MAX; /* (the tests' OOM sweeps) */
     for (;;) {
         pthread_mutex_lock(&ev->lock);
         struct ar__sub *s = pick(ev);
@@ -404,19 +457,22 @@ static void *events_main(void *arg)
                 pthread_mutex_lock(&ev->lock);
                 bool more = pick(ev) != NULL;
                 pthread_mutex_unlock(&ev->lock);
-                if (!more) return NULL;
+                if (!more) {
+                    ar__pool_cache_flush(&node->depot, &ev->cache);
+                    return NULL;
+                }
                 continue;
             }
             idle(ev);
             continue;
         }
-        serve(s);
+        serve(node, ev, s);
         pthread_mutex_lock(&ev->lock);
         ev->serving = NULL;
         if (!s->listed)
             free_fn_sub(s); /* unsubscribed during its batch: ours to free */
         else if (atomic_load_explicit(&s->dropped, memory_order_relaxed))
-            owe_lagged_locked(s);
+            owe_lagged_locked(s); /* once its queue is empty */
         if (ev->waiters) pthread_cond_broadcast(&ev->served);
         pthread_mutex_unlock(&ev->lock);
     }

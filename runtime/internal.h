@@ -80,6 +80,10 @@ void ar__pool_free(void *p, size_t size);
 void *ar__pool_alloc_slow(struct ar__sched *s, size_t size);
 void ar__pool_free_slow(struct ar__sched *s, void *p, size_t size);
 #define AR__POOL_SMALL 128 /* size of the smallest class: most envelopes */
+/* Frees into a cache of a thread that is not a scheduler but frees many pooled blocks
+ * allocated by schedulers (the events thread): spilled to d in batches, as a scheduler's
+ * cache is, instead of one by one to the allocator from another CPU. */
+void ar__pool_free_cached(struct ar__depot *d, struct ar__pool_cache *c, void *p, size_t size);
 void ar__pool_cache_flush(struct ar__depot *d, struct ar__pool_cache *c);
 void ar__depot_init(struct ar__depot *d);
 void ar__depot_destroy(struct ar__depot *d);
