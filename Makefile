@@ -86,7 +86,8 @@ $(BUILD)/libarbor.so: $(LIB_OBJ)
 $(BUILD)/examples/%: $(BUILD)/examples/%.o $(BUILD)/libarbor.a
 	$(CC) -o $@ $< $(BUILD)/libarbor.a $(LDFLAGS) $(MSGPACK_LIBS) $(DEP_LIBS)
 
-$(TEST_BIN): $(TEST_OBJ) $(BUILD)/libarbor.a
+# The examples come with the suite: test_examples runs them from beside it.
+$(TEST_BIN): $(TEST_OBJ) $(BUILD)/libarbor.a | $(EX_BIN)
 	$(CC) -o $@ $(TEST_OBJ) $(BUILD)/libarbor.a $(LDFLAGS) $(CRIT_LIBS) $(MSGPACK_LIBS) $(DEP_LIBS)
 
 $(BUILD)/stress/%: test/stress/%.c $(BUILD)/libarbor.a

@@ -55,6 +55,7 @@ ar_node_t *bench_node_start(void)
     ar_node_config_t cfg;
     ar_node_config_init(&cfg);
     cfg.schedulers = 2;
+    cfg.crash_reports_off = true; /* as the peers run: no logger in the measurement */
     ar_node_t *node = NULL;
     int rc = ar_node_start(&cfg, &node);
     BENCH_CHECK(rc == 0 && node != NULL, "ar_node_start: %s", BENCH_ERR(rc));

@@ -24,6 +24,8 @@
 /* Workloads of links and monitors. */
 int bench_spawn_exit_monitor(const bench_opts_t *o);
 int bench_link_chain_exit(const bench_opts_t *o);
+/* Lifecycle events. */
+int bench_spawn_exit_events(const bench_opts_t *o);
 /* Workloads of supervisors. */
 int bench_supervisor_restart(const bench_opts_t *o);
 int bench_sup_start_100k(const bench_opts_t *o);
@@ -36,6 +38,7 @@ static const struct {
     int (*run)(const bench_opts_t *o);
 } workloads[] = {
     {"spawn_exit", bench_spawn_exit},
+    {"spawn_exit_events", bench_spawn_exit_events},
     {"spawn_idle_memory", bench_spawn_idle_memory},
     {"ping_pong", bench_ping_pong},
     {"ring", bench_ring},

@@ -102,9 +102,15 @@ typedef struct ar_node_config {
     size_t stack_size;         /* usable bytes per handler stack; 0: 64 KiB */
     unsigned spin_us;          /* an idle scheduler spins this long before it parks;
                                   0: default (50 us) */
+    /* Crash reports (see "Lifecycle events"): one line per abnormal exit, failed start,
+     * supervisor restart and give-up. Zero means on, written to stderr. */
+    bool crash_reports_off;    /* true: no crash reports */
+    void (*crash_log)(const char *line, void *ud); /* NULL: stderr; else gets each line
+                                  (no newline), on the node's events thread */
+    void *crash_log_ud;
 } ar_node_config_t;
 
-/* Fills cfg with the defaults (all zero/NULL/false). */
+/* Fills cfg with the defaults (all zero/NULL/false: crash reports on, to stderr). */
 AR_EXTERN void ar_node_config_init(ar_node_config_t *cfg);
 /* Starts a node: its scheduler threads and its I/O thread.
  * AR_EINVAL (out NULL, bad config), AR_ENOMEM. */
@@ -122,7 +128,8 @@ AR_EXTERN void ar_node_request_stop(ar_node_t *node);
  * that kill. Calls other threads have in progress finish before the node is freed; a new
  * ar_call from outside the node gets AR_ECLOSED, as does ar_spawn; no call may start once
  * this has returned. Then it joins every thread and frees the node. Must be called from
- * outside the node's processes (AR_EDEADLK). AR_EINVAL for NULL or a bad timeout. */
+ * outside the node's processes and events callbacks (AR_EDEADLK). AR_EINVAL for NULL or a
+ * bad timeout. */
 AR_EXTERN int ar_node_stop(ar_node_t *node, int timeout_ms);
 
 /* ---- Pids, refs, reasons ------------------------------------------------------------ */
@@ -446,6 +453,85 @@ typedef struct ar_child_counts {
     size_t specs, active, supervisors, workers;
 } ar_child_counts_t;
 AR_EXTERN int ar_sup_count_children(ar_node_t *node, ar_pid_t sup, ar_child_counts_t *out);
+
+/* ---- Lifecycle events --------------------------------------------------------------- */
+/* A stream of what happens to processes, for observers: loggers, metrics, tools. Each
+ * subscriber names the kinds it wants (a mask) and has a buffer of its own of at most
+ * event_buffer events (node config; default 4096). A producer never waits for a
+ * subscriber: when the buffer is full (or memory runs out) the event is dropped for that
+ * subscriber and counted, and the next event it gets is AR_EV_LAGGED with the exact count
+ * (LAGGED is always delivered, whatever the mask). For each process: one SPAWN (after its
+ * init succeeded), then at most one EXIT (after its name was released), in that order; a
+ * failed init gives START_FAILED instead of both. Every event carries a node-wide sequence
+ * number: a subscriber sees its events in increasing seq. */
+typedef enum ar_event_kind {
+    AR_EV_SPAWN = 1u << 0,        /* pid, behaviour, name: init succeeded */
+    AR_EV_EXIT = 1u << 1,         /* pid, behaviour, name, reason */
+    AR_EV_RESTART = 1u << 2,      /* a supervisor restarted a child: pid (the new one),
+                                     old_pid, supervisor, behaviour, name (child id),
+                                     reason (why the old one ended) */
+    AR_EV_START_FAILED = 1u << 3, /* init failed: pid (the process that was), behaviour,
+                                     reason. From a supervisor: supervisor, name (child
+                                     id), behaviour, reason (what ar_spawn returned) */
+    AR_EV_GIVE_UP = 1u << 4,      /* a supervisor reached its restart intensity and exits:
+                                     pid (the supervisor), supervisor (its parent), name
+                                     (the child it would not restart), reason (why that
+                                     child ended) */
+    AR_EV_REGISTER = 1u << 5,     /* pid, name */
+    AR_EV_UNREGISTER = 1u << 6,   /* pid, name */
+    AR_EV_REAP = 1u << 7,         /* a registry reaped an idle entry: pid, name (key) */
+    AR_EV_NODE_UP = 1u << 8,
+    AR_EV_NODE_DOWN = 1u << 9,
+    AR_EV_LAGGED = 1u << 10,      /* dropped: events this subscriber missed */
+    AR_EV_USER = 1u << 11,        /* emitted by user behaviours */
+} ar_event_kind_t;
+#define AR_EV_ALL 0xFFFu          /* every kind */
+#define AR_EVENT_TEXT_MAX 1024    /* an event's reason text is cut to this, with the NUL */
+typedef struct ar_event {
+    ar_event_kind_t kind;
+    uint64_t seq;            /* node-wide, increasing; LAGGED: that of the last it stands for */
+    uint64_t time_ns;        /* wall clock (CLOCK_REALTIME), ns since the epoch */
+    ar_pid_t pid;            /* the process it is about (see the kinds) */
+    ar_pid_t old_pid;        /* RESTART: the child that ended */
+    ar_pid_t supervisor;     /* RESTART, START_FAILED: the supervisor; GIVE_UP: its parent */
+    const char *behaviour;   /* the behaviour's name (NULL: none) */
+    const char *name;        /* registered name, child id or registry key text (NULL: none) */
+    ar_reason_t reason;      /* EXIT, RESTART, START_FAILED, GIVE_UP */
+    uint64_t dropped;        /* LAGGED: how many events this subscriber missed */
+} ar_event_t; /* strings: valid during the callback, or until the handler returns */
+
+/* Subscribes the calling process: each event of kinds (AR_EV_* bits) arrives as an
+ * AR_MSG_EVENT message (m->event; m->ref is the subscription's ref), never refused by
+ * mailbox_limit. The buffer counts event messages queued and not yet handled. The
+ * subscription ends with ar_events_unsubscribe or when the process ends. *sub (optional)
+ * is its ref. AR_EINVAL (NULL node, kinds 0 or unknown bits), AR_ENOTPROC (not called
+ * from a process of node), AR_ENOMEM. */
+AR_EXTERN int ar_events_subscribe(ar_node_t *node, uint32_t kinds, ar_ref_t *sub);
+/* Subscribes fn: it is called with each event of kinds, one at a time, on the node's
+ * events thread (never a scheduler thread, never as a process: it may block, and may call
+ * any ar_node_t function but ar_node_stop). All function subscribers share that thread,
+ * so a slow one delays the others (each still has its own buffer); the runtime never
+ * waits for it. The subscription lasts until ar_events_unsubscribe or ar_node_stop (which
+ * delivers what is buffered first).
+ * AR_EINVAL (NULL node or fn, bad kinds), AR_ECLOSED (node stopping), AR_ENOMEM. */
+AR_EXTERN int ar_events_subscribe_fn(ar_node_t *node, uint32_t kinds,
+                                     void (*fn)(const ar_event_t *e, void *ud), void *ud,
+                                     ar_ref_t *sub);
+/* Ends a subscription: no event is delivered for it once this returns (a callback of it
+ * running on the events thread is waited for, unless this is called from that thread).
+ * Event messages already in a process's mailbox stay, as a DOWN does after ar_demonitor
+ * without flush. AR_EINVAL (NULL node), AR_ENOENT (unknown or ended ref). */
+AR_EXTERN int ar_events_unsubscribe(ar_node_t *node, ar_ref_t sub);
+/* Publishes a copy of *e (its strings are copied; seq and time_ns are filled in) to the
+ * subscribers of its kind; never blocks. Supervisors emit RESTART, START_FAILED and
+ * GIVE_UP this way; user behaviours emit AR_EV_USER. AR_EINVAL (NULL node or e, a kind
+ * that is not exactly one known bit, or AR_EV_LAGGED). */
+AR_EXTERN int ar_events_emit(ar_node_t *node, const ar_event_t *e);
+/* True when some subscriber wants one of kinds now: lets an emitter skip building an
+ * event nobody reads. One relaxed load. */
+AR_EXTERN bool ar_events_wanted(ar_node_t *node, uint32_t kinds);
+/* "SPAWN", "EXIT", ... for one kind bit; "UNKNOWN" otherwise. */
+AR_EXTERN const char *ar_event_kind_name(uint32_t kind);
 
 /* ---- Introspection ----------------------------------------------------------------- */
 typedef struct ar_proc_info {

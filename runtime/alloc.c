@@ -178,6 +178,19 @@ void *ar__pool_alloc_slow(ar__sched_t *s, size_t size)
     return refill(&s->node->depot, c, k);
 }
 
+void ar__pool_free_cached(struct ar__depot *d, struct ar__pool_cache *c, void *p, size_t size)
+{
+    int k = class_of(size);
+    if (!p) return;
+    if (k < 0 || !c->max) {
+        ar__free(p);
+        return;
+    }
+    set_next(p, c->free[k]);
+    c->free[k] = p;
+    if (++c->count[k] > c->max) spill(d, c, k);
+}
+
 void ar__pool_free_slow(ar__sched_t *s, void *p, size_t size)
 {
     int k = class_of(size);

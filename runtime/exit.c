@@ -12,7 +12,8 @@
  *   4. notify: every half it holds becomes the signal it stands for (EXIT to links, DOWN
  *      to watchers, DEMONITOR to the processes it monitored, failed replies to the calls
  *      it owed), then whatever is still queued is answered and the mailbox marked dead;
- *   5. emit its exit event (the lifecycle event stream hooks in here, after the name);
+ *   5. end its event subscriptions and emit its EXIT (or START_FAILED) event (events.c),
+ *      after the name: whoever hears of the end finds the name free;
  *   6. free its memory and give its slot back.
  *
  * Step 4 allocates nothing but the room for a reason's text: every signal was reserved
@@ -138,11 +139,13 @@ static void free_slot(ar_proc_t *p, enum ar__end how)
 void ar__exit_sequence(ar_proc_t *p, ar_reason_t why, enum ar__end how)
 {
     ar_pid_t self = ar__proc_pid(p);
-    char name[AR_NAME_MAX];
+    char name[AR_NAME_MAX]; /* the released name, for the exit event */
     release_owned(p);
     ar__names_release(p, name); /* step 2 */
     unpublish(p);
     notify(p, self, why, how);
-    /* step 5, the exit event: the event stream is not in yet */
+    /* step 5: its subscriptions end, then EXIT (or START_FAILED); one relaxed load when
+     * nobody listens */
+    if (ar__events_wanted(p->node, AR__EV_EXIT_HOOK)) ar__events_exit(p, self, why, how, name[0] ? name : NULL);
     free_slot(p, how);
 }

@@ -83,6 +83,10 @@ void ar__pool_free(void *p, size_t size);
 void *ar__pool_alloc_slow(struct ar__sched *s, size_t size);
 void ar__pool_free_slow(struct ar__sched *s, void *p, size_t size);
 #define AR__POOL_SMALL 128 /* size of the smallest class: most envelopes */
+/* Frees into a cache of a thread that is not a scheduler but frees many pooled blocks
+ * allocated by schedulers (the events thread): spilled to d in batches, as a scheduler's
+ * cache is, instead of one by one to the allocator from another CPU. */
+void ar__pool_free_cached(struct ar__depot *d, struct ar__pool_cache *c, void *p, size_t size);
 void ar__pool_cache_flush(struct ar__depot *d, struct ar__pool_cache *c);
 void ar__depot_init(struct ar__depot *d);
 void ar__depot_destroy(struct ar__depot *d);
@@ -156,6 +160,7 @@ enum {
     ENVF_COUNTED = 1u << 4,  /* CAST/CALL: counted against the target's mailbox_limit */
     ENVF_OWED = 1u << 5,     /* a CALL its taker has not answered: held in its halves */
     ENVF_HANDED = 1u << 6,   /* a message a handler or ar_receive's caller holds now */
+    ENVF_EVENT = 1u << 7,    /* an AR_MSG_EVENT counted in its subscription's buffer */
 };
 
 /* What a process holds of a link, a monitor or a call it owes: one envelope each, kept in
@@ -309,6 +314,8 @@ enum {
     P_OVERFLOW = 1u << 5, /* its stack overflowed: ends with "stack overflow" */
     P_TERMINATING = 1u << 6, /* in its exit path: terminate may block; the reason is final */
     P_REASON_LOST = 1u << 7, /* its reason's text could not be copied (out of memory) */
+    P_EVENTS = 1u << 16,      /* it subscribed to events: the exit sequence unsubscribes it */
+    P_INIT_FAILED = 1u << 17, /* its init failed: the exit sequence reports START_FAILED */
 };
 
 #define MB_EMPTY ((uintptr_t)1)
@@ -660,6 +667,8 @@ struct ar_node {
     uint64_t pid_hi;
     unsigned nsched;
     ar__sched_t **sched;
+    _Atomic uint32_t events_mask; /* kinds some subscriber wants (events.c); read-mostly */
+    struct ar__events *events;
     struct ar__proc_table ptab;
     struct ar__depot depot;
     _Atomic uint64_t next_ref;
@@ -779,6 +788,46 @@ typedef struct ar__io_cmd {
 void ar__io_submit(struct ar_node *node, ar__io_cmd_t *cmd);
 int ar__loop_start(struct ar_node *node);
 void ar__loop_stop(struct ar_node *node);
+
+/* ---- Events (events.c) -------------------------------------------------------------- */
+/* Internal kind bits beside the public AR_EV_* ones in the node's mask: */
+#define AR__EV_EXIT_ABNORMAL (1u << 30) /* EXIT, but only with a code other than NORMAL and
+                                           SHUTDOWN (the crash reports) */
+#define AR__EV_PROC_SUBS (1u << 31)     /* some process subscribes: exits must look */
+/* The exit sequence's hook runs when one of these is set. */
+#define AR__EV_EXIT_HOOK (AR_EV_EXIT | AR_EV_START_FAILED | AR__EV_EXIT_ABNORMAL | AR__EV_PROC_SUBS)
+/* Whether some subscriber wants one of kinds: the hooks on hot paths (spawn, exit, names)
+ * do this one relaxed load and nothing else when nobody listens. A subscription that
+ * happens-before the hook is seen by it (coherence); one made concurrently may miss it. */
+static inline bool ar__events_wanted(struct ar_node *node, uint32_t kind)
+{
+    return (atomic_load_explicit(&node->events_mask, memory_order_relaxed) & kind) != 0;
+}
+/* Publishes e to the subscribers of e->kind: fills e->seq and e->time_ns, copies its
+ * strings into each delivery. Never blocks on a subscriber; a full buffer or out of memory
+ * drops and counts (LAGGED). Any thread; takes the events lock (a leaf but for the
+ * mailbox's scheduling locks), so never call it holding another runtime lock. */
+void ar__events_publish(struct ar_node *node, ar_event_t *e);
+int ar__events_init(struct ar_node *node);     /* AR_ENOMEM */
+void ar__events_stop(struct ar_node *node);    /* delivers what is buffered, joins the thread */
+void ar__events_destroy(struct ar_node *node);
+/* The hooks. spawn: init succeeded (name: the registered name, or NULL); exit: the exit
+ * sequence's step 5, when the mask has AR__EV_EXIT_HOOK. */
+void ar__events_spawned(ar_proc_t *p); /* with its registered name, if any */
+void ar__events_exit(ar_proc_t *p, ar_pid_t self, ar_reason_t why, enum ar__end how,
+                     const char *name);
+/* An event message left its subscriber's mailbox: taken by the handler or ar_receive
+ * (may deliver the LAGGED the buffer owes), or dropped unhandled. */
+void ar__events_taken(ar__env_t *e);
+void ar__events_unqueued(ar__env_t *e);
+/* An internal subscription with a function, as ar_events_subscribe_fn (kinds may hold the
+ * internal bits). */
+int ar__events_subscribe_fn(struct ar_node *node, uint32_t kinds,
+                            void (*fn)(const ar_event_t *e, void *ud), void *ud, ar_ref_t *sub);
+/* Whether the calling thread is node's events thread (ar_node_stop refuses to run there). */
+bool ar__events_on_thread(struct ar_node *node);
+/* The default logger (crash_report.c): subscribes unless the config turned it off. */
+int ar__crash_report_start(struct ar_node *node);
 
 static inline void ar__count(ar__sched_t *s, struct ar_node *node, int which)
 {

@@ -109,7 +109,10 @@ void ar__consumed(ar_proc_t *p)
 
 void ar__mb_unqueue(ar_proc_t *p, ar__env_t *e)
 {
-    if (e->flags & ENVF_COUNTED) ar__consumed(p);
-    e->flags &= (uint8_t)~ENVF_COUNTED;
+    if (e->flags & ENVF_COUNTED)
+        ar__consumed(p);
+    else if (e->flags & ENVF_EVENT)
+        ar__events_unqueued(e);
+    e->flags &= (uint8_t)~(ENVF_COUNTED | ENVF_EVENT);
     if (e->kind == ENV_EXIT) p->signals_seen++; /* its consumer's count, like consumed */
 }

@@ -31,6 +31,14 @@ struct name_key {
 
 static bool is_name(const struct ar__name *n) { return n > AR__NAME_ENDED; }
 
+/* REGISTER or UNREGISTER, when anyone listens (one relaxed load when nobody does). */
+static void name_event(ar_node_t *node, ar_event_kind_t kind, ar_pid_t pid, const char *text)
+{
+    if (!ar__events_wanted(node, kind)) return;
+    ar_event_t e = {.kind = kind, .pid = pid, .name = text};
+    ar__events_publish(node, &e);
+}
+
 static int match(struct cds_lfht_node *ln, const void *key)
 {
     const struct ar__name *n = caa_container_of(ln, struct ar__name, ln);
@@ -121,7 +129,10 @@ int ar__names_claim(ar_proc_t *p, ar_pid_t pid, const char *text)
         ar__rcu_read_unlock();
     }
     atomic_store_explicit(&p->name, added ? n : NULL, memory_order_release);
-    if (added) return 0;
+    if (added) {
+        name_event(node, AR_EV_REGISTER, pid, text);
+        return 0;
+    }
     ar__free(n);
     return n ? AR_EEXIST : AR_ENOMEM;
 }
@@ -153,8 +164,9 @@ void ar__names_release(ar_proc_t *p, char *out)
         return;
     }
     memcpy(out, n->text, n->len + 1);
-    remove_name(p->node, n); /* else ar_unregister took it out first and frees it */
+    bool removed = remove_name(p->node, n); /* else ar_unregister took it out first */
     ar__rcu_read_unlock();
+    if (removed) name_event(p->node, AR_EV_UNREGISTER, ar__proc_pid(p), out);
 }
 
 bool ar__names_of(ar_proc_t *p, char *out)
@@ -204,6 +216,7 @@ static int do_register(ar_node_t *node, const char *text, size_t len, ar_pid_t p
         else rc = AR_EEXIST;
     }
     ar__rcu_read_unlock();
+    if (rc == 0) name_event(node, AR_EV_REGISTER, pid, text);
     ar__free(n);
     return rc;
 }
@@ -222,10 +235,12 @@ int ar_register(ar_node_t *node, const char *name, ar_pid_t pid)
 static int do_unregister(ar_node_t *node, const char *text, size_t len)
 {
     int rc = AR_ENOENT;
+    ar_pid_t owner = AR_PID_NONE;
     ar__rcu_read_lock();
     struct ar__name *n = find(node, text, len);
     if (n && cds_lfht_del(node->names, &n->ln) == 0) {
         rc = 0;
+        owner = n->pid;
         /* The owner may take a name again (unless it ends meanwhile: then it holds
          * ENDED). Its registration may still be storing n: that is waited out (it never
          * parks), so the owner lets go of n before n's grace period begins. */
@@ -240,6 +255,7 @@ static int do_unregister(ar_node_t *node, const char *text, size_t len)
         ar__rcu_call(&n->rcu, name_reclaim);
     }
     ar__rcu_read_unlock();
+    if (rc == 0) name_event(node, AR_EV_UNREGISTER, owner, text);
     return rc;
 }
 

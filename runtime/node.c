@@ -50,6 +50,7 @@ static bool on_own_thread(ar_node_t *node)
 
 static void node_free(ar_node_t *node)
 {
+    ar__events_destroy(node); /* its thread first: callbacks may still use the node */
     ar__registries_release(node);
     ar__names_destroy(node); /* waits for the frees still pending: before anything else goes */
     ar__sched_free(node);
@@ -130,6 +131,7 @@ int ar_node_start(const ar_node_config_t *cfg_in, ar_node_t **out)
     if (getrandom(&node->hash_seed, sizeof node->hash_seed, 0) != sizeof node->hash_seed)
         node->hash_seed = ar__now_ns() ^ node->pid_hi;
     if ((rc = ar__timers_init(node)) != 0 || (rc = ar__names_init(node)) != 0) goto fail;
+    if ((rc = ar__events_init(node)) != 0 || (rc = ar__crash_report_start(node)) != 0) goto fail;
     ar__stack_signals_init();
     if ((rc = ar__sched_start(node)) != 0) goto fail;
     if ((rc = ar__loop_start(node)) != 0) {
@@ -292,7 +294,7 @@ static void wait_outside_calls(ar_node_t *node)
 int ar_node_stop(ar_node_t *node, int timeout_ms)
 {
     if (!node || !ar__timeout_ok(timeout_ms)) return AR_EINVAL;
-    if (on_own_thread(node)) return AR_EDEADLK;
+    if (on_own_thread(node) || ar__events_on_thread(node)) return AR_EDEADLK;
     /* seq_cst: pairs with a spawn's publication, and with ar__outside_leave */
     atomic_store_explicit(&node->stopping, 1, memory_order_seq_cst);
     uint64_t until = timeout_ms == AR_INFINITY ? 0 : ar__now_ns() + (uint64_t)timeout_ms * 1000000u;
@@ -312,6 +314,7 @@ int ar_node_stop(ar_node_t *node, int timeout_ms)
         signal_all(node, AR_KILL, 0);
         wait_none_alive(node, 0);
     }
+    ar__events_stop(node); /* what is buffered reaches the function subscribers first */
     wait_outside_calls(node);
     ar__loop_stop(node);
     ar__sched_stop(node);

@@ -407,8 +407,11 @@ void ar__msg_taken(ar_proc_t *p, ar__env_t *e) { ar__msg_taken_on(ar__current_sc
 
 void ar__msg_taken_on(ar__sched_t *s, ar_proc_t *p, ar__env_t *e)
 {
-    if (e->flags & ENVF_COUNTED) ar__consumed(p);
-    e->flags &= (uint8_t)~ENVF_COUNTED;
+    if (e->flags & ENVF_COUNTED)
+        ar__consumed(p);
+    else if (e->flags & ENVF_EVENT) /* an event leaves its subscription's buffer */
+        ar__events_taken(e);
+    e->flags &= (uint8_t)~(ENVF_COUNTED | ENVF_EVENT);
     if (e->msg.kind == AR_MSG_CALL) { /* owed from now: the CALL is its own failed reply */
         e->flags |= ENVF_OWED | ENVF_HANDED;
         ar__half_put(p, e, HALF_CALL, e->msg.reply_to.pid, e->msg.reply_to.ref);
@@ -503,6 +506,18 @@ static void run_init(void *arg)
     ia->rc = b->init ? b->init(ia->p, ia->arg, &ia->p->state) : 0;
 }
 
+/* The reason a failed start reports (START_FAILED): the crash's, or init's result. */
+static ar_reason_t start_failure(ar_proc_t *p, bool crashed, int rc, char *text, size_t n)
+{
+    if (crashed) return reason_of(p);
+    const char *name = ar_err_name(rc);
+    if (strcmp(name, "AR_UNKNOWN") == 0)
+        snprintf(text, n, "init returned %d", rc);
+    else
+        snprintf(text, n, "init returned %s", name);
+    return (ar_reason_t){AR_ERROR, text};
+}
+
 /* Runs init in the new process's context; on success the process lives on (or ends at
  * once after ar_stop in init); on failure nothing of it is left. Returns init's result,
  * or AR_ENOPROC if init crashed. */
@@ -514,11 +529,15 @@ static int start(ar_proc_t *p, void *arg)
     int crashed = catch_run(&c, p->stack, run_init, &ia);
     ar__set_current_proc(p); /* init may have parked and resumed on another thread */
     int rc = crashed ? AR_ENOPROC : (ia.rc < 0 ? ia.rc : 0);
-    if (rc < 0) {
-        ar__exit_sequence(p, AR_REASON(AR_NOPROC), END_START_FAILED);
+    if (rc < 0) { /* no SPAWN, no EXIT: the exit sequence reports START_FAILED */
+        char text[48];
+        atomic_fetch_or_explicit(&p->flags, P_INIT_FAILED, memory_order_relaxed);
+        ar__exit_sequence(p, start_failure(p, crashed, rc, text, sizeof text), END_START_FAILED);
         return rc;
     }
     ar__count(ar__current_sched(), p->node, AR__SPAWNED); /* before it can exit */
+    if (ar__events_wanted(p->node, AR_EV_SPAWN))
+        ar__events_spawned(p);
     if (atomic_load_explicit(&p->flags, memory_order_relaxed) & (P_STOP | P_EXITING))
         ar__proc_exit(p, reason_of(p));
     else

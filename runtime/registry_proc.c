@@ -85,6 +85,19 @@ static void on_busy(ar_registry_t *r, struct reg_note *n)
     reg_unlock(e);
 }
 
+/* REAP: pid was passivated; name is its key (as text, cut at a NUL). */
+static void reap_event(ar_registry_t *r, struct reg_entry *e, ar_pid_t pid)
+{
+    if (!ar__events_wanted(r->node, AR_EV_REAP)) return;
+    char key[AR_KEY_MAX + 1];
+    memcpy(key, e->key, e->keylen);
+    key[e->keylen] = '\0';
+    ar_event_t ev = {.kind = AR_EV_REAP, .pid = pid, .supervisor = r->pid,
+                     .behaviour = r->cfg.behaviour->name, .name = key,
+                     .reason = AR_REASON(AR_SHUTDOWN)};
+    ar__events_publish(r->node, &ev);
+}
+
 static void on_ended(ar_registry_t *r, struct reg_entry *e, ar_pid_t pid, ar_exit_code_t code)
 {
     reg_lock(e);
@@ -101,9 +114,9 @@ static void on_ended(ar_registry_t *r, struct reg_entry *e, ar_pid_t pid, ar_exi
     }
     bool reaped = e->reaping && code == AR_SHUTDOWN;
     e->reaping = false;
+    if (reaped) reap_event(r, e, pid); /* before its key may go, and before a successor */
     bool removed = restart_or_remove(r, e);
     reg_unlock(e);
-    (void)reaped; /* the REAP event */
     if (removed) reg_entry_free_later(e);
 }
 

@@ -9,6 +9,11 @@
  * says, wait for the DOWN.
  *
  * The ar_sup_* calls (sup_api.c) reach the supervisor as CALLs with the tags below.
+ *
+ * Lifecycle events go out through ar_events_emit, as a user behaviour's would: RESTART
+ * for each child that comes back, START_FAILED for a child that does not start, GIVE_UP
+ * before the supervisor exits on reaching its intensity. A child remembers how it last
+ * ended (its pid and reason), since a restart may come later (backoff, a retry).
  */
 #include "sup_internal.h"
 
@@ -41,6 +46,9 @@ typedef struct child {
     uint64_t started_at; /* ms: when it last started (quiet time counts from there) */
     uint64_t retry_gen;  /* the retry it waits for; older retry messages are stale */
     size_t at;           /* its slot in kids */
+    ar_pid_t old_pid;    /* how it last ended, for RESTART and GIVE_UP */
+    ar_exit_code_t why_code;
+    char *why_text;      /* copied only while someone subscribes to those */
 } child_t;
 
 /* Children by pid (lo word: local pids), so an exit is found in O(1) among 100k
@@ -201,7 +209,7 @@ static child_t *child_new(const ar_child_spec_t *c)
 
 static void child_free(child_t *k)
 {
-    if (k) ar_free(k->id);
+    if (k) ar_free(k->id), ar_free(k->why_text);
     ar_free(k);
 }
 
@@ -233,8 +241,46 @@ static child_t *by_pid(sup_t *s, ar_pid_t pid)
 /* A child stops running: it is no longer found by its pid. */
 static void not_running(sup_t *s, child_t *k)
 {
-    if (!ar_pid_is_none(k->pid)) pm_del(&s->by_pid, k->pid.lo);
+    if (!ar_pid_is_none(k->pid)) pm_del(&s->by_pid, k->pid.lo), k->old_pid = k->pid;
     k->pid = AR_PID_NONE;
+}
+
+/* ---- lifecycle events ---- */
+static void emit(ar_proc_t *self, ar_event_kind_t kind, ar_pid_t pid, const child_t *k,
+                 const char *behaviour, ar_pid_t supervisor)
+{
+    ar_event_t e = {.kind = kind, .pid = pid, .supervisor = supervisor, .behaviour = behaviour};
+    if (k) {
+        e.old_pid = k->old_pid;
+        e.name = k->id;
+        e.reason = (ar_reason_t){k->why_code, k->why_text};
+    }
+    ar_events_emit(ar_node(self), &e);
+}
+
+/* How k ended: the reason a RESTART or GIVE_UP will tell. */
+static void remember_end(ar_proc_t *self, child_t *k, ar_reason_t why)
+{
+    k->why_code = why.code;
+    ar_free(k->why_text);
+    k->why_text = NULL; /* without memory for the text, the code alone */
+    if (why.text && ar_events_wanted(ar_node(self), AR_EV_RESTART | AR_EV_GIVE_UP)) {
+        size_t n = strlen(why.text) + 1;
+        if ((k->why_text = ar_malloc(n)) != NULL) memcpy(k->why_text, why.text, n);
+    }
+}
+
+/* A child that did not start: its start error as the reason. */
+static void emit_start_failed(ar_proc_t *self, const child_t *k, int rc)
+{
+    if (rc == AR_ECLOSED || !ar_events_wanted(ar_node(self), AR_EV_START_FAILED))
+        return; /* the node stops: no failure of the child's */
+    char text[64];
+    snprintf(text, sizeof text, "start failed: %s", ar_err_name(rc));
+    ar_event_t e = {.kind = AR_EV_START_FAILED, .supervisor = ar_self(self),
+                    .behaviour = k->b->name, .name = k->id,
+                    .reason = (ar_reason_t){AR_ERROR, text}};
+    ar_events_emit(ar_node(self), &e);
 }
 
 static int append(sup_t *s, child_t *k)
@@ -318,7 +364,17 @@ static int start_one(ar_proc_t *self, sup_t *s, child_t *k)
         k->pid = pid;
         k->restarting = false;
         k->started_at = now_ms();
+    } else {
+        emit_start_failed(self, k, rc);
     }
+    return rc;
+}
+
+/* Starts k again after it ended: a RESTART when it runs. */
+static int restart_child(ar_proc_t *self, sup_t *s, child_t *k)
+{
+    int rc = start_one(self, s, k);
+    if (rc == 0) emit(self, AR_EV_RESTART, k->pid, k, k->b->name, ar_self(self));
     return rc;
 }
 
@@ -412,6 +468,7 @@ static bool stop_one(ar_proc_t *self, sup_t *s, child_t *k, uint64_t until)
         wait_end(self, &w, AR_INFINITY);
     }
     not_running(s, k);
+    remember_end(self, k, AR_REASON(rc == 0 ? AR_SHUTDOWN : AR_KILLED)); /* by us */
     return in_time;
 }
 
@@ -601,7 +658,7 @@ static void retry_later(ar_proc_t *self, sup_t *s, child_t *k)
 /* Starts k again now; a failed start is retried through the mailbox. */
 static void restart_one(ar_proc_t *self, sup_t *s, child_t *k)
 {
-    if (start_one(self, s, k) != 0) retry_later(self, s, k);
+    if (restart_child(self, s, k) != 0) retry_later(self, s, k);
 }
 
 /* A group was stopped for a restart: its temporary children are gone for good, before
@@ -618,7 +675,7 @@ static void restart_from(ar_proc_t *self, sup_t *s, size_t from)
     for (size_t i = from; i < s->n; i++) {
         child_t *k = s->kids[i];
         if (!k) continue;
-        if (start_one(self, s, k) != 0) { /* the group start stops here; retried as a group */
+        if (restart_child(self, s, k) != 0) { /* the group start stops here; retried as a group */
             retry_later(self, s, k);
             return;
         }
@@ -630,7 +687,8 @@ static void restart_from(ar_proc_t *self, sup_t *s, size_t from)
  * again, from the child that failed (OTP's try_again_restart). */
 static void restart_by_strategy(ar_proc_t *self, sup_t *s, child_t *k)
 {
-    if (!may_restart(s)) {
+    if (!may_restart(s)) { /* GIVE_UP before the children go and it exits */
+        emit(self, AR_EV_GIVE_UP, ar_self(self), k, ar_supervisor.name, s->parent);
         give_up(self, s);
         return;
     }
@@ -670,6 +728,7 @@ static bool significant_end(ar_proc_t *self, sup_t *s, child_t *k)
 static void child_ended(ar_proc_t *self, sup_t *s, child_t *k, ar_reason_t why)
 {
     not_running(s, k);
+    remember_end(self, k, why);
     if (k->restart == AR_TEMPORARY ||
         (k->restart == AR_TRANSIENT && (why.code == AR_NORMAL || why.code == AR_SHUTDOWN))) {
         if (significant_end(self, s, k)) return;

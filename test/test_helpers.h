@@ -104,10 +104,18 @@ static inline bool th_sem_wait(sem_t *s, int ms)
     cr_assert(th_sem_wait((s), TH_WAIT_MS), TH_AT "timed out waiting on " #s, TH_ROW)
 
 /* ---- Nodes ------------------------------------------------------------------------- */
+/* Starts a node from cfg (NULL: defaults). Crash reports are off unless cfg sends them to
+ * a crash_log: a test that crashes processes on purpose prints nothing. */
 static inline ar_node_t *th_node_cfg(const ar_node_config_t *cfg)
 {
+    ar_node_config_t c;
+    if (cfg)
+        c = *cfg;
+    else
+        ar_node_config_init(&c);
+    if (!c.crash_log) c.crash_reports_off = true;
     ar_node_t *node = NULL;
-    int rc = ar_node_start(cfg, &node);
+    int rc = ar_node_start(&c, &node);
     cr_assert_eq(rc, 0, "ar_node_start: %s", ar_err_name(rc));
     cr_assert_not_null(node);
     return node;

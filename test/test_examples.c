@@ -1,0 +1,50 @@
+/* The examples run as programs: each must exit 0 and say what it showed. They are built
+ * beside the suite ($(BUILD)/examples/, next to $(BUILD)/test/), with the same flags and
+ * sanitizers. */
+#include "test_helpers.h"
+
+#include <libgen.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define OUT_MAX (64 * 1024)
+
+/* Runs $(BUILD)/examples/<name> with stderr joined to stdout; returns its exit status
+ * (-1: it did not exit) and its output in out. */
+static int run_example(const char *name, char *out, size_t cap)
+{
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    cr_assert_gt(n, 0, "readlink /proc/self/exe");
+    self[n] = '\0';
+    char cmd[4096 + 128];
+    snprintf(cmd, sizeof cmd, "%s/../examples/%s 2>&1", dirname(self), name);
+    FILE *f = popen(cmd, "r");
+    cr_assert_not_null(f, "popen %s", cmd);
+    size_t len = 0, got;
+    while (len < cap - 1 && (got = fread(out + len, 1, cap - 1 - len, f)) > 0) len += got;
+    out[len] = '\0';
+    int status = pclose(f);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static char out[OUT_MAX];
+
+Test(examples, lifecycle_watch_prints_its_events_and_crash_reports, .timeout = TH_TIMEOUT)
+{
+    int status = run_example("lifecycle_watch", out, sizeof out);
+    cr_assert_eq(status, 0, "exit status %d; output:\n%s", status, out);
+    static const char *const want[] = {
+        "lifecycle_watch: all as expected",
+        " RESTART ",
+        " START_FAILED ",
+        " GIVE_UP ",
+        " USER ",
+        "[crash report] arbor: EXIT pid=<",
+        "[crash report] arbor: RESTART supervisor=<",
+        "[crash report] arbor: GIVE_UP pid=<",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        cr_assert(strstr(out, want[i]) != NULL, "no \"%s\" in:\n%s", want[i], out);
+    cr_assert_null(strstr(out, "Sanitizer"), "%s", out);
+}
