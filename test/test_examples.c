@@ -48,3 +48,30 @@ Test(examples, lifecycle_watch_prints_its_events_and_crash_reports, .timeout = T
         cr_assert(strstr(out, want[i]) != NULL, "no \"%s\" in:\n%s", want[i], out);
     cr_assert_null(strstr(out, "Sanitizer"), "%s", out);
 }
+
+Test(examples, counter_registry_reaps_idle_counters_and_brings_them_back, .timeout = TH_TIMEOUT)
+{
+    int status = run_example("counter_registry", out, sizeof out);
+    cr_assert_eq(status, 0, "exit status %d; output:\n%s", status, out);
+    static const char *const want[] = {
+        "alice = 3, bob = 2, keys alive: 2",
+        "event: REAP of key \"alice\"",
+        "event: REAP of key \"bob\"",
+        "keys alive: 0",
+        "[alice] started with value 3",
+        "alice = 4, keys alive: 1",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        cr_assert(strstr(out, want[i]) != NULL, "no \"%s\" in:\n%s", want[i], out);
+    cr_assert_null(strstr(out, "Sanitizer"), "%s", out);
+}
+
+Test(examples, every_other_example_runs_and_exits_0, .timeout = TH_TIMEOUT)
+{
+    static const char *const names[] = {"hello", "bank", "supervision_tree"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        int status = run_example(names[i], out, sizeof out);
+        cr_assert_eq(status, 0, "%s: exit status %d; output:\n%s", names[i], status, out);
+        cr_assert_null(strstr(out, "Sanitizer"), "%s: %s", names[i], out);
+    }
+}
