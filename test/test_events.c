@@ -1009,3 +1009,77 @@ Test(events, process_subscribe_out_of_memory_is_enomem, .timeout = TH_TIMEOUT)
     th_node_stop(node);
     cr_assert_eq(atomic_load(&alloc.live), 0);
 }
+
+/* ---- names and the registry ------------------------------------------------------------ */
+static void stop_on_cast(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    (void)state;
+    if (m->kind == AR_MSG_CAST) ar_stop(self, AR_REASON(AR_NORMAL));
+}
+static const ar_behaviour_t stop_on_cast_b = {.name = "ev_named", .handle = stop_on_cast};
+
+Test(events, names_emit_register_and_unregister_and_exit_follows_the_release,
+     .timeout = TH_TIMEOUT)
+{
+    ar_node_t *node = events_node(2, 0);
+    rec_init(&rec_a, node);
+    subscribe_fn(node, AR_EV_SPAWN | AR_EV_EXIT | AR_EV_REGISTER | AR_EV_UNREGISTER, &rec_a);
+    ar_spawn_opts_t o = {.name = "ev-svc"};
+    ar_pid_t a, b;
+    cr_assert_eq(ar_spawn(node, &stop_on_cast_b, NULL, &o, &a), 0);
+    cr_assert_eq(ar_spawn(node, &stop_on_cast_b, NULL, NULL, &b), 0);
+    cr_assert_eq(ar_unregister(node, "ev-svc"), 0);
+    cr_assert_eq(ar_register(node, "ev-other", b), 0);
+    cr_assert_eq(ar_send(node, b, 0, NULL, 0), 0); /* b ends holding its name */
+    th_await(find(&rec_a, AR_EV_EXIT, b, NULL) != NULL);
+    rec_ev_t *reg_a = find(&rec_a, AR_EV_REGISTER, a, NULL);
+    rec_ev_t *spawn_a = find(&rec_a, AR_EV_SPAWN, a, NULL);
+    rec_ev_t *unreg_a = find(&rec_a, AR_EV_UNREGISTER, a, NULL);
+    cr_assert(reg_a && spawn_a && unreg_a, "REGISTER, SPAWN and UNREGISTER of the named spawn");
+    cr_assert_str_eq(reg_a->name, "ev-svc");
+    cr_assert_str_eq(spawn_a->name, "ev-svc", "SPAWN carries the name taken before init");
+    cr_assert(reg_a->seq < spawn_a->seq && spawn_a->seq < unreg_a->seq);
+    cr_assert_str_eq(unreg_a->name, "ev-svc");
+    rec_ev_t *reg_b = find(&rec_a, AR_EV_REGISTER, b, NULL);
+    rec_ev_t *unreg_b = find(&rec_a, AR_EV_UNREGISTER, b, NULL);
+    rec_ev_t *exit_b = find(&rec_a, AR_EV_EXIT, b, NULL);
+    cr_assert(reg_b && unreg_b && exit_b);
+    cr_assert_str_eq(unreg_b->name, "ev-other", "the name goes as the process ends");
+    cr_assert_str_eq(exit_b->name, "ev-other", "EXIT tells the name it had");
+    cr_assert(unreg_b->seq < exit_b->seq, "EXIT comes after the name is released");
+    cr_assert(ar_pid_is_none(ar_whereis(node, "ev-other")));
+    th_node_stop(node);
+}
+
+static int reap_me_init(ar_proc_t *self, void *arg, void **state)
+{
+    (void)self;
+    (void)arg;
+    *state = NULL;
+    return 0;
+}
+static const ar_behaviour_t reap_me_b = {.name = "ev_keyed", .init = reap_me_init,
+                                         .handle = nop_handle};
+
+Test(events, the_registry_emits_reap_with_the_key, .timeout = TH_TIMEOUT)
+{
+    ar_node_t *node = events_node(2, 0);
+    rec_init(&rec_a, node);
+    subscribe_fn(node, AR_EV_REAP | AR_EV_EXIT, &rec_a);
+    ar_registry_config_t cfg = {.behaviour = &reap_me_b, .idle_ms = 20};
+    ar_registry_t *r;
+    cr_assert_eq(ar_registry_start(node, &cfg, &r), 0);
+    ar_pid_t pid;
+    cr_assert_eq(ar_registry_get_or_spawn(r, (ar_key_t){"cart-7", 6}, &pid), 0);
+    th_await(find(&rec_a, AR_EV_EXIT, pid, NULL) != NULL && find(&rec_a, AR_EV_REAP, pid, NULL));
+    size_t n;
+    rec_ev_t *reap = find(&rec_a, AR_EV_REAP, pid, &n);
+    rec_ev_t *exit_ev = find(&rec_a, AR_EV_EXIT, pid, NULL);
+    cr_assert(reap != NULL && n == 1, "one REAP for the reaped entry");
+    cr_assert_str_eq(reap->name, "cart-7");
+    cr_assert_str_eq(reap->behaviour, "ev_keyed");
+    cr_assert(ar_pid_eq(reap->supervisor, ar_registry_pid(r)));
+    cr_assert_eq(exit_ev->code, AR_SHUTDOWN);
+    cr_assert_eq(ar_registry_stop(r), 0);
+    th_node_stop(node);
+}
