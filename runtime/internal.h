@@ -743,12 +743,16 @@ void ar__rcu_read_unlock(void);
 #if defined(__SANITIZE_THREAD__)
 void ar__rcu_published(void *obj);
 void ar__rcu_seen(void *obj);
+void ar__rcu_callback_done(void);
 #else
 static inline void ar__rcu_published(void *obj) { (void)obj; }
 static inline void ar__rcu_seen(void *obj) { (void)obj; }
+static inline void ar__rcu_callback_done(void) {}
 #endif
 void ar__rcu_reclaimed(struct rcu_head *h);
-/* fn(h) after a grace period, on liburcu's call_rcu thread: it must not touch a node. */
+/* fn(h) after a grace period, on liburcu's call_rcu thread: it must not touch a node.
+ * fn calls ar__rcu_reclaimed(h) first and ar__rcu_callback_done() last (which an
+ * ar__rcu_barrier then waits for, as far as TSan can tell). */
 void ar__rcu_call(struct rcu_head *h, void (*fn)(struct rcu_head *));
 void ar__rcu_synchronize(void); /* not inside a read-side section */
 void ar__rcu_barrier(void);     /* every ar__rcu_call so far has run */

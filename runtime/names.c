@@ -70,6 +70,7 @@ static void name_reclaim(struct rcu_head *h)
 {
     ar__rcu_reclaimed(h);
     ar__free(caa_container_of(h, struct ar__name, rcu));
+    ar__rcu_callback_done();
 }
 
 /* Under a read-side section: the name's entry, or NULL. */

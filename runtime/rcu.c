@@ -38,9 +38,12 @@ __attribute__((noinline)) void ar__rcu_read_unlock(void)
     urcu_bp_read_unlock();
 }
 
+static char callbacks_sync; /* under TSan: "the callbacks queued so far have run" */
+
 #if defined(__SANITIZE_THREAD__)
 void ar__rcu_published(void *obj) { TSAN_RELEASE(obj); }
 void ar__rcu_seen(void *obj) { TSAN_ACQUIRE(obj); }
+void ar__rcu_callback_done(void) { TSAN_RELEASE(&callbacks_sync); }
 #endif
 
 void ar__rcu_call(struct rcu_head *h, void (*fn)(struct rcu_head *))
@@ -65,6 +68,7 @@ void ar__rcu_barrier(void)
 {
     urcu_bp_barrier();
     TSAN_ACQUIRE(&grace_sync);
+    TSAN_ACQUIRE(&callbacks_sync);
 }
 
 struct cds_lfht *ar__lfht_new(unsigned long initial)

@@ -119,6 +119,7 @@ static void entry_reclaim(struct rcu_head *h)
 {
     ar__rcu_reclaimed(h);
     ar__free(caa_container_of(h, struct reg_entry, rcu));
+    ar__rcu_callback_done();
 }
 
 void reg_entry_free_later(struct reg_entry *e) { ar__rcu_call(&e->rcu, entry_reclaim); }
@@ -212,8 +213,6 @@ struct keyed {
 
 #define LOST_RACE 1 /* another caller added the key first: look again */
 
-/* The caller starts the key's first incarnation itself. Returns 0 (routed or held), 1
- * (M_GET answered), LOST_RACE, or an error. */
 /* Under e's lock: a key its starter gives up (its init failed, or the table is full):
  * out of the table, and what was held for it meanwhile is refused with rc. The starter
  * frees it (a stop that took it out first left it to the starter). */

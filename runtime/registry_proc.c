@@ -48,6 +48,7 @@ static void after_grace(struct rcu_head *h)
     struct reg_note *n = caa_container_of(h, struct reg_note, rcu);
     ar__env_t *env = (ar__env_t *)((char *)n - sizeof(ar__env_t));
     ar__route_or_dead_letter(n->node, n->pid, env);
+    ar__rcu_callback_done();
 }
 
 static void on_reap_request(ar_registry_t *r, ar__env_t *env, struct reg_note *n)
