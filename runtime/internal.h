@@ -770,8 +770,16 @@ void ar__names_destroy(struct ar_node *node);
  * before it was published) its name: AR_EEXIST, AR_ENOMEM. */
 int ar__names_claim(ar_proc_t *p, ar_pid_t pid, const char *name);
 /* The exit sequence's step 2: frees p's name for others; copies it into out (AR_NAME_MAX
- * bytes; "" if it had none). */
-void ar__names_release(ar_proc_t *p, char *out);
+ * bytes; "" if it had none). Most processes have none: one compare-and-swap, inline. */
+void ar__names_release_held(ar_proc_t *p, char *out);
+static inline void ar__names_release(ar_proc_t *p, char *out)
+{
+    struct ar__name *none = NULL;
+    out[0] = '\0';
+    if (!atomic_compare_exchange_strong_explicit(&p->name, &none, AR__NAME_ENDED,
+                                                 memory_order_acq_rel, memory_order_acquire))
+        ar__names_release_held(p, out);
+}
 /* Copies p's name into out ("" if none); false if it has none. Any thread. */
 bool ar__names_of(ar_proc_t *p, char *out);
 

@@ -138,18 +138,12 @@ int ar__names_claim(ar_proc_t *p, ar_pid_t pid, const char *text)
     return n ? AR_EEXIST : AR_ENOMEM;
 }
 
-void ar__names_release(ar_proc_t *p, char *out)
+void ar__names_release_held(ar_proc_t *p, char *out)
 {
-    out[0] = '\0';
-    struct ar__name *n = NULL;
-    /* most processes have no name: that needs no read-side section */
-    if (atomic_compare_exchange_strong_explicit(&p->name, &n, AR__NAME_ENDED,
-                                                memory_order_acq_rel, memory_order_acquire))
-        return;
     /* a name is read under a read-side section from the moment it is loaded: an
      * ar_unregister may free it after a grace period */
     ar__rcu_read_lock();
-    n = atomic_load_explicit(&p->name, memory_order_acquire);
+    struct ar__name *n = atomic_load_explicit(&p->name, memory_order_acquire);
     for (;;) {
         if (n == AR__NAME_CLAIMING) { /* a registration is under way: it never parks */
             sched_yield();
