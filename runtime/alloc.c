@@ -134,10 +134,12 @@ static void spill(struct ar__depot *d, struct ar__pool_cache *c, int k)
     c->count[k] -= BATCH;
     set_next(last, NULL);
     pthread_mutex_lock(&d->lock);
-    if (d->nbatches[k] < DEPOT_MAX) {
+    if (atomic_load_explicit(&d->nbatches[k], memory_order_relaxed) < DEPOT_MAX) {
         ((void **)first)[1] = d->batches[k];
         d->batches[k] = first;
-        d->nbatches[k]++;
+        atomic_store_explicit(&d->nbatches[k],
+                              atomic_load_explicit(&d->nbatches[k], memory_order_relaxed) + 1,
+                              memory_order_relaxed);
         first = NULL;
     }
     pthread_mutex_unlock(&d->lock);
@@ -147,11 +149,17 @@ static void spill(struct ar__depot *d, struct ar__pool_cache *c, int k)
 static void *refill(struct ar__depot *d, struct ar__pool_cache *c, int k)
 {
     void *batch = NULL;
+    /* an empty depot (memory that lives long: a registry's entries, timers) needs no lock
+     * to say so; a batch given back meanwhile waits for the next refill */
+    if (!atomic_load_explicit(&d->nbatches[k], memory_order_relaxed))
+        return ar__malloc(class_size[k]);
     pthread_mutex_lock(&d->lock); /* once per BATCH allocations */
     batch = d->batches[k];
     if (batch) {
         d->batches[k] = ((void **)batch)[1];
-        d->nbatches[k]--;
+        atomic_store_explicit(&d->nbatches[k],
+                              atomic_load_explicit(&d->nbatches[k], memory_order_relaxed) - 1,
+                              memory_order_relaxed);
     }
     pthread_mutex_unlock(&d->lock);
     if (!batch) return ar__malloc(class_size[k]);

@@ -75,7 +75,7 @@ extern bool ar__pool_bypass;
 struct ar__depot {
     pthread_mutex_t lock;
     void *batches[AR__POOL_CLASSES]; /* each batch: a free list, linked through word 1 */
-    uint32_t nbatches[AR__POOL_CLASSES];
+    _Atomic uint32_t nbatches[AR__POOL_CLASSES]; /* written under lock; read without it */
 };
 void *ar__pool_alloc(size_t size);
 void ar__pool_free(void *p, size_t size);
