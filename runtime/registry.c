@@ -7,6 +7,7 @@
  */
 #include "registry.h"
 
+#include <pthread.h>
 #include <sched.h>
 #include <string.h>
 
@@ -228,6 +229,49 @@ static int undo_start(struct reg_entry *e, int rc)
 
 static int start_key_counted(struct keyed *c, ar_reply_to_t rt, ar_pid_t *to);
 
+/* liburcu grows a table lazily, from a count it commits only now and then, and under a
+ * burst of new keys a growth can be missed until the count doubles again: chains grow to
+ * thousands and every lookup crawls. So the registry asks for the size it needs itself
+ * each time its count doubles, on a short-lived thread of its own (a resize waits for
+ * grace periods: never on a scheduler). */
+#define GROW_FIRST 4096
+struct grow {
+    ar_registry_t *r;
+    unsigned long size;
+};
+static void *grow_main(void *arg)
+{
+    struct grow *g = arg;
+    cds_lfht_resize(g->r->keys, g->size);
+    atomic_fetch_sub_explicit(&g->r->growing, 1, memory_order_release);
+    ar__free(g);
+    return NULL;
+}
+
+static void maybe_grow(ar_registry_t *r, size_t count)
+{
+    size_t at = atomic_load_explicit(&r->grow_at, memory_order_relaxed);
+    if (count < (at ? at : GROW_FIRST) ||
+        !atomic_compare_exchange_strong_explicit(&r->grow_at, &at, (at ? at : GROW_FIRST) * 2,
+                                                 memory_order_relaxed, memory_order_relaxed))
+        return;
+    struct grow *g = ar__malloc(sizeof *g);
+    if (!g) return; /* liburcu's own growth still comes, later */
+    g->r = r;
+    g->size = 1;
+    while (g->size < count * 2) g->size <<= 1;
+    pthread_attr_t a;
+    pthread_t t;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    atomic_fetch_add_explicit(&r->growing, 1, memory_order_acq_rel);
+    if (pthread_create(&t, &a, grow_main, g) != 0) {
+        atomic_fetch_sub_explicit(&r->growing, 1, memory_order_release);
+        ar__free(g);
+    }
+    pthread_attr_destroy(&a);
+}
+
 /* The caller starts the key's first incarnation itself. Returns 0 (routed or held), 1
  * (M_GET answered), LOST_RACE, or an error. A stop of the registry waits for it. */
 static int start_key(struct keyed *c, ar_reply_to_t rt, ar_pid_t *to)
@@ -265,10 +309,12 @@ static int start_key_counted(struct keyed *c, ar_reply_to_t rt, ar_pid_t *to)
     }
     /* counted once it is in: a caller that lost the race for this key never counts it */
     size_t max = r->cfg.max_entries;
-    if (atomic_fetch_add_explicit(&r->count, 1, memory_order_relaxed) >= max && max) {
+    size_t before = atomic_fetch_add_explicit(&r->count, 1, memory_order_relaxed);
+    if (before >= max && max) {
         reg_lock(e);
         return undo_start(e, AR_EAGAIN);
     }
+    maybe_grow(r, before + 1);
     ar_pid_t pid = AR_PID_NONE;
     int rc = reg_spawn_sync(r, e, &pid);
     reg_lock(e);

@@ -71,6 +71,8 @@ struct ar_registry {
     _Atomic int closed;         /* its process ends: every call fails (AR_ENOPROC) */
     _Atomic size_t count;       /* entries in the table */
     _Atomic int starters;       /* callers starting a key now: a stop waits for them */
+    _Atomic size_t grow_at;     /* count at which the table is next asked to grow */
+    _Atomic int growing;        /* resizes under way (registry.c): the table outlives them */
     struct ar_registry *next;   /* the node's list (node.c frees what is left at stop) */
 };
 

@@ -269,6 +269,8 @@ static void remove_all(ar_registry_t *r)
 static void release_table(ar_registry_t *r)
 {
     if (!r->keys) return;
+    while (atomic_load_explicit(&r->growing, memory_order_acquire)) /* a resize of it runs */
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
     remove_all(r);
     ar__rcu_barrier(); /* the frees, and any REAP still waiting for its grace period */
     ar__lfht_destroy(r->keys);
