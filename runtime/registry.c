@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <string.h>
+#include <time.h>
 
 struct key_ref {
     const void *data;
@@ -248,8 +249,35 @@ static void *grow_main(void *arg)
     return NULL;
 }
 
+/* Waits until pid has ended or ms have passed (a rare path: a poll every millisecond,
+ * parked when the caller is a process); true if it ended. */
+static bool await_end(ar_registry_t *r, ar_pid_t pid, uint64_t ms)
+{
+    ar_proc_t *self = ar__current_proc();
+    bool in_proc = self && self->node == r->node &&
+                   !(atomic_load_explicit(&self->flags, memory_order_relaxed) & P_FOREIGN);
+    uint64_t until = ar__now_ns() + ms * 1000000u;
+    ar_proc_info_t info;
+    while (ar_proc_info(r->node, pid, &info) == 0) {
+        if (ar__now_ns() >= until) return false;
+        if (!in_proc || ar_sleep(self, 1) != 0) nanosleep(&(struct timespec){0, 1000000}, NULL);
+    }
+    return true;
+}
+
+/* Stops pid (AR_SHUTDOWN: its terminate runs; AR_KILL after reap_timeout_ms) and returns
+ * once it has ended. */
+static void stop_and_wait(ar_registry_t *r, ar_pid_t pid)
+{
+    ar_exit(r->node, pid, AR_REASON(AR_SHUTDOWN));
+    if (await_end(r, pid, (uint64_t)r->cfg.reap_timeout_ms)) return;
+    ar_exit(r->node, pid, AR_REASON(AR_KILL));
+    await_end(r, pid, UINT64_MAX / 2000000u);
+}
+
 static void maybe_grow(ar_registry_t *r, size_t count)
 {
+    if (atomic_load_explicit(&r->closed, memory_order_seq_cst)) return; /* its table goes */
     size_t at = atomic_load_explicit(&r->grow_at, memory_order_relaxed);
     if (count < (at ? at : GROW_FIRST) ||
         !atomic_compare_exchange_strong_explicit(&r->grow_at, &at, (at ? at : GROW_FIRST) * 2,
@@ -319,12 +347,24 @@ static int start_key_counted(struct keyed *c, ar_reply_to_t rt, ar_pid_t *to)
     int rc = reg_spawn_sync(r, e, &pid);
     reg_lock(e);
     e->winner_starts = false;
-    if (atomic_load_explicit(&e->state, memory_order_relaxed) == E_REMOVED) {
-        /* a stop gave up waiting for this start and left the entry to us */
+    if (atomic_load_explicit(&e->state, memory_order_relaxed) == E_REMOVED ||
+        atomic_load_explicit(&r->closed, memory_order_seq_cst)) {
+        /* the registry stops: this start stops its own process (terminate runs), and
+         * frees the entry only once that process, which uses it, has ended */
         reg_fail_held(e, AR_ENOPROC);
+        reg_remove(e);
         reg_unlock(e);
-        if (rc == 0) ar_exit(r->node, pid, AR_REASON(AR_SHUTDOWN));
-        reg_entry_free_later(e);
+        if (rc == 0) stop_and_wait(r, pid);
+        /* its exit note may be on its way to the stopping registry, which reads the
+         * entry: the registry frees it with its table, unless that is gone already */
+        pthread_mutex_lock(&r->orphans_lock);
+        bool later = !r->released;
+        if (later) {
+            e->held = (ar__env_t *)r->orphans; /* nothing is held any more: the link */
+            r->orphans = e;
+        }
+        pthread_mutex_unlock(&r->orphans_lock);
+        if (!later) reg_entry_free_later(e);
         return AR_ENOPROC;
     }
     if (rc) return undo_start(e, rc); /* its init failed: whoever waited learns why */
@@ -428,6 +468,15 @@ static int keyed_route(void *ctx, ar_reply_to_t rt, ar_pid_t *to)
         if (st == E_LIVE && dead_lo && atomic_load_explicit(&e->pid_lo, memory_order_relaxed) == dead_lo) {
             set_state(e, E_HOLDING);
             st = E_HOLDING;
+        }
+        if ((st == E_STARTING || st == E_HOLDING) && c->mode != M_SEND &&
+            rt.pid.lo && atomic_load_explicit(&e->pid_lo, memory_order_relaxed) == rt.pid.lo &&
+            ar_pid_eq(rt.pid, entry_pid(e))) { /* the key's own process: held, it would wait on itself */
+            reg_unlock(e);
+            ar__rcu_read_unlock();
+            if (c->mode == M_CALL) return AR_EDEADLK;
+            c->got = rt.pid;
+            return 1;
         }
         if (st == E_STARTING || st == E_HOLDING) {
             int rc = 0;

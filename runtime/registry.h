@@ -51,6 +51,7 @@ struct reg_entry {
     bool reaping;             /* HOLDING because of a reap (REAP event when it ends) */
     bool early_end;           /* STARTING, and its process ended already */
     bool check_out;           /* (owner) its reap request is out: no idle timer now */
+    bool stop_signalled;      /* the registry's stop told its incarnation to stop */
     bool winner_starts;       /* STARTING by a caller's own spawn: that caller frees it if
                                  it finds it REMOVED */
     ar__env_t *held, *held_tail; /* buffered CAST/CALL/GET envelopes, in arrival order */
@@ -73,6 +74,9 @@ struct ar_registry {
     _Atomic int starters;       /* callers starting a key now: a stop waits for them */
     _Atomic size_t grow_at;     /* count at which the table is next asked to grow */
     _Atomic int growing;        /* resizes under way (registry.c): the table outlives them */
+    pthread_mutex_t orphans_lock;
+    struct reg_entry *orphans;  /* entries a stopped start gave back (linked by held) */
+    bool released;              /* the table is gone: orphans are freed by their starter */
     struct ar_registry *next;   /* the node's list (node.c frees what is left at stop) */
 };
 

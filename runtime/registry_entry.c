@@ -30,6 +30,9 @@ static int entry_init(ar_proc_t *self, void *arg, void **state)
     e->handled = e->handled_at_check = 0;
     e->idle_timer = NULL;
     e->check_out = false;
+    /* known as the key's incarnation from its first line: a call of its own key, even
+     * from this init, is AR_EDEADLK (registry.c) rather than a wait on itself */
+    atomic_store_explicit(&e->pid_lo, ar_self(self).lo, memory_order_release);
     const ar_behaviour_t *b = r->cfg.behaviour;
     ar_registry_arg_t ra = {{e->key, e->keylen}, r->cfg.arg};
     int rc = b->init ? b->init(self, &ra, &e->user_state) : 0;

@@ -156,6 +156,7 @@ static int registry_init(ar_proc_t *self, void *arg, void **state)
     r->cfg.name = NULL;
     if (!r->cfg.reap_timeout_ms) r->cfg.reap_timeout_ms = DEFAULT_REAP_TIMEOUT_MS;
     r->pid = ar_self(self);
+    pthread_mutex_init(&r->orphans_lock, NULL);
     reg_entry_behaviour(r);
     int rc = AR_ENOMEM;
     if ((cfg->name && !(r->cfg.name = ar__strdup(cfg->name))) || !(r->keys = ar__lfht_new(64)))
@@ -169,6 +170,7 @@ static int registry_init(ar_proc_t *self, void *arg, void **state)
     return 0;
 fail:
     ar__lfht_destroy(r->keys);
+    pthread_mutex_destroy(&r->orphans_lock);
     ar__free((char *)r->cfg.name);
     ar__free(r);
     return rc;
@@ -220,6 +222,7 @@ static size_t signal_entries(ar_registry_t *r, ar_exit_code_t why)
         ar_pid_t pid = entry_pid_of(r, e);
         if (!pid.lo || !ar__proc_lookup(r->node, pid)) continue;
         ar_exit(r->node, pid, AR_REASON(why));
+        e->stop_signalled = true;
         n++;
     }
     ar__rcu_read_unlock();
@@ -238,8 +241,15 @@ static void stop_entries(ar_proc_t *self, ar_registry_t *r)
         int ms = now >= deadline ? 0 : (int)((deadline - now) / 1000000u) + 1;
         ar_msg_t *m;
         if (ms == 0 || ar__receive(self, is_exit_note, NULL, ms, &m, true) != 0) break;
+        /* only the end of an incarnation it told to stop counts: notes of ends from
+         * before the stop may still be queued (an entry is freed only by this process,
+         * which handles no note any more, so m->ref is still the entry) */
+        struct reg_entry *e = (struct reg_entry *)(uintptr_t)m->ref;
+        if (e->stop_signalled && m->from.lo == atomic_load_explicit(&e->pid_lo, memory_order_relaxed)) {
+            e->stop_signalled = false;
+            left--;
+        }
         ar_msg_release(self, m);
-        left--;
     }
     while (signal_entries(r, AR_KILL)) /* what a terminate still holds, and stragglers */
         if (ar_sleep(self, 1) != 0) sched_yield(); /* no stack to park on: wait anyway */
@@ -272,6 +282,16 @@ static void release_table(ar_registry_t *r)
     while (atomic_load_explicit(&r->growing, memory_order_acquire)) /* a resize of it runs */
         nanosleep(&(struct timespec){0, 1000000}, NULL);
     remove_all(r);
+    pthread_mutex_lock(&r->orphans_lock);
+    r->released = true;
+    struct reg_entry *orphans = r->orphans;
+    r->orphans = NULL;
+    pthread_mutex_unlock(&r->orphans_lock);
+    while (orphans) {
+        struct reg_entry *next = (struct reg_entry *)orphans->held;
+        reg_entry_free_later(orphans);
+        orphans = next;
+    }
     ar__rcu_barrier(); /* the frees, and any REAP still waiting for its grace period */
     ar__lfht_destroy(r->keys);
     r->keys = NULL;
@@ -376,6 +396,7 @@ void ar__registries_release(ar_node_t *node)
     while (r) {
         ar_registry_t *next = r->next;
         release_table(r); /* only if its terminate was cut short */
+        pthread_mutex_destroy(&r->orphans_lock);
         ar__free((char *)r->cfg.name);
         ar__free(r);
         r = next;

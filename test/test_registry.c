@@ -1625,3 +1625,36 @@ Test(registry, an_entry_calling_its_own_key_gets_edeadlk_at_once, .timeout = TH_
     cr_assert_lt(th_ms_since(t0), 4000.0, "it did not wait for the call's timeout");
     th_node_stop(node);
 }
+
+/* An entry's init that calls (or gets) its own key, while the key is still starting,
+ * learns at once what it would otherwise wait on for ever. */
+static _Atomic int init_call_rc = 1;
+static _Atomic int init_get_ok = 0;
+static int self_calling_init(ar_proc_t *self, void *arg, void **state)
+{
+    (void)state;
+    const ar_registry_arg_t *ra = arg;
+    ar_buf_t b;
+    atomic_store(&init_call_rc, ar_registry_call(self_call_reg, ra->key, 1, NULL, 0, &b, 5000));
+    ar_pid_t me;
+    atomic_store(&init_get_ok, ar_registry_get_or_spawn(self_call_reg, ra->key, &me) == 0 &&
+                                   ar_pid_eq(me, ar_self(self)));
+    return 0;
+}
+static const ar_behaviour_t self_calling_init_b = {
+    .name = "self_calling_init", .init = self_calling_init, .handle = self_caller};
+
+Test(registry, an_init_calling_its_own_starting_key_gets_edeadlk_and_its_own_pid,
+     .timeout = TH_TIMEOUT)
+{
+    ar_node_t *node = th_node(2);
+    ar_registry_config_t cfg = {.behaviour = &self_calling_init_b};
+    cr_assert_eq(ar_registry_start(node, &cfg, &self_call_reg), 0);
+    uint64_t t0 = th_now_ns();
+    ar_pid_t pid;
+    cr_assert_eq(ar_registry_get_or_spawn(self_call_reg, (ar_key_t){"me", 2}, &pid), 0);
+    cr_assert_eq(atomic_load(&init_call_rc), AR_EDEADLK);
+    cr_assert(atomic_load(&init_get_ok), "get_or_spawn of its own key gives its own pid");
+    cr_assert_lt(th_ms_since(t0), 4000.0, "nothing waited for a timeout");
+    th_node_stop(node);
+}
