@@ -359,7 +359,10 @@ typedef struct ar_registry_config {
 } ar_registry_config_t;
 /* The registry's behaviour, for a supervisor's child spec: arg is a
  * const ar_registry_config_t * that outlives the supervisor (give it a name to find the
- * registry again after a restart). */
+ * registry again after a restart). Its stop stops every entry, each bounded by
+ * reap_timeout_ms: give the child .shutdown_ms = AR_SHUTDOWN_INFINITY (as OTP does for a
+ * supervisor), or one long enough, so that its supervisor never kills it half way (its
+ * entries would then run on, unowned, until the node stops). */
 AR_EXTERN extern const ar_behaviour_t ar_registry;
 /* Starts a registry process (a child of the calling process, else top-level). AR_EINVAL
  * (bad config), AR_EEXIST (its name is taken), AR_ECLOSED, AR_ENOMEM. */

@@ -115,7 +115,12 @@ static void on_ended(ar_registry_t *r, struct reg_entry *e, ar_pid_t pid, ar_exi
     }
     bool reaped = e->reaping && code == AR_SHUTDOWN;
     e->reaping = false;
-    if (reaped) reap_event(r, e, pid); /* before its key may go, and before a successor */
+    if (reaped) { /* published before a successor can start, but not under the lock (only
+                     senders may take it meanwhile, and they only hold more messages) */
+        reg_unlock(e);
+        reap_event(r, e, pid);
+        reg_lock(e);
+    }
     bool removed = restart_or_remove(r, e);
     reg_unlock(e);
     if (removed) reg_entry_free_later(e);
