@@ -764,6 +764,7 @@ unsigned long ar__hash(const void *data, size_t len, uint64_t seed);
 /* A process's name pointer is NULL (none), a name, or one of these markers. */
 #define AR__NAME_CLAIMING ((struct ar__name *)1) /* a registration is in progress */
 #define AR__NAME_ENDED ((struct ar__name *)2)    /* ending: it takes no name any more */
+bool ar__name_valid(const char *name); /* 1 to AR_NAME_MAX - 1 bytes */
 int ar__names_init(struct ar_node *node);
 void ar__names_destroy(struct ar_node *node);
 /* Gives a process being spawned (not yet running, its name pointer set to CLAIMING

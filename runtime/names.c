@@ -54,6 +54,12 @@ static int check_name(const char *name, size_t *len)
     return *len == 0 || *len >= AR_NAME_MAX ? AR_EINVAL : 0;
 }
 
+bool ar__name_valid(const char *name)
+{
+    size_t len;
+    return check_name(name, &len) == 0;
+}
+
 static struct ar__name *name_new(ar_pid_t pid, const char *text, size_t len)
 {
     struct ar__name *n = ar__malloc(sizeof *n + len + 1);

@@ -702,8 +702,7 @@ int ar_spawn(ar_node_t *node, const ar_behaviour_t *b, void *arg, const ar_spawn
         parent = NULL;
     if (opts) {
         if (opts->link && !parent) return AR_ENOTPROC;
-        size_t nl = opts->name ? strnlen(opts->name, AR_NAME_MAX) : 1;
-        if (nl == 0 || nl >= AR_NAME_MAX) return AR_EINVAL;
+        if (opts->name && !ar__name_valid(opts->name)) return AR_EINVAL;
         if (opts->mailbox_limit > UINT32_MAX) return AR_EINVAL;
     }
     if (parent) return spawn(node, b, arg, opts, parent, NULL, NULL, out);

@@ -33,16 +33,6 @@ void reg_lock(struct reg_entry *e)
 
 void reg_unlock(struct reg_entry *e) { atomic_flag_clear_explicit(&e->lock, memory_order_release); }
 
-static ar_pid_t entry_pid(const struct reg_entry *e)
-{
-    return (ar_pid_t){e->r->node->pid_hi, atomic_load_explicit(&e->pid_lo, memory_order_acquire)};
-}
-
-static void set_state(struct reg_entry *e, enum reg_state st)
-{
-    atomic_store_explicit(&e->state, (uint8_t)st, memory_order_release);
-}
-
 static void hold(struct reg_entry *e, ar__env_t *env)
 {
     atomic_store_explicit(&env->q.next, NULL, memory_order_relaxed);
@@ -51,6 +41,18 @@ static void hold(struct reg_entry *e, ar__env_t *env)
     else
         e->held = env;
     e->held_tail = env;
+}
+
+/* Holds a GET for rt: the caller of get_or_spawn waits for the pid it will be told. */
+static int hold_get(struct reg_entry *e, ar_reply_to_t rt)
+{
+    ar__env_t *get = ar__env_new(sizeof(struct reg_got));
+    if (!get) return AR_ENOMEM;
+    get->msg.kind = AR_MSG_CALL;
+    get->msg.reply_to = rt;
+    get->xflags = XF_GET;
+    hold(e, get);
+    return 0;
 }
 
 static ar__env_t *unhold(struct reg_entry *e)
@@ -129,7 +131,7 @@ void reg_entry_free_later(struct reg_entry *e) { ar__rcu_call(&e->rcu, entry_rec
 bool reg_remove(struct reg_entry *e)
 {
     if (atomic_load_explicit(&e->state, memory_order_relaxed) == E_REMOVED) return false;
-    set_state(e, E_REMOVED);
+    reg_set_state(e, E_REMOVED);
     ar__rcu_read_lock();
     if (cds_lfht_del(e->r->keys, &e->ln) == 0)
         atomic_fetch_sub_explicit(&e->r->count, 1, memory_order_relaxed);
@@ -251,14 +253,14 @@ static void *grow_main(void *arg)
 
 /* Waits until pid has ended or ms have passed (a rare path: a poll every millisecond,
  * parked when the caller is a process); true if it ended. */
-static bool await_end(ar_registry_t *r, ar_pid_t pid, uint64_t ms)
+bool reg_await_end(ar_node_t *node, ar_pid_t pid, uint64_t ms)
 {
     ar_proc_t *self = ar__current_proc();
-    bool in_proc = self && self->node == r->node &&
+    bool in_proc = self && self->node == node &&
                    !(atomic_load_explicit(&self->flags, memory_order_relaxed) & P_FOREIGN);
     uint64_t until = ar__now_ns() + ms * 1000000u;
     ar_proc_info_t info;
-    while (ar_proc_info(r->node, pid, &info) == 0) {
+    while (ar_proc_info(node, pid, &info) == 0) {
         if (ar__now_ns() >= until) return false;
         if (!in_proc || ar_sleep(self, 1) != 0) nanosleep(&(struct timespec){0, 1000000}, NULL);
     }
@@ -270,9 +272,9 @@ static bool await_end(ar_registry_t *r, ar_pid_t pid, uint64_t ms)
 static void stop_and_wait(ar_registry_t *r, ar_pid_t pid)
 {
     ar_exit(r->node, pid, AR_REASON(AR_SHUTDOWN));
-    if (await_end(r, pid, (uint64_t)r->cfg.reap_timeout_ms)) return;
+    if (reg_await_end(r->node, pid, (uint64_t)r->cfg.reap_timeout_ms)) return;
     ar_exit(r->node, pid, AR_REASON(AR_KILL));
-    await_end(r, pid, UINT64_MAX / 2000000u);
+    reg_await_end(r->node, pid, UINT64_MAX / 2000000u);
 }
 
 static void maybe_grow(ar_registry_t *r, size_t count)
@@ -386,16 +388,7 @@ static int start_key_counted(struct keyed *c, ar_reply_to_t rt, ar_pid_t *to)
     if (e->early_end) {
         /* its process ended before we could publish it (ar_stop in init); the registry
          * saw that end while the entry was starting and left the rest to us */
-        if (c->mode == M_GET) {
-            ar__env_t *get = ar__env_new(sizeof(struct reg_got));
-            if (!get) result = AR_ENOMEM;
-            else {
-                get->msg.kind = AR_MSG_CALL;
-                get->msg.reply_to = rt;
-                get->xflags = XF_GET;
-                hold(e, get);
-            }
-        }
+        if (c->mode == M_GET) result = hold_get(e, rt);
         e->early_end = false;
         atomic_store_explicit(&e->pid_lo, 0, memory_order_relaxed);
         if (!e->held || reg_spawn_async(r, e) != 0) {
@@ -408,7 +401,7 @@ static int start_key_counted(struct keyed *c, ar_reply_to_t rt, ar_pid_t *to)
         reg_unlock(e);
         return result;
     }
-    set_state(e, reg_flush(e, pid) ? E_LIVE : E_HOLDING);
+    reg_set_state(e, reg_flush(e, pid) ? E_LIVE : E_HOLDING);
     reg_unlock(e);
     return result;
 }
@@ -442,7 +435,7 @@ static int keyed_route(void *ctx, ar_reply_to_t rt, ar_pid_t *to)
         }
         uint64_t dead_lo = 0;
         if (atomic_load_explicit(&e->state, memory_order_acquire) == E_LIVE) {
-            ar_pid_t pid = entry_pid(e);
+            ar_pid_t pid = reg_entry_pid(e);
             if (c->mode == M_GET) {
                 ar__rcu_read_unlock();
                 c->got = pid;
@@ -466,12 +459,12 @@ static int keyed_route(void *ctx, ar_reply_to_t rt, ar_pid_t *to)
         reg_lock(e);
         enum reg_state st = atomic_load_explicit(&e->state, memory_order_relaxed);
         if (st == E_LIVE && dead_lo && atomic_load_explicit(&e->pid_lo, memory_order_relaxed) == dead_lo) {
-            set_state(e, E_HOLDING);
+            reg_set_state(e, E_HOLDING);
             st = E_HOLDING;
         }
         if ((st == E_STARTING || st == E_HOLDING) && c->mode != M_SEND &&
             rt.pid.lo && atomic_load_explicit(&e->pid_lo, memory_order_relaxed) == rt.pid.lo &&
-            ar_pid_eq(rt.pid, entry_pid(e))) { /* the key's own process: held, it would wait on itself */
+            ar_pid_eq(rt.pid, reg_entry_pid(e))) { /* the key's own process: held, it would wait on itself */
             reg_unlock(e);
             ar__rcu_read_unlock();
             if (c->mode == M_CALL) return AR_EDEADLK;
@@ -480,16 +473,9 @@ static int keyed_route(void *ctx, ar_reply_to_t rt, ar_pid_t *to)
         }
         if (st == E_STARTING || st == E_HOLDING) {
             int rc = 0;
-            if (c->mode == M_GET) {
-                ar__env_t *get = ar__env_new(sizeof(struct reg_got));
-                if (get) {
-                    get->msg.kind = AR_MSG_CALL;
-                    get->msg.reply_to = rt;
-                    get->xflags = XF_GET;
-                    hold(e, get);
-                } else
-                    rc = AR_ENOMEM;
-            } else {
+            if (c->mode == M_GET)
+                rc = hold_get(e, rt);
+            else {
                 hold(e, c->env);
                 c->env = NULL;
             }
@@ -583,7 +569,7 @@ int ar_registry_get_or_spawn(ar_registry_t *r, ar_key_t key, ar_pid_t *out)
                               ? NULL
                               : find(r, c.k, c.hash);
     bool live = e && atomic_load_explicit(&e->state, memory_order_acquire) == E_LIVE;
-    if (live) c.got = entry_pid(e);
+    if (live) c.got = reg_entry_pid(e);
     c.missing = !e;
     ar__rcu_read_unlock();
     if (!live) {
@@ -612,7 +598,7 @@ int ar_registry_lookup(ar_registry_t *r, ar_key_t key, ar_pid_t *out)
     ar__rcu_read_lock();
     struct reg_entry *e = atomic_load_explicit(&r->closed, memory_order_acquire) ? NULL : find(r, k, hash);
     if (e && atomic_load_explicit(&e->state, memory_order_acquire) == E_LIVE) {
-        *out = entry_pid(e);
+        *out = reg_entry_pid(e);
         rc = 0;
     }
     ar__rcu_read_unlock();

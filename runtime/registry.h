@@ -95,6 +95,17 @@ struct reg_got {
     ar_pid_t pid;
 };
 
+static inline ar_pid_t reg_entry_pid(const struct reg_entry *e)
+{
+    return (ar_pid_t){e->r->node->pid_hi, atomic_load_explicit(&e->pid_lo, memory_order_acquire)};
+}
+static inline void reg_set_state(struct reg_entry *e, enum reg_state st)
+{
+    atomic_store_explicit(&e->state, (uint8_t)st, memory_order_release);
+}
+/* Waits until pid has ended or ms have passed; true if it ended (registry.c). */
+bool reg_await_end(ar_node_t *node, ar_pid_t pid, uint64_t ms);
+
 void reg_lock(struct reg_entry *e);
 void reg_unlock(struct reg_entry *e);
 /* Under e's lock: routes everything held to pid, in order; stops at one that finds pid

@@ -21,11 +21,6 @@
 
 #define DEFAULT_REAP_TIMEOUT_MS 5000
 
-static ar_pid_t entry_pid_of(ar_registry_t *r, struct reg_entry *e)
-{
-    return (ar_pid_t){r->node->pid_hi, atomic_load_explicit(&e->pid_lo, memory_order_relaxed)};
-}
-
 /* Under e's lock: an incarnation is over. What is held starts the next one; with nothing
  * held the key is forgotten. Returns whether e was removed (the caller frees it). */
 static bool restart_or_remove(ar_registry_t *r, struct reg_entry *e)
@@ -33,7 +28,7 @@ static bool restart_or_remove(ar_registry_t *r, struct reg_entry *e)
     e->early_end = false;
     atomic_store_explicit(&e->pid_lo, 0, memory_order_relaxed);
     if (e->held) {
-        atomic_store_explicit(&e->state, E_STARTING, memory_order_release);
+        reg_set_state(e, E_STARTING);
         int rc = reg_spawn_async(r, e);
         if (rc == 0) return false;
         reg_fail_held(e, rc);
@@ -58,7 +53,7 @@ static void on_reap_request(ar_registry_t *r, ar__env_t *env, struct reg_note *n
     bool reap = atomic_load_explicit(&e->state, memory_order_relaxed) == E_LIVE &&
                 atomic_load_explicit(&e->pid_lo, memory_order_relaxed) == n->pid.lo;
     if (reap) {
-        atomic_store_explicit(&e->state, E_HOLDING, memory_order_release);
+        reg_set_state(e, E_HOLDING);
         e->reaping = true;
     }
     reg_unlock(e);
@@ -81,7 +76,7 @@ static void on_busy(ar_registry_t *r, struct reg_note *n)
         atomic_load_explicit(&e->pid_lo, memory_order_relaxed) == n->pid.lo) {
         e->reaping = false;
         /* if it ended meanwhile, what is left stays held for its exit note to decide */
-        if (reg_flush(e, n->pid)) atomic_store_explicit(&e->state, E_LIVE, memory_order_release);
+        if (reg_flush(e, n->pid)) reg_set_state(e, E_LIVE);
     }
     reg_unlock(e);
 }
@@ -139,8 +134,7 @@ static void on_started(ar_registry_t *r, struct reg_note *n, ar_pid_t pid)
         removed = restart_or_remove(r, e);
     } else {
         atomic_store_explicit(&e->pid_lo, pid.lo, memory_order_relaxed);
-        atomic_store_explicit(&e->state, reg_flush(e, pid) ? E_LIVE : E_HOLDING,
-                              memory_order_release);
+        reg_set_state(e, reg_flush(e, pid) ? E_LIVE : E_HOLDING);
     }
     reg_unlock(e);
     if (removed) reg_entry_free_later(e);
@@ -224,7 +218,7 @@ static size_t signal_entries(ar_registry_t *r, ar_exit_code_t why)
     ar__rcu_read_lock();
     cds_lfht_for_each_entry(r->keys, &it, e, ln)
     {
-        ar_pid_t pid = entry_pid_of(r, e);
+        ar_pid_t pid = reg_entry_pid(e);
         if (!pid.lo || !ar__proc_lookup(r->node, pid)) continue;
         ar_exit(r->node, pid, AR_REASON(why));
         e->stop_signalled = true;
@@ -345,11 +339,7 @@ static int check_config(const ar_registry_config_t *cfg)
     if (!cfg || !cfg->behaviour || !cfg->behaviour->handle || cfg->idle_ms < 0 ||
         cfg->reap_timeout_ms < 0)
         return AR_EINVAL;
-    if (cfg->name) {
-        size_t n = strnlen(cfg->name, AR_NAME_MAX);
-        if (n == 0 || n >= AR_NAME_MAX) return AR_EINVAL;
-    }
-    return 0;
+    return cfg->name && !ar__name_valid(cfg->name) ? AR_EINVAL : 0;
 }
 
 int ar_registry_start(ar_node_t *node, const ar_registry_config_t *cfg, ar_registry_t **out)
@@ -381,16 +371,9 @@ int ar_registry_stop(ar_registry_t *r)
     ar_node_t *node = r->node;
     ar_proc_t *self = ar__current_proc();
     if (self && self->node == node && ar_pid_eq(ar__proc_pid(self), r->pid)) return AR_EDEADLK;
-    /* its terminate stops the entries and frees the table; a call it never answers
-     * returns once it is gone (or at once, if it is gone already) */
+    /* its terminate stops the entries and frees the table */
     ar_exit(node, r->pid, AR_REASON(AR_SHUTDOWN));
-    ar_buf_t b;
-    if (ar_call(node, r->pid, 0, NULL, 0, &b, AR_INFINITY) == 0) ar_buf_free(&b);
-    ar_proc_info_t info;
-    while (ar_proc_info(node, r->pid, &info) == 0) { /* the call could not wait (AR_ECLOSED) */
-        if (self && self->node == node) ar_sleep(self, 1);
-        else nanosleep(&(struct timespec){0, 1000000}, NULL);
-    }
+    reg_await_end(node, r->pid, UINT64_MAX / 2000000u);
     return 0;
 }
 
