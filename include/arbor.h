@@ -93,9 +93,12 @@ AR_EXTERN void ar_free(void *p);
 typedef struct ar_node ar_node_t;
 typedef struct ar_node_config {
     unsigned schedulers;       /* 0: one per CPU */
-    const char *name;          /* node name; NULL: "local", no distribution */
-    const char *listen;        /* "127.0.0.1:9100" to accept peer nodes; NULL: none */
-    const char *cookie;        /* shared secret for peer authentication */
+    const char *name;          /* node name (1 to AR_NODE_NAME_MAX - 1 bytes of
+                                  [A-Za-z0-9_@-]); NULL: "local", no distribution */
+    const char *listen;        /* "127.0.0.1:9100" to accept peer nodes (port 0: any);
+                                  NULL: none. Needs name and cookie */
+    const char *cookie;        /* shared secret for peer authentication; required to
+                                  listen; never logged */
     size_t max_message_bytes;  /* 0: default (64 MiB) */
     size_t event_buffer;       /* per subscriber; 0: default (4096 events) */
     bool handle_signals;       /* SIGINT/SIGTERM begin a graceful stop */
@@ -108,6 +111,11 @@ typedef struct ar_node_config {
     void (*crash_log)(const char *line, void *ud); /* NULL: stderr; else gets each line
                                   (no newline), on the node's events thread */
     void *crash_log_ud;
+    /* Distribution (see "Distribution"). */
+    unsigned tick_ms;          /* a tick to each peer when nothing else was written for
+                                  this long; silent for 4 ticks: down. 0: 1000 */
+    size_t dist_queue_limit;   /* bytes queued to one peer beyond which ar_send and
+                                  ar_call to it return AR_EAGAIN; 0: 16 MiB */
 } ar_node_config_t;
 
 /* Fills cfg with the defaults (all zero/NULL/false: crash reports on, to stderr). */
@@ -141,7 +149,9 @@ AR_EXTERN bool ar_pid_eq(ar_pid_t a, ar_pid_t b);
 AR_EXTERN bool ar_pid_is_none(ar_pid_t p);
 AR_EXTERN bool ar_pid_is_local(ar_node_t *node, ar_pid_t p);
 #define AR_PID_STRLEN 64 /* enough for any pid */
-/* Writes "<node.index.serial>". AR_E2BIG if n is too small (output truncated),
+#define AR_NODE_NAME_MAX 40 /* node names, with the NUL */
+/* Writes "<node.index.serial>", node being the node's name when this OS process knows
+ * it (a node of its own, or a peer one of them met), else its number. AR_E2BIG if n is too small (output truncated),
  * AR_EINVAL for a NULL buf or n == 0. */
 AR_EXTERN int ar_pid_format(ar_pid_t p, char *buf, size_t n);
 typedef uint64_t ar_ref_t; /* unique per node, 0: none */
@@ -317,6 +327,23 @@ AR_EXTERN bool ar_trap_exit(ar_proc_t *self, bool on);
 AR_EXTERN int ar_register(ar_node_t *node, const char *name, ar_pid_t pid);
 AR_EXTERN int ar_unregister(ar_node_t *node, const char *name);
 AR_EXTERN ar_pid_t ar_whereis(ar_node_t *node, const char *name);
+
+/* ---- Distribution -------------------------------------------------------------------- */
+/* Nodes with a name and a cookie talk over TCP (msgpack frames, HMAC-SHA256 handshake).
+ * Remote pids work everywhere a pid does, with the local rules; a pid names one process of
+ * one run of one node, on every node. Connecting happens on the node's I/O thread, on
+ * first use of a remote pid or here; no send ever waits for it.
+ *
+ * ar_node_connect: connects to the node listening at "host:port" and waits for the
+ * handshake (from a process, the process parks). 0 (also when already connected),
+ * AR_EINVAL (bad address, no name or cookie), AR_ENOCONN (unreachable, or closed during
+ * the handshake), AR_EAUTH (wrong cookie), AR_ETIMEDOUT, AR_ECLOSED.
+ * ar_whereis_remote: the pid registered as name on the node peer (a node name, or
+ * "host:port" to connect first). AR_ENOENT (no such name there), AR_ENOCONN, AR_EAUTH,
+ * AR_ETIMEDOUT, AR_EINVAL. */
+AR_EXTERN int ar_node_connect(ar_node_t *node, const char *addr, int timeout_ms);
+AR_EXTERN int ar_whereis_remote(ar_node_t *node, const char *peer, const char *name,
+                                ar_pid_t *out, int timeout_ms);
 
 /* ---- Keyed registry ------------------------------------------------------------------ */
 /* A registry maps keys (1 to AR_KEY_MAX bytes) to entry processes, one per key, started
