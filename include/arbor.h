@@ -340,8 +340,21 @@ AR_EXTERN ar_pid_t ar_whereis(ar_node_t *node, const char *name);
  * the handshake), AR_EAUTH (wrong cookie), AR_ETIMEDOUT, AR_ECLOSED.
  * ar_whereis_remote: the pid registered as name on the node peer (a node name, or
  * "host:port" to connect first). AR_ENOENT (no such name there), AR_ENOCONN, AR_EAUTH,
- * AR_ETIMEDOUT, AR_EINVAL. */
+ * AR_ETIMEDOUT, AR_EINVAL.
+ *
+ * Node loss (a peer silent for 4 ticks, a reset, a closed socket): links to its processes
+ * fire AR_NOCONNECTION, monitors of them get a DOWN with AR_NOCONNECTION, pending calls
+ * return AR_ENOCONN, and AR_EV_NODE_DOWN is emitted (name: the peer; NODE_UP on each
+ * handshake). A pid of an earlier run of a node is dead: sends dropped, links and
+ * monitors AR_NOPROC. Messages in flight when a connection breaks may be lost; nothing
+ * is replayed. Back-pressure: once more than dist_queue_limit bytes wait for one peer,
+ * ar_send and ar_call to it return AR_EAGAIN (signals and replies always go). */
 AR_EXTERN int ar_node_connect(ar_node_t *node, const char *addr, int timeout_ms);
+/* The address the node listens on, as "host:port" with the port the system chose for
+ * port 0: AR_ENOENT if it does not listen, AR_E2BIG if n is too small. */
+AR_EXTERN int ar_node_address(ar_node_t *node, char *buf, size_t n);
+/* The node's name ("local" without one). */
+AR_EXTERN const char *ar_node_name(ar_node_t *node);
 AR_EXTERN int ar_whereis_remote(ar_node_t *node, const char *peer, const char *name,
                                 ar_pid_t *out, int timeout_ms);
 
