@@ -7,6 +7,8 @@
  *     -p P   ring size / fan_in senders / registry_send keys
  *     -t MS  gen_server_call's call timeout (-1: infinity; default 5000, gen_server's)
  *     -s     run every workload in this process (default: each in a child process)
+ *   arbor_bench --remote-peer
+ *            the peer node of remote_ping_pong and remote_oneway (they start it)
  *
  * Each workload runs in its own child process by default, as the Erlang and CAF programs
  * each run in a fresh OS process: memory that malloc kept from one workload would
@@ -32,6 +34,10 @@ int bench_sup_start_100k(const bench_opts_t *o);
 /* Workloads of the keyed registry. */
 int bench_registry_get_or_spawn(const bench_opts_t *o);
 int bench_registry_send(const bench_opts_t *o);
+/* Distribution: two OS processes on loopback (bench/remote.c). */
+int bench_remote_ping_pong(const bench_opts_t *o);
+int bench_remote_oneway(const bench_opts_t *o);
+int bench_remote_peer(void);
 
 static const struct {
     const char *name;
@@ -50,6 +56,8 @@ static const struct {
     {"sup_start_100k", bench_sup_start_100k},
     {"registry_get_or_spawn", bench_registry_get_or_spawn},
     {"registry_send", bench_registry_send},
+    {"remote_ping_pong", bench_remote_ping_pong},
+    {"remote_oneway", bench_remote_oneway},
 };
 #define NWORKLOADS (sizeof workloads / sizeof workloads[0])
 
@@ -112,6 +120,8 @@ static int find(const char *name)
 
 int main(int argc, char **argv)
 {
+    /* The remote workloads run this program again as their peer node. */
+    if (argc == 2 && strcmp(argv[1], "--remote-peer") == 0) return bench_remote_peer();
     bench_opts_t o = {0};
     bool in_process = false;
     int c;

@@ -75,3 +75,23 @@ Test(examples, every_other_example_runs_and_exits_0, .timeout = TH_TIMEOUT)
         cr_assert_null(strstr(out, "Sanitizer"), "%s: %s", names[i], out);
     }
 }
+
+Test(examples, two_nodes_calls_a_service_on_another_node_and_sees_it_die, .timeout = TH_TIMEOUT)
+{
+    int status = run_example("two_nodes", out, sizeof out);
+    cr_assert_eq(status, 0, "exit status %d; output:\n%s", status, out);
+    static const char *const want[] = {
+        "[client] found \"ping\" at <pingsrv.",
+        "[client] ping -> pong",
+        "[client] delay 50 -> pong after 50 ms",
+        "[client] the service counted 3 notes, 0 out of order",
+        "[client] event: NODE_UP pingsrv",
+        "[client] DOWN from <pingsrv.",
+        ": noconnection, ",
+        "[client] event: NODE_DOWN pingsrv",
+        "two_nodes: all as expected",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        cr_assert(strstr(out, want[i]) != NULL, "no \"%s\" in:\n%s", want[i], out);
+    cr_assert_null(strstr(out, "Sanitizer"), "%s", out);
+}
