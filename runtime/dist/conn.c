@@ -479,7 +479,7 @@ static void attach(ar__conn_t *c)
     }
     p->dialing = NULL;
     uint64_t old = atomic_load_explicit(&p->hi, memory_order_relaxed);
-    snprintf(p->name, sizeof p->name, "%s", c->hs.peer_name);
+    snprintf(p->name, sizeof p->name, "%.*s", (int)sizeof p->name - 1, c->hs.peer_name);
     ar__node_names_note(p->id, p->name);
     learn_addr(c, p);
     c->peer = p;
