@@ -31,7 +31,7 @@
 #define AR__MAX_PEERS 1024u          /* nodes one node knows of */
 #define AR__PEER_SLOTS 2048u         /* the directory's open-addressed table */
 #define AR__DEFAULT_TICK_MS 1000u
-#define AR__DEFAULT_QUEUE_LIMIT (16u * 1024u * 1024u)
+#define AR__DEFAULT_QUEUE_LIMIT (64u * 1024u * 1024u)
 #define AR__SILENT_TICKS 4u          /* a peer silent this many ticks is down */
 #define AR__WRITE_BATCH (256u * 1024u) /* bytes of small frames gathered into one write */
 #define AR__WRITE_IOVS 256u
