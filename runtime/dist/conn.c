@@ -25,6 +25,7 @@
 #include "dist.h"
 
 #include <arpa/inet.h>
+#include <sched.h>
 #include <string.h>
 
 struct stream { /* a fragmented message being put together */
@@ -46,6 +47,7 @@ typedef struct ar__conn {
     ar__peer_t *peer;           /* dialed for, or known from its HELLO */
     ar__hs_t hs;
     bool outbound, up, closing, writing, wrote;
+    bool has_token;             /* this thread holds its peer's socket token */
     char addr[AR_NAME_MAX];     /* dialed */
     uv_connect_t creq;
     uint64_t opened_ms, last_read_ms;
@@ -167,6 +169,23 @@ static void conn_close(ar__conn_t *c)
     uv_close((uv_handle_t *)&c->tcp, conn_freed);
 }
 
+static int socket_of(ar__conn_t *c)
+{
+    uv_os_fd_t fd = -1;
+    return uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 ? fd : -1;
+}
+
+/* The peer goes down: the socket becomes nobody's (a sender in the middle of its one
+ * non-blocking send is waited out) before it is closed. */
+static void seize_socket(ar__conn_t *c)
+{
+    ar__peer_t *p = c->peer;
+    if (!c->has_token)
+        while (!ar__peer_token_take(p)) sched_yield();
+    c->has_token = false; /* kept taken until the next connection is up */
+    atomic_store_explicit(&p->fd, -1, memory_order_relaxed);
+}
+
 /* ---- the write side ---- */
 static void write_done(uv_write_t *req, int status);
 
@@ -217,6 +236,8 @@ static void frame_lost(ar__peer_t *p, ar__frame_t *f, ar_exit_code_t why, bool d
 
 static void drain(ar__peer_t *p, ar_exit_code_t why, bool deliver)
 {
+    ar__frame_t *pf = atomic_exchange_explicit(&p->partial, NULL, memory_order_acquire);
+    if (pf) frame_lost(p, pf, why, deliver);
     struct ar__qnode *n;
     while ((n = ar__mpsc_pop(&p->head, &p->tail, &p->stub, 0)) != NULL) {
         ar__frame_t *f = (ar__frame_t *)n;
@@ -274,9 +295,17 @@ static void start_write(ar__conn_t *c)
     ar__peer_t *p = c->peer;
     if (!c->up || c->writing || c->closing) return;
     take_queue(p);
+    if (!c->has_token && !(c->has_token = ar__peer_token_take(p))) return; /* a sender
+        writes: it wakes this thread again when it is done */
     unsigned niov = 0;
     size_t bytes = 0;
     ar__frame_t *done = NULL, *done_tail = NULL;
+    ar__frame_t *pf = atomic_exchange_explicit(&p->partial, NULL, memory_order_acquire);
+    if (pf) { /* the rest of a sender's own write goes first */
+        c->iov[niov++] = uv_buf_init((char *)pf->bytes + pf->sent, pf->len - pf->sent);
+        bytes += pf->len - pf->sent;
+        append(&done, &done_tail, pf);
+    }
     /* small frames, in order, as many as fit */
     while (p->fifo && niov < AR__WRITE_IOVS / 2 && bytes < AR__WRITE_BATCH) {
         ar__frame_t *f = p->fifo;
@@ -314,7 +343,11 @@ static void start_write(ar__conn_t *c)
             at = &b->next;
         }
     }
-    if (!niov) return;
+    if (!niov) {
+        c->has_token = false;
+        ar__peer_token_give(p);
+        return;
+    }
     c->inflight = done;
     c->writing = c->wrote = true;
     c->wreq.data = c;
@@ -345,6 +378,8 @@ static void write_done(uv_write_t *req, int status)
         lost(c, AR_ENOCONN);
         return;
     }
+    c->has_token = false;
+    ar__peer_token_give(p);
     start_write(c);
 }
 
@@ -402,6 +437,7 @@ static void send_peer_note(ar__peer_t *to, const ar__peer_t *about)
     ar__frame_t *f = ar__frame_new(ar__wire_size(&m));
     if (!f) return; /* gossip only: the peer learns of it another way or not at all */
     ar__wire_encode(&m, f->bytes);
+    atomic_fetch_add_explicit(&to->backlog, 1, memory_order_relaxed);
     append(&to->fifo, &to->fifo_tail, f);
 }
 
@@ -487,7 +523,9 @@ static void attach(ar__conn_t *c)
     p->conn = c;
     p->retries = 0;
     atomic_store_explicit(&p->hi, hi, memory_order_release);
+    atomic_store_explicit(&p->fd, socket_of(c), memory_order_relaxed);
     atomic_store_explicit(&p->state, PEER_UP, memory_order_seq_cst);
+    c->has_token = true; /* held since the peer went down: start_write gives it back */
     take_queue(p);
     if (old && old != hi) drop_stale(p, hi);
     else drop_stale(p, hi);
@@ -659,6 +697,7 @@ static void lost(ar__conn_t *c, int why)
     struct ar__dist *d = c->d;
     ar__peer_t *p = c->peer;
     if (c->up) {
+        seize_socket(c);
         p->conn = NULL;
         /* seq_cst, then the drain: see ar__peer_push */
         atomic_store_explicit(&p->state, PEER_DOWN, memory_order_seq_cst);
@@ -813,6 +852,7 @@ static void send_tick(ar__conn_t *c)
     ar__frame_t *f = ar__frame_new(ar__wire_size(&m));
     if (!f) return;
     ar__wire_encode(&m, f->bytes);
+    atomic_fetch_add_explicit(&c->peer->backlog, 1, memory_order_relaxed);
     append(&c->peer->fifo, &c->peer->fifo_tail, f);
     start_write(c);
 }
@@ -830,7 +870,8 @@ void ar__conn_tick(struct ar__dist *d)
             lost(c, AR_ENOCONN);
             continue;
         }
-        if (!c->wrote && !c->writing) send_tick(c);
+        bool wrote = atomic_exchange_explicit(&c->peer->wrote, 0, memory_order_relaxed) || c->wrote;
+        if (!wrote && !c->writing) send_tick(c);
         c->wrote = false;
     }
     /* peers waiting for a retry, or with frames queued while nobody connects */
@@ -852,7 +893,10 @@ void ar__conn_close_all(struct ar__dist *d)
     while (d->conns) {
         ar__conn_t *c = d->conns;
         answer_waiters(c, AR_ECLOSED);
-        if (c->up) c->peer->conn = NULL;
+        if (c->up) {
+            seize_socket(c);
+            c->peer->conn = NULL;
+        }
         conn_close(c);
     }
     uint32_t np = atomic_load_explicit(&d->npeers, memory_order_acquire);

@@ -36,6 +36,8 @@
 #define AR__WRITE_BATCH (256u * 1024u) /* bytes of small frames gathered into one write */
 #define AR__WRITE_IOVS 256u
 #define AR__MAX_STREAMS 16u          /* fragmented messages being received at once */
+#define AR__DIRECT_MAX (64u * 1024u) /* frames a sender may write itself */
+#define AR__DIRECT_GAP_NS 20000u       /* ... if none went to the peer for this long */
 
 /* A node's id is the low half of its pids' hi; the high half is its incarnation. */
 static inline uint32_t ar__node_id(uint64_t hi) { return (uint32_t)hi; }
@@ -58,7 +60,8 @@ typedef struct ar__frame {
     struct ar__qnode q;        /* first: the peer's out queue links frames through it */
     struct ar__frame *next;    /* I/O thread lists */
     uint32_t len;              /* bytes, prefix included */
-    uint32_t sent;             /* of a fragmented one: body bytes gone */
+    uint32_t sent;             /* of a fragmented one: body bytes gone; of a direct
+                                  write's rest: bytes gone */
     uint64_t to_hi;            /* the target's node part: checked against the incarnation
                                   a handshake reveals */
     ar_pid_t from;             /* later frames of this sender wait behind a fragmented one */
@@ -85,6 +88,16 @@ typedef struct ar__peer {
     _Atomic int state;         /* enum ar__peer_state */
     _Atomic size_t queued;     /* bytes of counted frames not yet written */
     _Atomic int must_drop;     /* a signal found no memory: the connection goes */
+    /* Direct writes (peers.c): a sender whose frame finds nothing queued before it and
+     * the connection idle writes it itself, without a non-blocking send. The token says who
+     * may touch the socket: 0 free, 1 taken (a direct writer, or the I/O thread for as
+     * long as its write is in flight, or for good while the peer is down). */
+    _Atomic int wtoken;
+    _Atomic int fd;            /* the up connection's socket; -1 */
+    _Atomic long backlog;      /* frames queued or held by the I/O thread, not yet gone */
+    _Atomic int wrote;         /* a direct write since the last tick */
+    _Atomic uint64_t last_send_ns; /* of the last frame queued or written to it */
+    _Atomic(ar__frame_t *) partial; /* a direct write's unsent rest: it goes first */
     /* the out queue (internal.h's MPSC queue) */
     _Atomic uintptr_t head;
     struct ar__qnode *tail;
@@ -131,6 +144,14 @@ void ar__peer_free_all(struct ar__dist *d);
 /* A frame's room, from the pools or malloc. */
 ar__frame_t *ar__frame_new(size_t len);
 void ar__frame_free(ar__frame_t *f);
+/* Takes and gives back the socket (see wtoken). */
+static inline bool ar__peer_token_take(ar__peer_t *p)
+{
+    int free_ = 0;
+    return atomic_compare_exchange_strong_explicit(&p->wtoken, &free_, 1, memory_order_acquire,
+                                                   memory_order_relaxed);
+}
+void ar__peer_token_give(ar__peer_t *p);
 /* A frame written or dropped: its bytes leave p's count, its memory goes. */
 void ar__frame_done(ar__peer_t *p, ar__frame_t *f);
 

@@ -17,6 +17,7 @@
 #include "dist.h"
 
 #include <string.h>
+#include <sys/socket.h>
 #include <xxhash.h>
 
 uint32_t ar__node_id_of(const char *name)
@@ -52,6 +53,8 @@ ar__peer_t *ar__peer_get(struct ar__dist *d, uint32_t id, const char *name)
     atomic_store_explicit(&p->stub.next, NULL, memory_order_relaxed);
     atomic_store_explicit(&p->head, (uintptr_t)&p->stub, memory_order_relaxed);
     p->tail = &p->stub;
+    atomic_store_explicit(&p->wtoken, 1, memory_order_relaxed); /* down: the socket is nobody's */
+    atomic_store_explicit(&p->fd, -1, memory_order_relaxed);
     d->all[n] = p;
     atomic_store_explicit(&d->npeers, n + 1, memory_order_release);
     uint32_t i = slot_of(id);
@@ -136,8 +139,53 @@ static void connect_run(ar__io_cmd_t *cmd, uv_loop_t *loop)
     ar__conn_dial(p->dist, p, p->addr[0] ? p->addr : NULL, NULL, AR_PID_NONE);
 }
 
+/* Gives the socket back; frames that came meanwhile are the I/O thread's to write. */
+void ar__peer_token_give(ar__peer_t *p)
+{
+    /* seq_cst, as a sender's push and its failed take: either the sender takes the token
+     * and sees its frame in the backlog, or this sees the backlog and wakes the I/O thread */
+    atomic_store_explicit(&p->wtoken, 0, memory_order_seq_cst);
+    if (atomic_load_explicit(&p->backlog, memory_order_seq_cst) > 0) uv_async_send(&p->dist->flush);
+}
+
+/* A frame that needs no booking, to a peer that is up and idle: one non-blocking send on
+ * the sender's own thread spares the hand-off to the I/O thread (a thread wake-up each
+ * way, more than the round trip itself on loopback). What the socket does not take at
+ * once is left for the I/O thread, before anything else. */
+static bool write_direct(ar__peer_t *p, ar__frame_t *f)
+{
+    if (f->book != BOOK_NONE || f->answer || f->len > AR__DIRECT_MAX ||
+        atomic_load_explicit(&p->backlog, memory_order_relaxed) != 0)
+        return false;
+    /* a stream of frames is better coalesced by the I/O thread: one write for many */
+    uint64_t now = ar__now_ns();
+    if (now - atomic_exchange_explicit(&p->last_send_ns, now, memory_order_relaxed) < AR__DIRECT_GAP_NS ||
+        !ar__peer_token_take(p))
+        return false;
+    int fd = atomic_load_explicit(&p->fd, memory_order_relaxed);
+    if (fd < 0 || atomic_load_explicit(&p->backlog, memory_order_seq_cst) != 0) {
+        ar__peer_token_give(p);
+        return false;
+    }
+    ssize_t n = send(fd, f->bytes, f->len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    atomic_store_explicit(&p->wrote, 1, memory_order_relaxed);
+    if (n == (ssize_t)f->len) {
+        ar__peer_token_give(p);
+        if (f->counted) atomic_fetch_sub_explicit(&p->queued, f->len, memory_order_relaxed);
+        ar__frame_free(f);
+        return true;
+    }
+    f->sent = n > 0 ? (uint32_t)n : 0; /* an error is the I/O thread's to find */
+    atomic_fetch_add_explicit(&p->backlog, 1, memory_order_seq_cst);
+    atomic_store_explicit(&p->partial, f, memory_order_release);
+    ar__peer_token_give(p);
+    return true;
+}
+
 void ar__peer_push(ar__peer_t *p, ar__frame_t *f)
 {
+    if (write_direct(p, f)) return;
+    atomic_fetch_add_explicit(&p->backlog, 1, memory_order_seq_cst);
     ar__mpsc_push(&p->head, &f->q, 0);
     /* seq_cst, as the I/O thread's store of DOWN and its drain after it: either this sees
      * DOWN and connects, or the drain sees the frame */
@@ -310,5 +358,6 @@ int ar__dist_route(ar_node_t *node, ar_pid_t to, ar__env_t *e)
 void ar__frame_done(ar__peer_t *p, ar__frame_t *f)
 {
     if (f->counted) atomic_fetch_sub_explicit(&p->queued, f->len, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&p->backlog, 1, memory_order_relaxed);
     ar__frame_free(f);
 }
