@@ -4,6 +4,7 @@
 #   make bench      the benchmarks              make asan    the suite under ASan+LSan+UBSan
 #   make tsan       stress programs under TSan  make install PREFIX=/usr/local DESTDIR=
 #   make test-portable  the suite with the portable switch and guards (other CPUs, kernels)
+#   make fuzz       the wire decoder and the handshake under libFuzzer (FUZZ_SECONDS)
 .SUFFIXES:
 SHELL := /bin/bash
 .DELETE_ON_ERROR:
@@ -26,10 +27,11 @@ MSGPACK_PC := $(shell pkg-config --exists msgpack-c 2>/dev/null && echo msgpack-
 WARN    := -Wall -Wextra -Wstrict-prototypes -Wshadow -Wno-unused-parameter -Werror
 CFLAGS  := -std=c11 $(OPT) $(WARN) -fPIC -fvisibility=hidden -fstack-clash-protection \
            -D_GNU_SOURCE -Iinclude -MMD -MP $(SAN) $(EXTRA_CFLAGS)
+# Everything libarbor.a needs (pkg-config names), for every program linked with it.
+DEP_PC     := libuv $(MSGPACK_PC) libcrypto liburcu-bp liburcu-cds libxxhash
 ifneq ($(PKGCONF),)
-DEP_CFLAGS := $(shell pkg-config --cflags libuv $(MSGPACK_PC) liburcu-bp liburcu-cds libxxhash 2>/dev/null)
-DEP_LIBS   := $(shell pkg-config --libs libuv liburcu-bp liburcu-cds libxxhash 2>/dev/null) -lpthread -lm
-MSGPACK_LIBS := $(shell pkg-config --libs $(MSGPACK_PC) 2>/dev/null)
+DEP_CFLAGS := $(shell pkg-config --cflags $(DEP_PC) 2>/dev/null)
+DEP_LIBS   := $(shell pkg-config --libs $(DEP_PC) 2>/dev/null) -lpthread -lm
 CRIT_LIBS  := $(shell pkg-config --libs criterion 2>/dev/null)
 endif
 LDFLAGS := $(SAN) $(EXTRA_LDFLAGS)
@@ -81,21 +83,21 @@ $(BUILD)/libarbor.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 $(BUILD)/libarbor.so: $(LIB_OBJ)
-	$(CC) -shared -o $@ $^ $(LDFLAGS) $(DEP_LIBS) -lcrypto
+	$(CC) -shared -o $@ $^ $(LDFLAGS) $(DEP_LIBS)
 
 $(BUILD)/examples/%: $(BUILD)/examples/%.o $(BUILD)/libarbor.a
-	$(CC) -o $@ $< $(BUILD)/libarbor.a $(LDFLAGS) $(MSGPACK_LIBS) $(DEP_LIBS)
+	$(CC) -o $@ $< $(BUILD)/libarbor.a $(LDFLAGS) $(DEP_LIBS)
 
 # The examples come with the suite: test_examples runs them from beside it.
 $(TEST_BIN): $(TEST_OBJ) $(BUILD)/libarbor.a | $(EX_BIN)
-	$(CC) -o $@ $(TEST_OBJ) $(BUILD)/libarbor.a $(LDFLAGS) $(CRIT_LIBS) $(MSGPACK_LIBS) $(DEP_LIBS)
+	$(CC) -o $@ $(TEST_OBJ) $(BUILD)/libarbor.a $(LDFLAGS) $(CRIT_LIBS) $(DEP_LIBS)
 
 $(BUILD)/stress/%: test/stress/%.c $(BUILD)/libarbor.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(DEP_CFLAGS) -o $@ $< $(BUILD)/libarbor.a $(LDFLAGS) $(DEP_LIBS)
 
 $(BENCH_BIN): $(patsubst %.c,$(BUILD)/%.o,$(BENCH_SRC) bench/bench_util.c) $(BUILD)/libarbor.a
-	$(CC) -o $@ $^ $(LDFLAGS) $(MSGPACK_LIBS) $(DEP_LIBS)
+	$(CC) -o $@ $^ $(LDFLAGS) $(DEP_LIBS)
 
 # The two commands. `deps` runs first in its own make so the flags see the packages.
 test: deps
@@ -146,7 +148,7 @@ install: build
 	install -m 644 include/arbor.h $(DESTDIR)$(PREFIX)/include/
 	install -m 644 $(BUILD)/libarbor.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(BUILD)/libarbor.so $(DESTDIR)$(PREFIX)/lib/
-	printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: arbor\nDescription: Erlang/OTP-style processes and supervision for C\nVersion: %s\nRequires.private: libuv liburcu-bp liburcu-cds libxxhash\nLibs: -L$${libdir} -larbor\nLibs.private: -lpthread -lcrypto\nCflags: -I$${includedir}\n' \
+	printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: arbor\nDescription: Erlang/OTP-style processes and supervision for C\nVersion: %s\nRequires.private: $(DEP_PC)\nLibs: -L$${libdir} -larbor\nLibs.private: -lpthread -lm\nCflags: -I$${includedir}\n' \
 	  '$(PREFIX)' "$$(sed -n 's/#define AR_VERSION_MAJOR //p' include/arbor.h).$$(sed -n 's/#define AR_VERSION_MINOR //p' include/arbor.h).$$(sed -n 's/#define AR_VERSION_PATCH //p' include/arbor.h)" \
 	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/arbor.pc
 uninstall:

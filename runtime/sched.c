@@ -298,6 +298,7 @@ void ar__after_push_on(ar__sched_t *s, ar_node_t *node, ar_proc_t *p, uintptr_t 
 }
 
 /* ---- the loop ---- */
+#define SPIN_ALONE_NS 5000u
 static ar_proc_t *find_work_slow(ar__sched_t *s)
 {
     ar_node_t *node = s->node;
@@ -335,7 +336,13 @@ static ar_proc_t *find_work_slow(ar__sched_t *s)
             park(s, next_ms);
             continue;
         }
-        for (int i = 0; i < 16; i++) cpu_relax();
+        /* a hand-off between schedulers comes within a microsecond or two; past that,
+         * spin politely: a thread with real work (the I/O thread, another node's) may be
+         * waiting for this CPU */
+        if (now - spin_start > SPIN_ALONE_NS)
+            sched_yield();
+        else
+            for (int i = 0; i < 16; i++) cpu_relax();
     }
 }
 

@@ -5,10 +5,10 @@
  *
  * A frame is a 4-byte big-endian length L, then L bytes: one msgpack array.
  *
- *   envelope  [kind, flags, tag, from, to, ref, code, text, payload, reply_pid]
+ *   envelope  [kind, flags, tag, from, to, ref, code, text, reply_pid, payload]
  *             kind: enum ar__wire_kind (W_CAST .. W_PEER); from, to, reply_pid: pids
  *             (msgpack ext AR__PID_EXT, 16 bytes: hi then lo, big-endian) or nil;
- *             text: str or nil; payload: bin.
+ *             text: str or nil; payload: bin, last (so a W_FRAG's head + slice is a frame).
  *   handshake [kind, version, name, node_hi, listen, challenge, mac]
  *             kind: W_HELLO .. W_WELCOME; listen: str or nil; challenge: bin 16 or nil;
  *             mac: bin 32 or nil.
@@ -136,8 +136,10 @@ typedef struct ar__hs {
     uint64_t peer_hi;
     char peer_listen[AR_NAME_MAX];
     uint8_t theirs[AR__CHALLENGE_LEN];
+    uint8_t owe;             /* the frame ar__hs_output sends next; W_NONE: none */
 } ar__hs_t;
-/* Starts a handshake: AR_ENOMEM if no random challenge could be had. */
+/* Starts a handshake: AR_ENOMEM if no random challenge could be had; AR_EINVAL for no
+ * cookie, an invalid name, node_hi 0 or a bad listen address. */
 int ar__hs_init(ar__hs_t *h, enum ar__hs_role role, const char *cookie, const char *name,
                 uint64_t node_hi, const char *listen);
 /* What to send next (a whole frame, prefix included, into out of cap >= AR__HS_MAX
