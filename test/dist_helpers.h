@@ -217,6 +217,19 @@ typedef struct dn_agent {
     char text[DN_TEXT_N][128];    /* reason text of log entry i (AR_FAIL's place cut) */
 } dn_agent_t;
 
+/* A reason text without the " at <file>:<line>" AR_FAIL ends it with (.c or .h). */
+static inline void dn_reason_text(char *buf, size_t n, const char *text)
+{
+    snprintf(buf, n, "%s", text ? text : "");
+    char *at = NULL;
+    for (char *p = strstr(buf, " at "); p; p = strstr(p + 1, " at ")) at = p;
+    if (!at) return;
+    const char *colon = strrchr(at, ':');
+    if (colon && colon[1] && strspn(colon + 1, "0123456789") == strlen(colon + 1) &&
+        colon - at > 4 && (strncmp(colon - 2, ".c", 2) == 0 || strncmp(colon - 2, ".h", 2) == 0))
+        *at = '\0';
+}
+
 static inline ar_reason_t dn_cmd_reason(const dn_cmd_t *c)
 {
     return (ar_reason_t){(ar_exit_code_t)c->code, c->text[0] ? c->text : NULL};
@@ -273,7 +286,7 @@ static inline void dn_agent_handle(ar_proc_t *self, void *state, const ar_msg_t 
                   m->len == sizeof c;
     if (!is_cmd) {
         size_t i = th_log_len(&a->log);
-        if (i < DN_TEXT_N) th_reason_text(a->text[i], sizeof a->text[i], m->reason.text);
+        if (i < DN_TEXT_N) dn_reason_text(a->text[i], sizeof a->text[i], m->reason.text);
         th_log_msg(&a->log, m);
         return;
     }
@@ -297,7 +310,9 @@ static inline void dn_agent_terminate(ar_proc_t *self, void *state, ar_reason_t 
 {
     (void)self;
     dn_agent_t *a = state;
-    th_log_reason(&a->log, why);
+    a->log.why = why.code;
+    dn_reason_text(a->log.why_text, sizeof a->log.why_text, why.text);
+    atomic_fetch_add(&a->log.terminates, 1); /* after the reason is written */
 }
 
 static const ar_behaviour_t dn_agent_b = {"dn_agent", dn_agent_init, dn_agent_handle,
@@ -425,6 +440,18 @@ static inline ar_pid_t dn_spawn_holder(ar_node_t *node, dn_holder_t *h)
 {
     memset(h, 0, sizeof *h);
     return th_spawn(node, &dn_holder_b, h);
+}
+
+/* An ECHO call (which a dn_holder answers at once too), checked. */
+static inline void dn_echo_check(ar_node_t *node, ar_pid_t to)
+{
+    static const char q[] = "still there?";
+    ar_buf_t r = {0};
+    int rc = ar_call(node, to, DT_ECHO, q, sizeof q, &r, TH_WAIT_MS);
+    cr_assert_eq(rc, 0, "echo call: %s", ar_err_name(rc));
+    cr_assert_eq(r.len, sizeof q);
+    cr_assert_arr_eq(r.data, q, sizeof q);
+    ar_buf_free(&r);
 }
 
 /* ---- A call in a thread of its own --------------------------------------------------------- */
