@@ -585,6 +585,41 @@ static inline int dn_mute_listener(int *fd)
     return port;
 }
 
+/* Fills the queue to a peer that does not read: sends msg-byte casts numbered from *next
+ * (the number in their first 8 bytes) until ar_send has refused with AR_EAGAIN 200 times
+ * in a row over at least 200 ms (while the kernel's buffers still take bytes, the queue
+ * drains a little and a send gets through again). Returns how many were taken; fails on
+ * any other error, or if that takes more than 10 s or more than cap_bytes. */
+static inline size_t dn_flood(ar_node_t *node, ar_pid_t to, uint32_t tag, size_t msg,
+                              uint64_t *next, size_t cap_bytes)
+{
+    unsigned char *p = malloc(msg);
+    cr_assert_not_null(p);
+    for (size_t i = 0; i < msg; i++) p[i] = (unsigned char)(i * 7);
+    size_t taken = 0;
+    int refused = 0;
+    uint64_t t0 = th_now_ns(), first_refusal = 0;
+    while (refused < 200 || th_ms_since(first_refusal) < 200.0) {
+        memcpy(p, next, sizeof *next);
+        int rc = ar_send(node, to, tag, p, msg);
+        if (rc == 0) {
+            (*next)++;
+            taken++;
+            refused = 0;
+            cr_assert_leq(taken * msg, cap_bytes, "%zu MiB taken for a peer that does not read",
+                          taken * msg >> 20);
+        } else {
+            cr_assert_eq(rc, AR_EAGAIN, "a send to a full queue: %s", ar_err_name(rc));
+            if (refused++ == 0) first_refusal = th_now_ns();
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+        }
+        cr_assert_lt(th_ms_since(t0), 10000.0, "the queue never settled");
+    }
+    free(p);
+    return taken;
+}
+
 /* FNV-1a over bytes. */
 static inline uint64_t dn_fnv(const void *data, size_t len)
 {

@@ -179,27 +179,10 @@ static void bg_start(bg_t *b, ar_node_t *node, ar_pid_t to)
     cr_assert_eq(pthread_create(&b->t, NULL, bg_run, b), 0);
 }
 
-/* Sends 1 MiB notes (numbered from *next) until AR_EAGAIN; returns how many were taken. */
+/* Fills the queue to the stopped peer with 1 MiB notes (numbered from *next). */
 static size_t flood(ar_node_t *a, ar_pid_t to, uint64_t *next, size_t msg)
 {
-    unsigned char *p = malloc(msg);
-    cr_assert_not_null(p);
-    for (size_t i = 0; i < msg; i++) p[i] = (unsigned char)(i * 7);
-    size_t taken = 0;
-    int rc;
-    uint64_t t0 = th_now_ns();
-    for (;;) {
-        memcpy(p, next, sizeof *next);
-        rc = ar_send(a, to, NOTE, p, msg);
-        if (rc != 0) break;
-        (*next)++;
-        taken++;
-        cr_assert_lt(taken, 1024u, "1 GiB taken for a stopped peer: no back-pressure");
-        cr_assert_lt(th_ms_since(t0), 2000.0, "still no back-pressure after 2 s");
-    }
-    free(p);
-    cr_assert_eq(rc, AR_EAGAIN, "a full queue: %s", ar_err_name(rc));
-    return taken;
+    return dn_flood(a, to, NOTE, msg, next, 1u << 30);
 }
 
 static long proc_long(const char *path, int field)
