@@ -594,6 +594,8 @@ Test(wire, wrong_shape_rejected, .timeout = TH_TIMEOUT)
     }
     ar__wire_msg_t d;
     cr_assert_eq(ar__wire_decode(NULL, 0, &d), AR_EBADMSG);
+    ar__hs_msg_t hd;
+    cr_assert_eq(ar__hs_decode(NULL, 0, &hd), AR_EBADMSG);
 }
 
 /* ---- Fragments --------------------------------------------------------------------- */

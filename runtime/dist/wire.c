@@ -388,8 +388,11 @@ int ar__wire_decode(const void *body, size_t len, ar__wire_msg_t *m)
     ar__wire_msg_t out;
     memset(&out, 0, sizeof out);
     const msgpack_object *f = parse(&u, body, len, ENVELOPE_FIELDS);
-    span_t in = {body, (const char *)body + len};
-    bool ok = f && envelope(&in, f, &out);
+    bool ok = false;
+    if (f) { /* so body is not NULL */
+        span_t in = {body, (const char *)body + len};
+        ok = envelope(&in, f, &out);
+    }
     msgpack_unpacked_destroy(&u);
     if (!ok) return AR_EBADMSG;
     *m = out;
@@ -475,8 +478,11 @@ int ar__hs_decode(const void *body, size_t len, ar__hs_msg_t *m)
     ar__hs_msg_t out;
     memset(&out, 0, sizeof out);
     const msgpack_object *f = parse(&u, body, len, HS_FIELDS);
-    span_t in = {body, (const char *)body + len};
-    bool ok = f && hs_fields(&in, f, &out);
+    bool ok = false;
+    if (f) {
+        span_t in = {body, (const char *)body + len};
+        ok = hs_fields(&in, f, &out);
+    }
     msgpack_unpacked_destroy(&u);
     if (!ok) return AR_EBADMSG;
     *m = out;
