@@ -115,7 +115,7 @@ typedef struct ar_node_config {
     unsigned tick_ms;          /* a tick to each peer when nothing else was written for
                                   this long; silent for 4 ticks: down. 0: 1000 */
     size_t dist_queue_limit;   /* bytes queued to one peer beyond which ar_send and
-                                  ar_call to it return AR_EAGAIN; 0: 16 MiB */
+                                  ar_call to it return AR_EAGAIN; 0: 64 MiB */
 } ar_node_config_t;
 
 /* Fills cfg with the defaults (all zero/NULL/false: crash reports on, to stderr). */

@@ -50,8 +50,15 @@ bool ar_pid_is_local(ar_node_t *node, ar_pid_t p) { return node && p.hi == node-
 int ar_pid_format(ar_pid_t p, char *buf, size_t n)
 {
     if (!buf || n == 0) return AR_EINVAL;
-    /* The node part is the node's number (low 32 bits of hi); 0 for AR_PID_NONE. */
-    int w = snprintf(buf, n, "<%" PRIu32 ".%" PRIu32 ".%" PRIu32 ">", (uint32_t)p.hi,
+    /* The node part: its name if this OS process knows it, else its number (the low 32
+     * bits of hi; 0 for AR_PID_NONE). */
+    char node[AR_NODE_NAME_MAX];
+    int w;
+    if (p.hi && ar__node_name_of((uint32_t)p.hi, node, sizeof node))
+        w = snprintf(buf, n, "<%s.%" PRIu32 ".%" PRIu32 ">", node, AR__PID_INDEX(p.lo),
+                     AR__PID_SERIAL(p.lo));
+    else
+        w = snprintf(buf, n, "<%" PRIu32 ".%" PRIu32 ".%" PRIu32 ">", (uint32_t)p.hi,
                      AR__PID_INDEX(p.lo), AR__PID_SERIAL(p.lo));
     return (w < 0 || (size_t)w >= n) ? AR_E2BIG : 0;
 }

@@ -220,8 +220,8 @@ int ar__send_msg(struct ar_node *node, ar_pid_t to, ar_msg_kind_t kind, uint32_t
 /* Hands e to the process at `to`: 0 once it is queued there (the target acts on it, or
  * answers it as it ends); AR_ENOPROC when `to` is dead, unknown or unreachable, and then e
  * was not queued and is still the caller's; AR_EAGAIN for a counted CAST/CALL over the
- * target's mailbox_limit (e is still the caller's). A pid of another node will be handed
- * to the distribution layer here; until then no process of another node is reachable. */
+ * target's mailbox_limit (e is still the caller's). A pid of another node goes to the
+ * distribution layer (ar__dist_route). */
 int ar__route(struct ar_node *node, ar_pid_t to, ar__env_t *e);
 static inline int ar__route_on(struct ar__sched *s, struct ar_node *node, ar_pid_t to,
                                ar__env_t *e);
@@ -232,6 +232,28 @@ int ar__route_dead(struct ar_node *node, struct ar_proc *p, ar__env_t *e);
 bool ar__route_known_dead(struct ar_node *node, ar_pid_t to);
 /* ar__route for an envelope nobody waits on: an unroutable one is a dead letter. */
 void ar__route_or_dead_letter(struct ar_node *node, ar_pid_t to, ar__env_t *e);
+/* ar__dead_letter for a target given whole (a remote pid, which no struct stands for). */
+void ar__dead_letter_from(struct ar_node *node, ar_pid_t dead, ar__env_t *e, ar_reason_t why);
+
+/* ---- Distribution (dist/): the pids of other nodes ------------------------------------ */
+/* The route of a pid whose node part is not this node's: 0 once it is queued for its
+ * peer, or answered as a dead letter with AR_NOCONNECTION (a node this one cannot reach);
+ * AR_ENOPROC for a pid of an earlier run (e is still the caller's); AR_EAGAIN for a
+ * CAST or CALL beyond dist_queue_limit. Any thread. */
+int ar__dist_route(struct ar_node *node, ar_pid_t to, ar__env_t *e);
+/* A pid of an earlier run of a node this one knows: dead for sure. */
+bool ar__dist_known_dead(struct ar_node *node, ar_pid_t to);
+int ar__dist_start(struct ar_node *node);  /* after the I/O thread: listen, ticks */
+void ar__dist_stop(struct ar_node *node);  /* once processes are gone: connections close */
+void ar__dist_free(struct ar_node *node);  /* after the I/O thread stopped */
+/* Node names: 1 to AR_NODE_NAME_MAX - 1 bytes of [A-Za-z0-9_@-] (dist/wire.c). */
+bool ar__node_name_valid(const char *name, size_t len);
+/* A named node's id, from its name: every node computes the same (dist/peers.c). */
+uint32_t ar__node_id_of(const char *name);
+/* The node names this OS process knows (its nodes', their peers'), for ar_pid_format. */
+void ar__node_names_note(uint32_t id, const char *name);
+bool ar__node_name_of(uint32_t id, char *out, size_t n);
+
 /* Answers an envelope whose target ended: a LINK becomes the linker's EXIT, a MONITOR
  * the watcher's DOWN, a CALL the caller's failed reply, each with why; the rest is
  * dropped (messages counted). p: the struct it was queued in (its counts are given back). */
@@ -700,6 +722,7 @@ struct ar_node {
     _Atomic uint64_t live;      /* processes alive */
     struct ar__timers *timers;
     struct ar__loop *loop;
+    struct ar__dist *dist;      /* distribution (dist/); NULL for a node without a name */
     uint64_t start_ns;
     size_t stack_size;
     struct cds_lfht *names;     /* registered names: name -> pid (names.c) */
@@ -888,8 +911,8 @@ static inline ar_proc_t *ar__proc_lookup(struct ar_node *node, ar_pid_t pid)
 static inline int ar__route_on(ar__sched_t *s, struct ar_node *node, ar_pid_t to, ar__env_t *e)
 {
     AR__ASSERT(e->half == HALF_NONE); /* a held half travels only once it is recycled */
-    ar_proc_t *p = ar__proc_lookup(node, to); /* another node's pid: not reachable yet */
-    if (!p) return AR_ENOPROC;
+    ar_proc_t *p = ar__proc_lookup(node, to);
+    if (!p) return to.hi != node->pid_hi ? ar__dist_route(node, to, e) : AR_ENOPROC;
     if (e->flags & ENVF_COUNTED) {
         /* pushed shares the cache line the push itself takes; only a bounded mailbox
          * makes senders read the consumer's counter too */

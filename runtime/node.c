@@ -52,6 +52,7 @@ static void node_free(ar_node_t *node)
 {
     ar__events_destroy(node); /* its thread first: callbacks may still use the node */
     ar__registries_release(node);
+    ar__dist_free(node);
     ar__names_destroy(node); /* waits for the frees still pending: before anything else goes */
     ar__sched_free(node);
     ar__stacks_destroy(node);
@@ -85,7 +86,9 @@ int ar_node_start(const ar_node_config_t *cfg_in, ar_node_t **out)
     else
         ar_node_config_init(&cfg);
     if (cfg.schedulers > MAX_SCHEDULERS) return AR_EINVAL;
-    if (cfg.name && (strlen(cfg.name) == 0 || strlen(cfg.name) >= AR_NAME_MAX)) return AR_EINVAL;
+    if (cfg.name && !ar__node_name_valid(cfg.name, strlen(cfg.name))) return AR_EINVAL;
+    /* secure by default: a node that listens authenticates its peers */
+    if (cfg.listen && (!cfg.name || !cfg.cookie || !cfg.cookie[0])) return AR_EINVAL;
     if (cfg.stack_size && cfg.stack_size < MIN_STACK) return AR_EINVAL;
     if (cfg.max_message_bytes > MAX_MESSAGE_LIMIT) return AR_EINVAL;
 
@@ -123,8 +126,11 @@ int ar_node_start(const ar_node_config_t *cfg_in, ar_node_t **out)
     uint32_t incarnation = 0;
     if (getrandom(&incarnation, sizeof incarnation, 0) != sizeof incarnation)
         incarnation = (uint32_t)ar__now_ns();
-    node->pid_hi = ((uint64_t)(incarnation | 1) << 32) |
-                   (atomic_fetch_add(&nodes_started, 1) + 1);
+    /* a named node's id comes from its name, so that every node agrees on it; a node of
+     * its own counts (ids below 2^31) */
+    uint32_t id = cfg.name ? ar__node_id_of(cfg.name) : atomic_fetch_add(&nodes_started, 1) + 1;
+    node->pid_hi = ((uint64_t)(incarnation | 1) << 32) | id;
+    if (cfg.name) ar__node_names_note(id, cfg.name);
     atomic_init(&node->next_ref, 2);
     node->start_ns = ar__now_ns();
 
@@ -135,6 +141,11 @@ int ar_node_start(const ar_node_config_t *cfg_in, ar_node_t **out)
     ar__stack_signals_init();
     if ((rc = ar__sched_start(node)) != 0) goto fail;
     if ((rc = ar__loop_start(node)) != 0) {
+        ar__sched_stop(node);
+        goto fail;
+    }
+    if ((rc = ar__dist_start(node)) != 0) {
+        ar__loop_stop(node);
         ar__sched_stop(node);
         goto fail;
     }
@@ -316,6 +327,7 @@ int ar_node_stop(ar_node_t *node, int timeout_ms)
     }
     ar__events_stop(node); /* what is buffered reaches the function subscribers first */
     wait_outside_calls(node);
+    ar__dist_stop(node); /* connections close; nothing waits on the network */
     ar__loop_stop(node);
     ar__sched_stop(node);
     node_free(node);

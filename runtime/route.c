@@ -5,8 +5,8 @@
  * internal.h, inline on the send path): it alone decides what "no such process" means. A local pid is looked up in the process table; an envelope for a live
  * process is pushed on its mailbox, and the push's tag bits say what else to do (schedule
  * it, wake a waiting foreign thread, or drain a mailbox that is already dead). A pid of
- * another node (another node number or an earlier incarnation of this one) is unreachable
- * until the distribution layer takes such pids here. The caller gets AR_ENOPROC with its
+ * another node goes to the distribution layer (dist/), which queues it for its peer; a pid
+ * of an earlier incarnation of this node is dead. The caller gets AR_ENOPROC with its
  * envelope back, so it can answer synchronously (ar_link: nothing changes; ar_monitor: an
  * immediate DOWN) instead of a dead letter arriving later.
  *
@@ -33,7 +33,8 @@ int ar__route(ar_node_t *node, ar_pid_t to, ar__env_t *e)
 
 bool ar__route_known_dead(ar_node_t *node, ar_pid_t to)
 {
-    return to.hi == node->pid_hi && !ar__proc_lookup(node, to);
+    if (to.hi != node->pid_hi) return ar__dist_known_dead(node, to);
+    return !ar__proc_lookup(node, to);
 }
 
 void ar__route_or_dead_letter(ar_node_t *node, ar_pid_t to, ar__env_t *e)
@@ -92,7 +93,11 @@ ar__env_t *ar__env_recycle_reply(ar__env_t *e, ar_pid_t from, ar_reply_to_t to, 
 void ar__dead_letter(ar_node_t *node, ar_proc_t *p, ar__env_t *e, ar_reason_t why)
 {
     if (p) ar__mb_unqueue(p, e);
-    ar_pid_t dead = {node->pid_hi, e->to_lo};
+    ar__dead_letter_from(node, (ar_pid_t){node->pid_hi, e->to_lo}, e, why);
+}
+
+void ar__dead_letter_from(ar_node_t *node, ar_pid_t dead, ar__env_t *e, ar_reason_t why)
+{
     ar_pid_t to = e->msg.from;
     switch (e->kind) {
     case ENV_LINK: /* the linker holds its half: it learns how its partner ended */
