@@ -187,7 +187,7 @@ fuzz-run: $(patsubst %,$(FUZZ_DIR)/fuzz_%,$(FUZZ_TARGETS)) $(FUZZ_DIR)/seeds
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	    $(FUZZ_DIR)/fuzz_$$t -max_total_time=$$secs -max_len=$$max -timeout=10 \
 	    -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/artifacts/$$t- \
-	    $(FUZZ_DIR)/corpus/$$t 2>&1 | tee $(FUZZ_DIR)/$$t.log | grep -E '^(#[0-9]+ +DONE|stat::|==[0-9]+==|SUMMARY|fuzz_)'; \
+	    $(FUZZ_DIR)/corpus/$$t 2>&1 | tee $(FUZZ_DIR)/$$t.log | grep -E '^(Done |stat::(number_of|average)|==[0-9]+==|SUMMARY|fuzz_)|runtime error'; \
 	  rc=$${PIPESTATUS[0]}; \
 	  if [ $$rc -ne 0 ]; then echo "fuzz: $$t failed ($$rc; $(FUZZ_DIR)/$$t.log, inputs in $(FUZZ_DIR)/artifacts/)"; exit 1; fi; \
 	done; echo "fuzz: all targets ran clean"
