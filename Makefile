@@ -49,7 +49,7 @@ STRESS_BIN := $(patsubst test/stress/%.c,$(BUILD)/stress/%,$(STRESS_SRC))
 BENCH_SRC  := $(filter-out bench/bench_util.c,$(wildcard bench/*.c))
 BENCH_BIN  := $(BUILD)/bench/arbor_bench
 
-.PHONY: all build deps test demo bench asan tsan ubsan install uninstall clean stress-build
+.PHONY: all build deps test demo bench asan tsan ubsan fuzz install uninstall clean stress-build
 # `deps` runs first; the build runs in a sub-make so pkg-config sees freshly installed packages.
 all: deps
 	@$(MAKE) --no-print-directory build
@@ -142,6 +142,62 @@ tsan: deps
 	  TSAN_OPTIONS="halt_on_error=1 exitcode=66 suppressions=$(CURDIR)/test/stress/tsan.supp" $$t || exit 1; done; \
 	  echo "tsan: all stress programs passed"
 stress-build: $(STRESS_BIN)
+
+# libFuzzer over the wire decoder with a receiver's framing and reassembly (fuzz_wire) and
+# over both roles of the handshake (fuzz_handshake), built with clang under ASan+UBSan,
+# seeded by fuzz/seeds.c. FUZZ_SECONDS (default 60) is the total, split evenly between
+# the targets; any crash, leak, timeout or sanitizer report fails. Needs clang and its
+# libFuzzer runtime: installed when run as root, like `deps`.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_PKGS    := clang libclang-rt-14-dev
+FUZZ_TARGETS := wire handshake
+FUZZ_DIR     := $(BUILD)/fuzz
+FUZZ_CFLAGS  := -std=c11 -O1 -g -fno-omit-frame-pointer $(WARN) -D_GNU_SOURCE -Iinclude \
+                -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+                $(shell pkg-config --cflags $(MSGPACK_PC) libcrypto 2>/dev/null)
+FUZZ_LIBS    := $(shell pkg-config --libs $(MSGPACK_PC) libcrypto 2>/dev/null)
+FUZZ_LIB_SRC := runtime/dist/wire.c runtime/dist/handshake.c
+# -max_len per target: a few envelopes with W_FRAG slices; a script of handshake frames.
+FUZZ_MAXLEN_wire      := 16384
+FUZZ_MAXLEN_handshake := 4096
+
+fuzz: deps
+	@missing=""; for p in $(FUZZ_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "arbor: installing$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	  else \
+	    echo "arbor: missing packages; run: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+	@$(MAKE) --no-print-directory fuzz-run
+
+.PHONY: fuzz-run
+fuzz-run: $(patsubst %,$(FUZZ_DIR)/fuzz_%,$(FUZZ_TARGETS)) $(FUZZ_DIR)/seeds
+	$(FUZZ_DIR)/seeds $(FUZZ_DIR)/corpus
+	@secs=$$(( $(FUZZ_SECONDS) / $(words $(FUZZ_TARGETS)) )); [ $$secs -ge 1 ] || secs=1; \
+	for t in $(FUZZ_TARGETS); do \
+	  case $$t in wire) max=$(FUZZ_MAXLEN_wire);; *) max=$(FUZZ_MAXLEN_handshake);; esac; \
+	  echo "fuzz: $$t for $${secs}s (-max_len=$$max)"; \
+	  mkdir -p $(FUZZ_DIR)/artifacts; \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	    $(FUZZ_DIR)/fuzz_$$t -max_total_time=$$secs -max_len=$$max -timeout=10 \
+	    -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/artifacts/$$t- \
+	    $(FUZZ_DIR)/corpus/$$t 2>&1 | tee $(FUZZ_DIR)/$$t.log | grep -E '^(Done |stat::(number_of|average)|==[0-9]+==|SUMMARY|fuzz_)|runtime error'; \
+	  rc=$${PIPESTATUS[0]}; \
+	  if [ $$rc -ne 0 ]; then echo "fuzz: $$t failed ($$rc; $(FUZZ_DIR)/$$t.log, inputs in $(FUZZ_DIR)/artifacts/)"; exit 1; fi; \
+	done; echo "fuzz: all targets ran clean"
+
+$(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_LIB_SRC) runtime/dist/wire.h include/arbor.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_LIB_SRC) $(FUZZ_LIBS)
+$(FUZZ_DIR)/seeds: fuzz/seeds.c $(FUZZ_LIB_SRC) runtime/dist/wire.h include/arbor.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_LIB_SRC) $(FUZZ_LIBS)
 
 install: build
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig

@@ -171,19 +171,30 @@ static void *refill(struct ar__depot *d, struct ar__pool_cache *c, int k)
 void *ar__pool_alloc(size_t size) { return ar__pool_alloc_on(ar__current_sched(), size); }
 void ar__pool_free(void *p, size_t size) { ar__pool_free_on(ar__current_sched(), p, size); }
 
+/* A node thread that is not a scheduler (the I/O thread) keeps a cache of its own. */
+static _Thread_local struct ar__depot *tl_depot;
+static _Thread_local struct ar__pool_cache *tl_cache;
+
+void ar__pool_thread_cache(struct ar__depot *d, struct ar__pool_cache *c)
+{
+    if (c) c->max = ar__pool_bypass ? 0 : AR__POOL_CACHE_MAX; /* (the tests' OOM sweeps) */
+    tl_depot = d;
+    tl_cache = c;
+}
+
 void *ar__pool_alloc_slow(ar__sched_t *s, size_t size)
 {
     int k = class_of(size);
     if (k < 0) return ar__malloc(size);
-    if (!s) return ar__malloc(class_size[k]);
-    struct ar__pool_cache *c = &s->cache;
+    struct ar__pool_cache *c = s ? &s->cache : tl_cache;
+    if (!c) return ar__malloc(class_size[k]);
     void *b = c->free[k];
     if (b) {
         c->free[k] = next_of(b);
         c->count[k]--;
         return b;
     }
-    return refill(&s->node->depot, c, k);
+    return refill(s ? &s->node->depot : tl_depot, c, k);
 }
 
 void ar__pool_free_cached(struct ar__depot *d, struct ar__pool_cache *c, void *p, size_t size)
@@ -203,6 +214,10 @@ void ar__pool_free_slow(ar__sched_t *s, void *p, size_t size)
 {
     int k = class_of(size);
     if (!p) return;
+    if (!s && tl_cache && k >= 0) {
+        ar__pool_free_cached(tl_depot, tl_cache, p, size);
+        return;
+    }
     if (k < 0 || !s || !s->cache.max) {
         ar__free(p);
         return;

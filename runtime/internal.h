@@ -88,6 +88,9 @@ void ar__pool_free_slow(struct ar__sched *s, void *p, size_t size);
  * cache is, instead of one by one to the allocator from another CPU. */
 void ar__pool_free_cached(struct ar__depot *d, struct ar__pool_cache *c, void *p, size_t size);
 void ar__pool_cache_flush(struct ar__depot *d, struct ar__pool_cache *c);
+/* Gives the calling thread (one of the node's own, not a scheduler) cache c over depot d
+ * for ar__pool_* calls with no scheduler; NULL: none again (flush it first). */
+void ar__pool_thread_cache(struct ar__depot *d, struct ar__pool_cache *c);
 void ar__depot_init(struct ar__depot *d);
 void ar__depot_destroy(struct ar__depot *d);
 

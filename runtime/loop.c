@@ -25,6 +25,7 @@ struct ar__loop {
     uv_signal_t sigint, sigterm;
     uv_thread_t thread;
     ar_node_t *node;
+    struct ar__pool_cache cache; /* the I/O thread's pooled blocks */
     _Atomic int stopping;
     /* the inbox (internal.h's MPSC queue): producers exchange `head`; the I/O thread alone
      * moves `tail` */
@@ -76,7 +77,11 @@ static void on_wake(uv_async_t *h)
 static void loop_main(void *arg)
 {
     struct ar__loop *l = arg;
+    /* it makes and frees the envelopes and frames of the distribution layer: pooled */
+    ar__pool_thread_cache(&l->node->depot, &l->cache);
     uv_run(&l->loop, UV_RUN_DEFAULT);
+    ar__pool_cache_flush(&l->node->depot, &l->cache);
+    ar__pool_thread_cache(NULL, NULL);
 }
 
 int ar__loop_start(ar_node_t *node)

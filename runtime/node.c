@@ -326,8 +326,10 @@ int ar_node_stop(ar_node_t *node, int timeout_ms)
         wait_none_alive(node, 0);
     }
     ar__events_stop(node); /* what is buffered reaches the function subscribers first */
+    /* connections close, and what waits on them is answered (a foreign thread's call to
+     * a remote pid among them): nothing waits on the network */
+    ar__dist_stop(node);
     wait_outside_calls(node);
-    ar__dist_stop(node); /* connections close; nothing waits on the network */
     ar__loop_stop(node);
     ar__sched_stop(node);
     node_free(node);

@@ -900,10 +900,10 @@ void ar__conn_close_all(struct ar__dist *d)
         conn_close(c);
     }
     uint32_t np = atomic_load_explicit(&d->npeers, memory_order_acquire);
-    for (uint32_t i = 0; i < np; i++) {
+    for (uint32_t i = 0; i < np; i++) { /* only foreign threads' calls are left to answer */
         d->all[i]->dialing = NULL;
-        drain(d->all[i], AR_NOCONNECTION, false);
-        ar__rh_free_all(d->all[i]);
+        drain(d->all[i], AR_NOCONNECTION, true);
+        ar__rh_fire_all(d->all[i], d->node, AR_NOCONNECTION);
     }
     if (d->listening) uv_close((uv_handle_t *)&d->listener, NULL);
 }

@@ -23,6 +23,7 @@
  */
 #include "wire.h"
 
+#include <limits.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -63,7 +64,7 @@ static bool mac(const ar__hs_t *h, char side, const char *sender, size_t sender_
     n += AR__CHALLENGE_LEN;
     size_t klen = strlen(h->cookie);
     unsigned int outlen = 0;
-    bool ok = klen <= (size_t)INT32_MAX &&
+    bool ok = klen <= (size_t)INT_MAX &&
               HMAC(EVP_sha256(), h->cookie, (int)klen, in, n, out, &outlen) != NULL &&
               outlen == AR__MAC_LEN;
     if (!ok) OPENSSL_cleanse(out, AR__MAC_LEN);
@@ -72,7 +73,8 @@ static bool mac(const ar__hs_t *h, char side, const char *sender, size_t sender_
 
 static char side_of(enum ar__hs_role role) { return role == HS_ACCEPTOR ? 'B' : 'A'; }
 
-/* The MAC the peer must have sent with m (CHALLENGE or AUTH), compared in constant time. */
+/* Whether got is the MAC the peer (named peer, with challenge c_peer) had to send, compared
+ * in constant time. An HMAC failure counts as a mismatch: the handshake fails closed. */
 static bool peer_mac_ok(const ar__hs_t *h, const char *peer, size_t peer_len,
                         const uint8_t *c_peer, const uint8_t got[AR__MAC_LEN])
 {
@@ -98,9 +100,9 @@ int ar__hs_init(ar__hs_t *h, enum ar__hs_role role, const char *cookie, const ch
 {
     memset(h, 0, sizeof *h);
     h->step = HS_FAILED;
-    if (!cookie || !*cookie || !name || !ar__node_name_valid(name, strnlen(name, AR_NODE_NAME_MAX)) ||
-        node_hi == 0 || (listen && !listen_ok(listen)) ||
-        (role != HS_CONNECTOR && role != HS_ACCEPTOR))
+    if (!cookie || !*cookie || !name ||
+        !ar__node_name_valid(name, strnlen(name, AR_NODE_NAME_MAX)) || node_hi == 0 ||
+        (listen && !listen_ok(listen)) || (role != HS_CONNECTOR && role != HS_ACCEPTOR))
         return AR_EINVAL;
     if (RAND_bytes(h->mine, sizeof h->mine) != 1) return AR_ENOMEM;
     h->role = role;

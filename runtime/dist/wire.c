@@ -16,7 +16,9 @@
  * takes no allocator); its str, bin and ext objects point into the input (msgpack-c 4.0
  * sets ptr to the input position in template_callback_str/bin/ext and marks the zone as
  * referencing it), so the text and payload pointers handed back point into body, never
- * into the zone. Every field is then type-checked; anything unexpected is AR_EBADMSG.
+ * into the zone; decode checks that they do. An empty str or bin has no position of its
+ * own in msgpack-c (a fixstr of 0 comes back as NULL): it points at the end of body.
+ * Every field is then type-checked; anything unexpected is AR_EBADMSG.
  *
  * Pure functions over the caller's buffers; any thread. Lengths passed to the encoders
  * fit in 32 bits (the callers cap messages far below that).
@@ -273,6 +275,23 @@ bool ar__mp_check(const void *data, size_t len, unsigned max_depth)
 }
 
 /* ---- decoding ---------------------------------------------------------------------- */
+/* The input a decode works on: str, bin and ext bytes must lie inside it. */
+typedef struct span {
+    const char *lo, *hi;
+} span_t;
+
+/* A str or bin's bytes as a pointer into the input (see the notes above). */
+static bool inside(const span_t *in, const char *p, uint32_t n, const char **out)
+{
+    if (n == 0) {
+        *out = in->hi;
+        return true;
+    }
+    if (!p || p < in->lo || p > in->hi || (size_t)(in->hi - p) < n) return false;
+    *out = p;
+    return true;
+}
+
 /* Parses a checked body into u: its top object is an array of n fields, or NULL. */
 static const msgpack_object *parse(msgpack_unpacked *u, const void *body, size_t len,
                                    uint32_t n)
@@ -293,7 +312,7 @@ static bool get_uint(const msgpack_object *o, uint64_t max, uint64_t *out)
     return true;
 }
 
-static bool get_pid(const msgpack_object *o, ar_pid_t *out)
+static bool get_pid(const span_t *in, const msgpack_object *o, ar_pid_t *out)
 {
     if (o->type == MSGPACK_OBJECT_NIL) {
         *out = AR_PID_NONE;
@@ -302,51 +321,62 @@ static bool get_pid(const msgpack_object *o, ar_pid_t *out)
     if (o->type != MSGPACK_OBJECT_EXT || o->via.ext.type != AR__PID_EXT ||
         o->via.ext.size != 16)
         return false;
-    const uint8_t *b = (const uint8_t *)o->via.ext.ptr;
+    const char *p;
+    if (!inside(in, o->via.ext.ptr, 16, &p)) return false;
+    const uint8_t *b = (const uint8_t *)p;
     out->hi = get_be(b, 8);
     out->lo = get_be(b + 8, 8);
     return true;
 }
 
 /* str or nil */
-static bool get_text(const msgpack_object *o, size_t max, const char **s, size_t *n)
+static bool get_text(const span_t *in, const msgpack_object *o, size_t max, const char **s,
+                     size_t *n)
 {
     if (o->type == MSGPACK_OBJECT_NIL) {
         *s = NULL;
         *n = 0;
         return true;
     }
-    if (o->type != MSGPACK_OBJECT_STR || o->via.str.size > max) return false;
-    *s = o->via.str.ptr;
+    if (o->type != MSGPACK_OBJECT_STR || o->via.str.size > max ||
+        !inside(in, o->via.str.ptr, o->via.str.size, s))
+        return false;
     *n = o->via.str.size;
     return true;
 }
 
 /* bin of exactly n bytes, or nil */
-static bool get_fixed_bin(const msgpack_object *o, uint8_t *out, uint32_t n, bool *has)
+static bool get_fixed_bin(const span_t *in, const msgpack_object *o, uint8_t *out, uint32_t n,
+                          bool *has)
 {
     *has = false;
     if (o->type == MSGPACK_OBJECT_NIL) return true;
-    if (o->type != MSGPACK_OBJECT_BIN || o->via.bin.size != n) return false;
-    memcpy(out, o->via.bin.ptr, n);
+    const char *p;
+    if (o->type != MSGPACK_OBJECT_BIN || o->via.bin.size != n ||
+        !inside(in, o->via.bin.ptr, n, &p))
+        return false;
+    memcpy(out, p, n);
     *has = true;
     return true;
 }
 
-static bool envelope(const msgpack_object *f, ar__wire_msg_t *m)
+static bool envelope(const span_t *in, const msgpack_object *f, ar__wire_msg_t *m)
 {
     uint64_t kind, flags, tag, code;
+    const char *payload;
     if (!get_uint(&f[0], W_PEER, &kind) || kind < W_CAST || !get_uint(&f[1], 0xff, &flags) ||
-        !get_uint(&f[2], UINT32_MAX, &tag) || !get_pid(&f[3], &m->from) ||
-        !get_pid(&f[4], &m->to) || !get_uint(&f[5], UINT64_MAX, &m->ref) ||
-        !get_uint(&f[6], AR_ERROR, &code) || !get_text(&f[7], SIZE_MAX, &m->text, &m->text_len) ||
-        !get_pid(&f[8], &m->reply_pid) || f[9].type != MSGPACK_OBJECT_BIN)
+        !get_uint(&f[2], UINT32_MAX, &tag) || !get_pid(in, &f[3], &m->from) ||
+        !get_pid(in, &f[4], &m->to) || !get_uint(&f[5], UINT64_MAX, &m->ref) ||
+        !get_uint(&f[6], AR_ERROR, &code) ||
+        !get_text(in, &f[7], SIZE_MAX, &m->text, &m->text_len) ||
+        !get_pid(in, &f[8], &m->reply_pid) || f[9].type != MSGPACK_OBJECT_BIN ||
+        !inside(in, f[9].via.bin.ptr, f[9].via.bin.size, &payload))
         return false;
     m->kind = (uint8_t)kind;
     m->flags = (uint8_t)flags;
     m->tag = (uint32_t)tag;
     m->code = (uint32_t)code;
-    m->payload = f[9].via.bin.ptr;
+    m->payload = payload;
     m->len = f[9].via.bin.size;
     return true;
 }
@@ -358,7 +388,11 @@ int ar__wire_decode(const void *body, size_t len, ar__wire_msg_t *m)
     ar__wire_msg_t out;
     memset(&out, 0, sizeof out);
     const msgpack_object *f = parse(&u, body, len, ENVELOPE_FIELDS);
-    bool ok = f && envelope(f, &out);
+    bool ok = false;
+    if (f) { /* so body is not NULL */
+        span_t in = {body, (const char *)body + len};
+        ok = envelope(&in, f, &out);
+    }
     msgpack_unpacked_destroy(&u);
     if (!ok) return AR_EBADMSG;
     *m = out;
@@ -418,18 +452,18 @@ void ar__hs_encode(const ar__hs_msg_t *m, void *buf)
     }
 }
 
-static bool hs_fields(const msgpack_object *f, ar__hs_msg_t *m)
+static bool hs_fields(const span_t *in, const msgpack_object *f, ar__hs_msg_t *m)
 {
     uint64_t kind, version;
     if (!get_uint(&f[0], W_WELCOME, &kind) || kind < W_HELLO ||
         !get_uint(&f[1], UINT32_MAX, &version) ||
-        !get_text(&f[2], AR_NODE_NAME_MAX - 1, &m->name, &m->name_len) ||
+        !get_text(in, &f[2], AR_NODE_NAME_MAX - 1, &m->name, &m->name_len) ||
         (m->name && !ar__node_name_valid(m->name, m->name_len)) ||
         !get_uint(&f[3], UINT64_MAX, &m->node_hi) ||
-        !get_text(&f[4], AR_NAME_MAX - 1, &m->listen, &m->listen_len) ||
+        !get_text(in, &f[4], AR_NAME_MAX - 1, &m->listen, &m->listen_len) ||
         (m->listen && !listen_valid(m->listen, m->listen_len)) ||
-        !get_fixed_bin(&f[5], m->challenge, AR__CHALLENGE_LEN, &m->has_challenge) ||
-        !get_fixed_bin(&f[6], m->mac, AR__MAC_LEN, &m->has_mac))
+        !get_fixed_bin(in, &f[5], m->challenge, AR__CHALLENGE_LEN, &m->has_challenge) ||
+        !get_fixed_bin(in, &f[6], m->mac, AR__MAC_LEN, &m->has_mac))
         return false;
     m->kind = (uint8_t)kind;
     m->version = (uint32_t)version;
@@ -444,7 +478,11 @@ int ar__hs_decode(const void *body, size_t len, ar__hs_msg_t *m)
     ar__hs_msg_t out;
     memset(&out, 0, sizeof out);
     const msgpack_object *f = parse(&u, body, len, HS_FIELDS);
-    bool ok = f && hs_fields(f, &out);
+    bool ok = false;
+    if (f) {
+        span_t in = {body, (const char *)body + len};
+        ok = hs_fields(&in, f, &out);
+    }
     msgpack_unpacked_destroy(&u);
     if (!ok) return AR_EBADMSG;
     *m = out;
