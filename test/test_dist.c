@@ -1475,6 +1475,30 @@ Test(dist, a_send_to_a_just_stopped_node_returns_at_once, .timeout = TH_TIMEOUT)
     th_node_stop(a);
 }
 
+/* A node stop does not wait on a call a thread has pending on a peer that is alive but
+ * does not answer: its connections close, the call fails. */
+Test(dist, a_stop_does_not_wait_for_calls_pending_on_a_live_peer, .timeout = TH_TIMEOUT)
+{
+    ar_node_t *a, *b;
+    pair(&a, &b);
+    static dn_holder_t h;
+    ar_pid_t hb = dn_spawn_holder(b, &h);
+    dn_bg_call_t call;
+    dn_bg_call_start(&call, a, hb, DT_MARKER, 25000); /* held, never answered */
+    th_await(atomic_load(&h.held) == 1);
+    uint64_t t0 = th_now_ns();
+    int rc = ar_node_stop(a, 2000);
+    double ms = th_ms_since(t0);
+    cr_log_info("stop with a thread's call pending on a live peer: %s after %.0f ms; the call "
+                "returned %s", ar_err_name(rc), ms, ar_err_name(call.rc));
+    cr_assert_lt(ms, 2000.0 + 1000.0, "ar_node_stop(2000) took %.0f ms", ms);
+    th_await(atomic_load(&call.done));
+    cr_assert_neq(call.rc, 0);
+    cr_assert_neq(call.rc, AR_ETIMEDOUT, "the pending call ran into its own timeout");
+    pthread_join(call.thread, NULL);
+    th_node_stop(b);
+}
+
 /* The peer restarts under the same name at the same address: a new incarnation. */
 Test(dist, a_restarted_peer_is_a_new_incarnation, .timeout = TH_TIMEOUT)
 {
