@@ -941,6 +941,53 @@ Test(dist, trap_exit_turned_on_later_catches_a_remote_link_exit, .timeout = TH_T
     stop_all(a, b);
 }
 
+Test(dist, messages_then_an_exit_signal_from_one_process_arrive_in_order, .timeout = TH_TIMEOUT)
+{
+    ar_node_t *a, *b;
+    pair(&a, &b);
+    static dn_agent_t ga, gb;
+    ar_pid_t pa = dn_spawn_agent(a, &ga, false);
+    ar_pid_t pb = dn_spawn_agent(b, &gb, true);
+    enum { N = 50 };
+    for (int k = 0; k < N; k++) {
+        dn_cmd_t c = {.pid = pb, .tag = DT_DATA};
+        snprintf(c.text, sizeof c.text, "m%d", k);
+        cr_assert_eq(dn_ctl(a, pa, DC_SEND, c).rc, 0);
+    }
+    dn_res_t r = dn_ctl(a, pa, DC_EXIT, (dn_cmd_t){.pid = pb, .code = AR_ERROR, .text = "after"});
+    cr_assert_eq(r.rc, 0);
+    size_t i = dn_await_kind(&gb, AR_MSG_EXIT, pa);
+    cr_assert_eq(i, (size_t)N, "the EXIT came as entry %zu, not after the %d messages", i, N);
+    for (int k = 0; k < N; k++) {
+        char want[8];
+        snprintf(want, sizeof want, "m%d", k);
+        cr_assert_str_eq(gb.log.e[k].data, want);
+    }
+    expect_entry(&gb, i, AR_MSG_EXIT, pa, AR_ERROR, "after");
+    stop_all(a, b);
+}
+
+Test(dist, a_send_to_a_pid_of_a_node_nobody_knows_is_dropped_at_once, .timeout = TH_TIMEOUT)
+{
+    ar_node_t *a = dn_node("dist_a");
+    ar_pid_t nowhere = {((uint64_t)0x12345679u << 32) | 0x0badf00du, (1ull << 32) | 1u};
+    ar_node_stats_t before = th_stats(a);
+    uint64_t t0 = th_now_ns();
+    cr_assert_eq(ar_send(a, nowhere, DT_DATA, "x", 1), 0);
+    cr_assert_lt(th_ms_since(t0), 100.0);
+    th_await(th_stats(a).dropped == before.dropped + 1);
+    ar_buf_t r = {0};
+    int rc = ar_call(a, nowhere, DT_DATA, "x", 1, &r, TH_WAIT_MS);
+    cr_assert(rc == AR_ENOCONN || rc == AR_ENOPROC, "call to an unknown node: %s", ar_err_name(rc));
+    static dn_agent_t ga;
+    ar_pid_t pa = dn_spawn_agent(a, &ga, false);
+    dn_monitor(a, pa, nowhere);
+    size_t i = dn_await_kind(&ga, AR_MSG_DOWN, nowhere);
+    cr_assert(ga.log.e[i].code == AR_NOCONNECTION || ga.log.e[i].code == AR_NOPROC, "%s",
+              ar_exit_code_name(ga.log.e[i].code));
+    th_node_stop(a);
+}
+
 /* ---- names across nodes ------------------------------------------------------------------------------ */
 Test(dist, whereis_remote_by_address_and_by_node_name, .timeout = TH_TIMEOUT)
 {
@@ -1320,6 +1367,42 @@ Test(dist, a_message_over_max_message_bytes_is_e2big_at_the_sender, .timeout = T
     free(p);
     cr_assert_eq(th_sync(a, rb), 1);
     cr_assert_eq(rec_b.e[0].len, (size_t)1 << 20);
+    stop_all(a, b);
+}
+
+/* Nodes may be configured with different max_message_bytes. A message within the
+ * sender's bound but over the receiver's must cost that message only (refused with
+ * AR_E2BIG at the sender, or dropped at the receiver), never the connection with every
+ * link, monitor and call on it. */
+Test(dist, a_message_over_the_receivers_bound_costs_that_message_not_the_connection,
+     .timeout = TH_TIMEOUT)
+{
+    ar_node_t *a = dn_node("dist_a");
+    ar_node_t *b = dn_node_opts("dist_b", &(dn_opts_t){.max_message_bytes = 1 << 20});
+    dn_evlog_attach(a, &ev_a);
+    dn_connect(a, b);
+    th_echo_state_t st;
+    ar_pid_t eb = spawn_echo(b, &st);
+    ar_pid_t rb = th_spawn(b, &th_recorder, &rec_b);
+    static dn_agent_t gm;
+    ar_pid_t pm = dn_spawn_agent(a, &gm, false);
+    dn_monitor(a, pm, eb);
+    size_t big = 3u << 20;
+    char *p = calloc(1, big);
+    int rc = ar_send(a, rb, DT_DATA, p, big);
+    cr_assert(rc == 0 || rc == AR_E2BIG, "%s", ar_err_name(rc));
+    th_send(a, rb, DT_MARKER, "after", 5);
+    th_echo_check(a, eb);
+    th_send(a, rb, DT_DATA, p, 512u << 10);
+    free(p);
+    size_t n = th_sync(a, rb);
+    cr_assert_eq(dn_ev_count(&ev_a, AR_EV_NODE_DOWN, NULL), 0,
+                 "one oversized message took the connection down");
+    cr_assert_eq(dn_count_kind(&gm, AR_MSG_DOWN), 0, "a monitor fired: %s",
+                 gm.log.e[0].code == AR_NOCONNECTION ? "noconnection" : "?");
+    cr_assert_eq(n, 2, "the marker and the 512 KiB message, not the 3 MiB one");
+    cr_assert_eq(rec_b.e[0].tag, DT_MARKER);
+    cr_assert_eq(rec_b.e[1].len, 512u << 10);
     stop_all(a, b);
 }
 
