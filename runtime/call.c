@@ -9,10 +9,18 @@
  *
  * A foreign thread has no process to receive the reply in: it waits in a waiter
  * (waiter.c), a stand-in process whose pid is the reply_to.
+ *
+ * An ask (even ref) does not wait: the asker holds it as a half (HALF_ASK, halves.c) until
+ * the first REPLY with its ref is fetched, so a reply finds its ask in O(1) however many
+ * are pending, and the admit drops any later one. The half is one envelope whose payload
+ * holds the ask's timer (NULL: none); when an answer came from elsewhere than the target
+ * (the timer's AR_TIMEOUT) it goes to the target as the CALL_DONE, so settling an ask
+ * allocates nothing. An asker that ends drops its asks without a word, as its halves go.
  */
 #include "internal.h"
 
 #include <errno.h>
+#include <string.h>
 #include <time.h>
 
 
@@ -156,6 +164,13 @@ int ar_call(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *req, size_t 
     return ar__call_with(node, push_plain, &c, reply, timeout_ms);
 }
 
+static ar__timer_t *ask_timer(ar__env_t *h)
+{
+    ar__timer_t *t;
+    memcpy(&t, ar__env_payload(h), sizeof t);
+    return t;
+}
+
 int ar_ask(ar_proc_t *self, ar_pid_t to, uint32_t tag, const void *req, size_t len,
            int timeout_ms, ar_ref_t *ref_out)
 {
@@ -164,36 +179,31 @@ int ar_ask(ar_proc_t *self, ar_pid_t to, uint32_t tag, const void *req, size_t l
     ar_node_t *node = self->node;
     int rc = ar__check_payload(node, req, len);
     if (rc) return rc;
-    struct ar__proc_ext *x = ar__proc_ext(self);
-    struct ar__ask *a = ar__calloc(1, sizeof *a);
-    if (!x || !a) {
-        ar__free(a);
+    ar__timer_t *timer = NULL;
+    ar__env_t *a = ar__env_new(sizeof timer);        /* the ask itself, held as a half */
+    ar__env_t *failed = a ? ar__env_new(0) : NULL; /* its answer, should `to` be dead */
+    if (!failed) {
+        ar__env_free(a);
         return AR_ENOMEM;
     }
     ar_ref_t ref = ar__make_ref(node); /* even: an ask */
     ar_pid_t me = ar__proc_pid(self);
-    a->ref = ref;
-    a->to = to;
     if (timeout_ms != AR_INFINITY) {
         ar__env_t *te = ar__env_new(0);
-        if (!te) {
-            ar__free(a);
-            return AR_ENOMEM;
+        if (te) {
+            te->msg.kind = AR_MSG_REPLY;
+            te->msg.ref = ref;
+            te->msg.from = to;
+            te->msg.reason = AR_REASON(AR_TIMEOUT);
+            if (!(timer = ar__timer_start(node, timeout_ms, me, te, 0))) ar__env_free(te);
         }
-        te->msg.kind = AR_MSG_REPLY;
-        te->msg.ref = ref;
-        te->msg.from = to;
-        te->msg.reason = AR_REASON(AR_TIMEOUT);
-        a->timer = ar__timer_start(node, timeout_ms, me, te, 0);
-        if (!a->timer) {
-            ar__env_free(te);
-            ar__free(a);
+        if (!timer) {
+            ar__env_free(failed);
+            ar__env_free(a);
             return AR_ENOMEM;
         }
     }
-    ar__env_t *failed = ar__env_new(0); /* its answer, should `to` be dead */
-    rc = failed ? ar__send_msg(node, to, AR_MSG_CALL, tag, req, len, (ar_reply_to_t){me, ref})
-                : AR_ENOMEM;
+    rc = ar__send_msg(node, to, AR_MSG_CALL, tag, req, len, (ar_reply_to_t){me, ref});
     if (rc == AR_ENOPROC) { /* the outcome is a failed reply, like any other */
         ar__route_or_dead_letter(node, me, ar__env_recycle_reply(failed, to, (ar_reply_to_t){me, ref},
                                                           AR_REASON(AR_NOPROC)));
@@ -202,12 +212,38 @@ int ar_ask(ar_proc_t *self, ar_pid_t to, uint32_t tag, const void *req, size_t l
     }
     ar__env_free(failed);
     if (rc) {
-        if (a->timer) ar__timer_cancel(node, a->timer);
-        ar__free(a);
+        if (timer) ar__timer_cancel(node, timer);
+        ar__env_free(a);
         return rc;
     }
-    a->next = x->asks;
-    x->asks = a;
+    memcpy(ar__env_payload(a), &timer, sizeof timer);
+    ar__half_put(self, a, HALF_ASK, to, ref); /* may grow the table; never fails */
     *ref_out = ref;
     return 0;
+}
+
+bool ar__ask_answered(ar_proc_t *p, const ar__env_t *reply)
+{
+    ar__env_t *a = ar__half_take(p, HALF_ASK, AR_PID_NONE, reply->msg.ref);
+    if (!a) return false;
+    ar_node_t *node = p->node;
+    ar__timer_t *t = ask_timer(a);
+    if (t) ar__timer_cancel(node, t);
+    if (reply->flags & ENVF_RELEASED) { /* the target answered, or is gone: it owes nothing */
+        ar__env_free(a);
+        return true;
+    }
+    /* it may still hold the call: the ask's envelope tells it to let go (no text: recycling
+     * allocates nothing) */
+    ar_reply_to_t k = a->msg.reply_to;
+    ar__route_or_dead_letter(node, k.pid, ar__env_recycle(a, ENV_CALL_DONE, ar__proc_pid(p),
+                                                          k.ref, AR_REASON(AR_NORMAL)));
+    return true;
+}
+
+void ar__ask_drop(ar_node_t *node, ar__env_t *h)
+{
+    ar__timer_t *t = ask_timer(h);
+    if (t) ar__timer_cancel(node, t);
+    ar__env_free(h);
 }

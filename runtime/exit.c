@@ -3,15 +3,17 @@
  * A process after its terminate, a process whose init failed, and a foreign thread's
  * waiter all end through ar__exit_sequence, whose steps run in this order:
  *
- *   1. release what it owns: the message it was handling, its timers, its wait's timer,
- *      its outstanding asks (sockets, later, close here);
+ *   1. release what it owns: the message it was handling, its timers, its wait's timer
+ *      (sockets, later, close here);
  *   2. release its name (names and registry keys hook in here, so a name is free before
  *      anyone hears of the death);
  *   3. unpublish its pid: from here every route to it fails, so whoever learns of the
  *      death sees it dead;
  *   4. notify: every half it holds becomes the signal it stands for (EXIT to links, DOWN
  *      to watchers, DEMONITOR to the processes it monitored, failed replies to the calls
- *      it owed), then whatever is still queued is answered and the mailbox marked dead;
+ *      it owed) but its pending asks, which are dropped with their timers (their answers
+ *      find it gone), then whatever is still queued is answered and the mailbox marked
+ *      dead;
  *   5. end its event subscriptions and emit its EXIT (or START_FAILED) event (events.c),
  *      after the name: whoever hears of the end finds the name free;
  *   6. free its memory and give its slot back.
@@ -25,7 +27,6 @@
 /* Step 1. */
 static void release_owned(ar_proc_t *p)
 {
-    ar_node_t *node = p->node;
     ar__env_t *h = p->handling;
     if (h) { /* its handler crashed: an owed CALL stays a half, answered in step 4 */
         p->handling = NULL;
@@ -34,14 +35,6 @@ static void release_owned(ar_proc_t *p)
     }
     ar__proc_cancel_timers(p);
     ar__wait_abandon(p); /* it ended while parked in a timed wait */
-    struct ar__ask *a = p->ext ? p->ext->asks : NULL;
-    while (a) {
-        struct ar__ask *n = a->next;
-        if (a->timer) ar__timer_cancel(node, a->timer);
-        ar__free(a);
-        a = n;
-    }
-    if (p->ext) p->ext->asks = NULL;
 }
 
 /* Step 3. */
@@ -89,7 +82,11 @@ static void send_halves(ar_proc_t *p, ar_pid_t self, ar_reason_t told, enum ar__
     ar__env_t *by_kind[HALF_CALL + 1] = {NULL};
     for (ar__env_t *h = ar__halves_take_all(p), *next; h; h = next) {
         next = (ar__env_t *)atomic_load_explicit(&h->q.next, memory_order_relaxed);
-        AR__ASSERT(h->half > HALF_NONE && h->half <= HALF_CALL);
+        AR__ASSERT(h->half > HALF_NONE && h->half <= HALF_ASK);
+        if (h->half == HALF_ASK) { /* owes nobody anything */
+            ar__ask_drop(node, h);
+            continue;
+        }
         atomic_store_explicit(&h->q.next, (struct ar__qnode *)by_kind[h->half], memory_order_relaxed);
         by_kind[h->half] = h;
     }

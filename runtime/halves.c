@@ -1,19 +1,25 @@
 /* Halves: what one process holds of its links, of the monitors it holds and the monitors
- * on it, and of the calls it owes an answer to.
+ * on it, of the calls it owes an answer to, and of the asks it awaits one for.
  *
  * Each half is an envelope: the signal the process will owe when it ends (the EXIT of a
  * link, the DOWN of a monitor on it, the DEMONITOR of a monitor it holds, the failed reply
  * of a call). It is reserved when the link, monitor or call is made (the LINK and MONITOR
  * envelopes themselves become the receiver's halves, as ERTS keeps a monitor's DOWN in
  * the monitor's own structure), so making one is what may fail with AR_ENOMEM, and an
- * ending process never needs memory to tell anyone.
+ * ending process never needs memory to tell anyone. An ask (call.c) is the one half an
+ * ending process owes nothing for: it is dropped then; its envelope is the CALL_DONE the
+ * asker may owe its target once an answer came from elsewhere.
  *
  * The table is an intrusive chained hash: an envelope chains through its queue link,
  * which is free while it is held. Up to SMALL halves (most processes) share one chain and
  * need no array; beyond, the bucket array doubles at a load of one. Putting never
- * allocates anything that can fail it: an array that cannot grow only lengthens chains. Keys are msg.reply_to: the
- * other pid (whole: it may live on another node) and the ref (0 for links). Monitors one
- * holds are found by ref alone (ar_demonitor knows nothing else); the others by both.
+ * allocates anything that can fail it: an array that cannot grow only lengthens chains.
+ * Taking never allocates: once a burst is over (thousands of asks answered) and a few
+ * halves are left, a large array is freed and they share one chain again. Keys are
+ * msg.reply_to: the other pid (whole: it may live on another node) and the ref (0 for
+ * links). Monitors one holds and asks are found by ref alone (ar_demonitor knows nothing
+ * else; an answer may come from any process the target handed the call on to); the
+ * others by both.
  *
  * Owner-only, like the rest of a process's state.
  */
@@ -27,6 +33,11 @@
 /* Halves kept on one chain, with no bucket array: scanning a few costs less than an
  * array's allocation. */
 #define SMALL 4
+/* A bucket array of up to this many buckets (512 bytes) is kept however few halves are
+ * left; a larger one is freed once SMALL or fewer are. An array of B buckets held at least
+ * B/2 halves, so its freeing follows nearly B/2 takes and regrowing it takes as many puts:
+ * both cost O(1) per put and take, and a count that hovers near SMALL allocates nothing. */
+#define KEEP_BUCKETS 64
 
 static inline ar__env_t *next_of(ar__env_t *e)
 {
@@ -37,21 +48,26 @@ static inline void set_next(ar__env_t *e, ar__env_t *n)
     atomic_store_explicit(&e->q.next, n ? &n->q : NULL, memory_order_relaxed);
 }
 
-/* Refs come in sequence (even numbers) and pids differ in their low index: folding keeps
- * keys made one after another in neighbouring buckets, so halves made and ended in order
- * stream through memory. */
+/* Fibonacci hashing: the key times 2^64/phi, whose top bits choose the bucket. Refs are
+ * even and come in one sequence for the whole node, so the refs one process holds are
+ * spaced by however many the others took in between: a process that asks and calls in
+ * turn holds every other one of ref >> 1, and the low bits alone would leave half the
+ * buckets empty. Multiplying spreads any such progression (and a run of pid indexes)
+ * evenly over the buckets. */
 static inline uint32_t bucket_of(const ar__halves_t *t, ar_pid_t peer, ar_ref_t ref,
                                  enum ar__half_kind kind)
 {
+    if (!t->mask) return 0;
     uint64_t k = (ref && kind != HALF_LINK) ? ref >> 1 : peer.lo ^ peer.hi;
-    return (uint32_t)(k ^ (k >> 32) ^ (k >> 45)) & t->mask;
+    uint64_t h = (k * 0x9E3779B97F4A7C15u) >> 32;          /* the product's top 32 bits */
+    return (uint32_t)((h * ((uint64_t)t->mask + 1)) >> 32); /* their top log2(buckets) */
 }
 
 static inline bool matches(const ar__env_t *e, enum ar__half_kind kind, ar_pid_t peer,
                            ar_ref_t ref)
 {
     return e->half == kind && e->msg.reply_to.ref == ref &&
-           (kind == HALF_MONITOR || ar_pid_eq(e->msg.reply_to.pid, peer));
+           (kind == HALF_MONITOR || kind == HALF_ASK || ar_pid_eq(e->msg.reply_to.pid, peer));
 }
 
 void ar__halves_init(ar__halves_t *t)
@@ -102,6 +118,21 @@ static void grow(ar__halves_t *t)
     if (had_array) ar__free(ob);
 }
 
+/* Back to the one chain: frees the array and allocates nothing. */
+static void collapse(ar__halves_t *t)
+{
+    ar__env_t **ob = t->b, *one = NULL;
+    for (uint32_t i = 0; i <= t->mask; i++)
+        for (ar__env_t *e = ob[i], *n; e; e = n) {
+            n = next_of(e);
+            set_next(e, one);
+            one = e;
+        }
+    ar__free(ob);
+    t->one = one;
+    t->mask = 0;
+}
+
 void ar__half_put(ar_proc_t *p, ar__env_t *e, enum ar__half_kind kind, ar_pid_t peer,
                   ar_ref_t ref)
 {
@@ -132,6 +163,7 @@ ar__env_t *ar__half_take(ar_proc_t *p, enum ar__half_kind kind, ar_pid_t peer, a
             e->half = HALF_NONE;
             t->n--;
             count(p, kind, -1);
+            if (t->mask >= KEEP_BUCKETS && t->n <= SMALL) collapse(t);
             return e;
         }
     return NULL;

@@ -166,16 +166,20 @@ enum {
     ENVF_EVENT = 1u << 7,    /* an AR_MSG_EVENT counted in its subscription's buffer */
 };
 
-/* What a process holds of a link, a monitor or a call it owes: one envelope each, kept in
- * its halves table (halves.c) and keyed by msg.reply_to = {the other pid, the ref}. The
- * envelope is the signal the process owes when it ends (or unlinks, demonitors): so an
- * ending process sends every EXIT, DOWN and failed reply without allocating anything. */
+/* What a process holds of a link, a monitor, a call it owes or an ask it awaits: one
+ * envelope each, kept in its halves table (halves.c) and keyed by msg.reply_to = {the
+ * other pid, the ref}. The envelope is the signal the process owes when it ends (or
+ * unlinks, demonitors): so an ending process sends every EXIT, DOWN and failed reply
+ * without allocating anything. */
 enum ar__half_kind {
     HALF_NONE,
     HALF_LINK,    /* linked with reply_to.pid; sent as the EXIT (or the UNLINK) */
     HALF_MONITOR, /* monitors reply_to.pid under reply_to.ref; sent as the DEMONITOR */
     HALF_WATCHED, /* reply_to.pid monitors it under reply_to.ref; sent as the DOWN */
     HALF_CALL,    /* took the CALL and owes reply_to an answer; sent as the failed reply */
+    HALF_ASK,     /* asked reply_to.pid under reply_to.ref (ar_ask), awaits the REPLY; sent
+                     as the CALL_DONE if the answer came from elsewhere (a timeout); freed,
+                     not sent, when it ends */
 };
 
 typedef struct ar__env {
@@ -262,7 +266,7 @@ bool ar__node_name_of(uint32_t id, char *out, size_t n);
  * dropped (messages counted). p: the struct it was queued in (its counts are given back). */
 void ar__dead_letter(struct ar_node *node, struct ar_proc *p, ar__env_t *e, ar_reason_t why);
 
-/* ---- Halves (halves.c): links, monitors and owed calls of one process --------------- */
+/* ---- Halves (halves.c): links, monitors, owed calls and asks of one process --------- */
 /* An intrusive chained hash table of held envelopes: putting never allocates (a bucket
  * array that cannot grow only makes chains longer), so admitting a LINK or a MONITOR
  * never fails. Owner-only, like the rest of a process's state. */
@@ -278,7 +282,8 @@ void ar__halves_init(ar__halves_t *t);
 /* Holds e as a half of `kind` keyed by {peer, ref}. */
 void ar__half_put(struct ar_proc *p, ar__env_t *e, enum ar__half_kind kind, ar_pid_t peer,
                   ar_ref_t ref);
-/* Takes out the half of `kind` with {peer, ref} (HALF_MONITOR: by ref alone); NULL: none. */
+/* Takes out the half of `kind` with {peer, ref} (HALF_MONITOR, HALF_ASK: by ref alone);
+ * NULL: none. */
 ar__env_t *ar__half_take(struct ar_proc *p, enum ar__half_kind kind, ar_pid_t peer,
                          ar_ref_t ref);
 bool ar__half_has(struct ar_proc *p, enum ar__half_kind kind, ar_pid_t peer, ar_ref_t ref);
@@ -425,7 +430,7 @@ struct ar_proc {
     ar_ref_t wait_ref;            /* the blocking call waits for this ref; 0: none */
     struct ar__timer *wait_timer; /* its timeout, cancelled if the process ends waiting */
     ar__env_t *handling;          /* the envelope its handler has (freed if it crashes) */
-    ar__halves_t halves;          /* its links, monitors both ways, and calls it owes */
+    ar__halves_t halves;          /* its links, monitors both ways, calls it owes, asks */
     uint32_t index;               /* its slot in the table (fixed) */
     uint32_t serial;              /* serial of the slot's latest occupant */
     _Atomic uint32_t flags;       /* P_*; atomic for introspection */
@@ -443,19 +448,13 @@ _Static_assert(sizeof(struct ar_proc) <= AR__PROC_MAX_BYTES, "an idle process fi
 _Static_assert(offsetof(struct ar_proc, tail) == AR__CACHE_LINE,
                "the senders' fields fill exactly the first cache line");
 
-/* Rare per-process data: exit reason, owned timers, pending asks, spawn handshake. */
+/* Rare per-process data: exit reason, owned timers, spawn handshake. (Pending asks are
+ * halves.) */
 struct ar__proc_ext {
     char *reason_text;           /* why it ends, when there is a text */
     ar_ref_t *timers;            /* refs of timers it set (cancelled at exit) */
     size_t ntimers, timers_cap;
-    struct ar__ask *asks;        /* outstanding ar_ask refs */
     struct ar__spawn_wait *spawn_wait; /* foreign spawn: whom to tell init's result */
-};
-struct ar__ask {
-    struct ar__ask *next;
-    ar_pid_t to; /* told when the answer came from elsewhere (ENV_CALL_DONE) */
-    ar_ref_t ref;
-    struct ar__timer *timer;
 };
 
 struct ar__proc_ext *ar__proc_ext(ar_proc_t *p); /* NULL on OOM */
@@ -758,6 +757,15 @@ bool ar__timeout_ok(int timeout_ms);
 typedef int (*ar__call_push_fn)(void *ctx, ar_reply_to_t rt, ar_pid_t *to);
 int ar__call_with(struct ar_node *node, ar__call_push_fn push, void *ctx, ar_buf_t *reply,
                   int timeout_ms);
+/* p fetched a REPLY to an ask (an even ref): true if it is the ask's one answer, which
+ * settles the ask (its timer cancelled; its target told it owes nothing, unless the target
+ * answered itself); false if the ask was settled already (a timeout came first): drop it.
+ * Allocates nothing. */
+bool ar__ask_answered(ar_proc_t *p, const ar__env_t *reply);
+/* An ask still pending when its process ends (h: its HALF_ASK half, taken out): its timer
+ * is cancelled and h freed; nothing is sent, a late answer finds the asker gone. Allocates
+ * nothing. */
+void ar__ask_drop(struct ar_node *node, ar__env_t *h);
 
 /* ---- RCU and lock-free tables (rcu.c) ------------------------------------------------ */
 /* Read-side sections around every lookup of a cds_lfht (never spanning a park). */

@@ -318,18 +318,6 @@ ar_pid_t ar_self(ar_proc_t *self) { return self ? ar__proc_pid(self) : AR_PID_NO
 ar_node_t *ar_node(ar_proc_t *self) { return self ? self->node : NULL; }
 
 /* ---- fetching ---- */
-static struct ar__ask *take_ask(ar_proc_t *p, ar_ref_t ref)
-{
-    if (!p->ext) return NULL;
-    for (struct ar__ask **a = &p->ext->asks; *a; a = &(*a)->next)
-        if ((*a)->ref == ref) {
-            struct ar__ask *found = *a;
-            *a = found->next;
-            return found;
-        }
-    return NULL;
-}
-
 /* Acts on a fetched envelope: returns it if it is for the process to see (a message, or
  * the wake-up its wait expects), else disposes of it (or keeps it as a half) and returns
  * NULL. */
@@ -345,13 +333,8 @@ static ar__env_t *admit(ar_proc_t *p, ar__env_t *e)
         if (e->msg.kind == AR_MSG_REPLY) {
             if (e->flags & ENVF_SYNC) {
                 if (e->msg.ref != p->wait_ref) break; /* its call gave up: drop */
-            } else {
-                struct ar__ask *a = take_ask(p, e->msg.ref);
-                if (!a) break; /* the ask was answered already (timeout): drop */
-                if (a->timer) ar__timer_cancel(p->node, a->timer);
-                if (!(e->flags & ENVF_RELEASED)) /* the target may still owe it */
-                    ar__call_done(p->node, ar__proc_pid(p), a->to, a->ref);
-                ar__free(a);
+            } else if (!ar__ask_answered(p, e)) {
+                break; /* the ask was answered already (timeout): drop */
             }
         }
         return e;

@@ -1,6 +1,8 @@
 /* Calls and asks: replies from main and from processes, deferred replies, EDEADLK,
  * ENOPROC, timeouts, late replies that never show up, ar_ask outcomes, one scheduler,
- * and the order of calls and sends from one client. */
+ * the order of calls and sends from one client, and thousands of asks pending at once
+ * (answered out of order, timing out among the others, dropped when the asker ends, out
+ * of memory). */
 #include "test_helpers.h"
 
 enum {
@@ -11,6 +13,9 @@ enum {
     TAG_MARKER,
     TAG_GO,
     TAG_SEQ,
+    TAG_HOLD,   /* CALL: kept, unanswered, until TAG_ANSWER */
+    TAG_ANSWER, /* CAST: answer every kept call */
+    TAG_PING,   /* CAST: send a TAG_MARKER back */
 };
 
 static int arg_init(ar_proc_t *self, void *arg, void **state)
@@ -684,4 +689,319 @@ Test(call, asks_and_sends_from_one_process_client_are_handled_in_order,
     th_send(node, cl, TAG_GO, &srv, sizeof srv);
     check_order(&o, 1000);
     th_node_stop(node);
+}
+
+/* ---- many outstanding asks -------------------------------------------------------------------------- *
+ * One process keeps thousands of asks pending at once (what a remote connection carries)
+ * to a holder that keeps every CALL and answers only when told, in an order that is not
+ * the asking order: every REPLY must find its own ask among all the others, exactly once. */
+enum { MANY = 20000, SHORT_MS = 50 };
+
+typedef struct holder {
+    ar_reply_to_t kept[MANY];
+    uint32_t val[MANY];
+    int order[MANY];
+    atomic_int held;          /* CALLs kept (release: kept and val are written first) */
+    bool reverse;             /* answer the last kept first; else in a shuffled order */
+    uint64_t seed;            /* of the shuffle */
+    atomic_int answered, reply_errors;
+} holder_t;
+
+static uint64_t xorshift(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/* Answers every kept call with its own payload, from whichever thread calls this. */
+static void answer_all(ar_node_t *node, holder_t *h)
+{
+    int n = atomic_load_explicit(&h->held, memory_order_acquire);
+    uint64_t s = h->seed;
+    for (int i = 0; i < n; i++) h->order[i] = h->reverse ? n - 1 - i : i;
+    for (int i = n - 1; !h->reverse && i > 0; i--) { /* Fisher-Yates */
+        int j = (int)(xorshift(&s) % (uint64_t)(i + 1)), t = h->order[i];
+        h->order[i] = h->order[j];
+        h->order[j] = t;
+    }
+    for (int i = 0; i < n; i++) {
+        int k = h->order[i];
+        if (ar_reply(node, h->kept[k], &h->val[k], sizeof h->val[k]) != 0)
+            atomic_fetch_add(&h->reply_errors, 1);
+        atomic_fetch_add(&h->answered, 1);
+    }
+}
+
+static void holder_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    holder_t *h = state;
+    if (m->kind == AR_MSG_CALL && m->tag == TAG_HOLD) {
+        int n = atomic_load_explicit(&h->held, memory_order_relaxed);
+        if (n == MANY || m->len != sizeof h->val[n]) return;
+        h->kept[n] = m->reply_to;
+        memcpy(&h->val[n], m->data, sizeof h->val[n]);
+        /* release: the test thread that sees the count sees the kept call */
+        atomic_store_explicit(&h->held, n + 1, memory_order_release);
+    } else if (m->tag == TAG_ANSWER) {
+        answer_all(ar_node(self), h);
+    } else if (m->tag == TAG_PING) { /* after every answer it sent */
+        ar_send(ar_node(self), m->from, TAG_MARKER, NULL, 0);
+    }
+}
+static const ar_behaviour_t holder_b = {"holder", arg_init, holder_handle, NULL};
+
+/* On GO, asks n times (payload: the ask's index); the odd asks time out after timeout_ms,
+ * the even ones never, but every short_every-th (if set) after SHORT_MS. Once it has as
+ * many replies as asks that succeeded, it pings the holder: the marker that comes back
+ * follows everything the holder answered. */
+typedef struct many_asker {
+    ar_pid_t to;
+    int n, timeout_ms, short_every;
+    long fail_at;    /* > 0: the fail_at-th allocation while it asks fails (alloc sweep) */
+    th_alloc_t *alloc;
+    bool injected;
+    int ask_rc[MANY];
+    ar_ref_t ref[MANY];
+    uint8_t got[MANY];
+    ar_exit_code_t code[MANY];
+    int expect;      /* asks that returned 0 */
+    int replies, stray;
+    atomic_int asked, timeouts, done;
+} many_asker_t;
+
+static bool is_short(const many_asker_t *a, int i)
+{
+    return a->short_every && i % a->short_every == a->short_every / 2;
+}
+
+/* The ask a REPLY answers (its payload names it; a failure only its ref), or -1. */
+static int answered_ask(const many_asker_t *a, const ar_msg_t *m)
+{
+    if (m->reason.code == AR_NORMAL) {
+        uint32_t i;
+        if (m->len != sizeof i) return -1;
+        memcpy(&i, m->data, sizeof i);
+        return i < (uint32_t)a->n && a->ask_rc[i] == 0 && a->ref[i] == m->ref ? (int)i : -1;
+    }
+    for (int i = 0; i < a->n; i++)
+        if (a->ask_rc[i] == 0 && a->ref[i] == m->ref) return i;
+    return -1;
+}
+
+static void many_asker_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    many_asker_t *a = state;
+    ar_node_t *node = ar_node(self);
+    if (m->kind == AR_MSG_CAST && m->tag == TAG_GO) {
+        if (a->fail_at) th_alloc_arm(a->alloc, a->fail_at);
+        for (uint32_t i = 0; i < (uint32_t)a->n; i++) {
+            int ms = is_short(a, (int)i) ? SHORT_MS : (i & 1) ? a->timeout_ms : AR_INFINITY;
+            a->ask_rc[i] = ar_ask(self, a->to, TAG_HOLD, &i, sizeof i, ms, &a->ref[i]);
+            if (a->ask_rc[i] == 0) a->expect++;
+        }
+        if (a->fail_at) a->injected = th_alloc_disarm(a->alloc);
+        atomic_store(&a->asked, 1);
+        if (a->expect == 0) ar_send(node, a->to, TAG_PING, NULL, 0);
+    } else if (m->kind == AR_MSG_REPLY) {
+        int i = answered_ask(a, m);
+        if (i < 0) {
+            a->stray++;
+        } else {
+            a->got[i]++;
+            a->code[i] = m->reason.code;
+        }
+        if (m->reason.code == AR_TIMEOUT) atomic_fetch_add(&a->timeouts, 1);
+        if (++a->replies == a->expect) ar_send(node, a->to, TAG_PING, NULL, 0);
+    } else if (m->tag == TAG_MARKER) {
+        atomic_store(&a->done, 1);
+    }
+}
+static const ar_behaviour_t many_asker_b = {"many_asker", arg_init, many_asker_handle, NULL};
+
+/* Spawns the holder and the asker, which asks n times; returns once every ask is made and
+ * every one that succeeded is held. */
+static ar_pid_t start_many(ar_node_t *node, many_asker_t *a, holder_t *h, int n, int short_every)
+{
+    memset(h, 0, sizeof *h);
+    th_alloc_t *alloc = a->alloc;
+    long fail_at = a->fail_at;
+    memset(a, 0, sizeof *a);
+    a->alloc = alloc;
+    a->fail_at = fail_at;
+    a->to = th_spawn(node, &holder_b, h);
+    a->n = n;
+    a->timeout_ms = TH_WAIT_MS;
+    a->short_every = short_every;
+    ar_pid_t p = th_spawn(node, &many_asker_b, a);
+    th_send(node, p, TAG_GO, NULL, 0);
+    th_await(atomic_load(&a->asked) == 1);
+    th_await(atomic_load_explicit(&h->held, memory_order_acquire) == a->expect);
+    return p;
+}
+
+/* After the marker: each ask that succeeded had exactly one REPLY, with its own ref and
+ * payload (AR_TIMEOUT for the short ones); no other REPLY came. */
+static void check_many(ar_node_t *node, many_asker_t *a, long n_alloc)
+{
+    th_await(atomic_load(&a->done) == 1);
+    cr_assert_eq(a->stray, 0, "n=%ld: %d replies answered no ask (wrong ref or payload)",
+                 n_alloc, a->stray);
+    for (int i = 0; i < a->n; i++) {
+        if (a->ask_rc[i] != 0) {
+            cr_assert_eq(a->got[i], 0, "n=%ld: ask %d failed yet has a reply", n_alloc, i);
+            continue;
+        }
+        cr_assert_eq(a->got[i], 1, "n=%ld: ask %d has %d replies", n_alloc, i, a->got[i]);
+        ar_exit_code_t want = is_short(a, i) ? AR_TIMEOUT : AR_NORMAL;
+        cr_assert_eq(a->code[i], want, "n=%ld: ask %d answered %s", n_alloc, i,
+                     ar_exit_code_name(a->code[i]));
+    }
+    cr_assert_eq(a->replies, a->expect, "n=%ld", n_alloc);
+    (void)node;
+}
+
+static many_asker_t many_a;
+static holder_t many_h;
+
+Test(call, twenty_thousand_asks_answered_in_reverse_each_get_their_own_reply_once,
+     .timeout = TH_TIMEOUT)
+{
+    ar_node_t *node = th_node(2);
+    start_many(node, &many_a, &many_h, MANY, 0);
+    cr_assert_eq(many_a.expect, MANY);
+    many_h.reverse = true;
+    th_send(node, many_a.to, TAG_ANSWER, NULL, 0); /* the holder answers: nothing owed after */
+    check_many(node, &many_a, 0);
+    cr_assert_eq(atomic_load(&many_h.reply_errors), 0);
+    th_node_stop(node);
+}
+
+Test(call, twenty_thousand_asks_answered_shuffled_from_another_thread_each_get_their_own_reply_once,
+     .timeout = TH_TIMEOUT)
+{
+    ar_node_t *node = th_node(2);
+    start_many(node, &many_a, &many_h, MANY, 0);
+    cr_assert_eq(many_a.expect, MANY);
+    many_h.seed = 0x9e3779b97f4a7c15u;
+    cr_log_info("shuffle seed %#llx", (unsigned long long)many_h.seed);
+    /* answers from outside the holder: each settled ask tells the holder it owes nothing */
+    answer_all(node, &many_h);
+    check_many(node, &many_a, 0);
+    cr_assert_eq(atomic_load(&many_h.reply_errors), 0);
+    th_node_stop(node);
+}
+
+Test(call, asks_timing_out_among_thousands_pending_get_only_their_timeout_and_the_rest_arrive,
+     .timeout = TH_TIMEOUT)
+{
+    enum { N = 5000, EVERY = 1000 };
+    ar_node_t *node = th_node(2);
+    start_many(node, &many_a, &many_h, N, EVERY);
+    th_await(atomic_load(&many_a.timeouts) == N / EVERY);
+    /* the held calls of the asks that timed out are answered too: those answers are late */
+    many_h.reverse = true;
+    th_send(node, many_a.to, TAG_ANSWER, NULL, 0);
+    check_many(node, &many_a, 0);
+    cr_assert_eq(atomic_load(&many_h.reply_errors), 0);
+    th_node_stop(node);
+}
+
+Test(call, asks_pending_when_the_asker_is_killed_are_freed_and_their_answers_dropped,
+     .timeout = TH_TIMEOUT)
+{
+    static th_alloc_t counting;
+    th_alloc_install(&counting);
+    ar_node_t *node = th_node(2);
+    ar_pid_t asker = start_many(node, &many_a, &many_h, 5000, 0);
+    cr_assert_eq(ar_exit(node, asker, AR_REASON(AR_KILL)), 0);
+    th_await(!th_proc_alive(node, asker));
+    many_h.reverse = true;
+    th_send(node, many_a.to, TAG_ANSWER, NULL, 0);
+    th_await(atomic_load(&many_h.answered) == 5000);
+    cr_assert_eq(atomic_load(&many_h.reply_errors), 0, "a reply to a gone asker is no error");
+    th_node_stop(node);
+    cr_assert_eq(atomic_load(&counting.live), 0, "%ld blocks leaked", atomic_load(&counting.live));
+}
+
+extern bool ar__pool_bypass; /* white-box: see runtime/internal.h */
+
+/* Once a burst of asks is over, the asker and the holder hold no memory for it: the
+ * tables that grew for thousands of asks and owed calls shrink back, whether the holder
+ * answered (it owes nothing after) or another thread did (each settled ask tells the
+ * holder to let its call go). One scheduler: a timer is cancelled (and freed) on the
+ * thread that armed it. */
+Test(call, a_burst_of_asks_once_answered_leaves_no_memory_behind, .timeout = TH_TIMEOUT)
+{
+    static th_alloc_t counting;
+    ar__pool_bypass = true; /* every envelope from the hook and back to it at once */
+    th_alloc_install(&counting);
+    ar_node_t *node = th_node(1);
+    for (int round = 0; round < 2; round++) {
+        memset(&many_a, 0, sizeof many_a);
+        memset(&many_h, 0, sizeof many_h);
+        many_a.to = th_spawn(node, &holder_b, &many_h);
+        many_a.n = MANY;
+        many_a.timeout_ms = TH_WAIT_MS;
+        ar_pid_t p = th_spawn(node, &many_asker_b, &many_a);
+        long before = atomic_load(&counting.live);
+        th_send(node, p, TAG_GO, NULL, 0);
+        th_await(atomic_load_explicit(&many_h.held, memory_order_acquire) == MANY);
+        if (round == 0) {
+            many_h.reverse = true;
+            th_send(node, many_a.to, TAG_ANSWER, NULL, 0);
+        } else {
+            answer_all(node, &many_h);
+        }
+        check_many(node, &many_a, 0);
+        th_await(atomic_load(&counting.live) == before);
+        cr_assert_eq(ar_exit(node, p, AR_REASON(AR_KILL)), 0);
+        cr_assert_eq(ar_exit(node, many_a.to, AR_REASON(AR_KILL)), 0);
+        th_await(th_stats(node).processes == 0);
+    }
+    th_node_stop(node);
+    cr_assert_eq(atomic_load(&counting.live), 0);
+}
+
+/* The alloc sweep (test_alloc.c) over a burst of asks: the n-th allocation while one
+ * process makes SWEEP_ASKS asks fails. The ask it hit returns AR_ENOMEM and sends nothing
+ * (the holder never sees it); a failure that hits the table's growth fails nothing; every
+ * other ask gets exactly its own reply; nothing leaks. */
+enum { SWEEP_ASKS = 40, SWEEP_MAX = 2000 };
+
+static bool many_asks_once(th_alloc_t *alloc, long n)
+{
+    ar_node_t *node = th_node(2);
+    many_a.alloc = alloc;
+    many_a.fail_at = n;
+    start_many(node, &many_a, &many_h, SWEEP_ASKS, 0);
+    int failed = 0;
+    for (int i = 0; i < SWEEP_ASKS; i++)
+        if (many_a.ask_rc[i] != 0) {
+            cr_assert_eq(many_a.ask_rc[i], AR_ENOMEM, "n=%ld: ask %d: %s", n, i,
+                         ar_err_name(many_a.ask_rc[i]));
+            failed++;
+        }
+    cr_assert(failed == 0 || (failed == 1 && many_a.injected), "n=%ld: %d asks failed", n, failed);
+    many_h.reverse = true;
+    th_send(node, many_a.to, TAG_ANSWER, NULL, 0);
+    check_many(node, &many_a, n);
+    th_node_stop(node);
+    cr_assert_eq(atomic_load(&alloc->live), 0, "n=%ld: %ld blocks leaked", n,
+                 atomic_load(&alloc->live));
+    return many_a.injected;
+}
+
+Test(call, many_asks_out_of_memory_fail_one_by_one_and_every_other_reply_arrives_once,
+     .timeout = TH_TIMEOUT)
+{
+    static th_alloc_t alloc;
+    ar__pool_bypass = true;
+    th_alloc_install(&alloc);
+    long n = 1;
+    while (n <= SWEEP_MAX && many_asks_once(&alloc, n)) n++;
+    cr_assert(n <= SWEEP_MAX, "the asks still failed after %d allocations", SWEEP_MAX);
+    cr_assert_gt(n, 1, "no allocation of the asks failed");
+    cr_log_info("swept %ld allocations", n - 1);
 }

@@ -1,8 +1,8 @@
 /* The distribution wire format: frames, their envelopes, and the handshake.
  *
  * Pure functions over byte buffers: no sockets, no node, no allocation on the decode
- * path but msgpack-c's zone (freed before decode returns). conn.c drives them on the I/O
- * thread; fuzz/ drives them directly.
+ * path but msgpack-c's zone (one per thread, made once and cleared after each frame).
+ * conn.c drives them on the I/O thread; fuzz/ drives them directly.
  *
  * A frame is a 4-byte big-endian length L, then L bytes: one msgpack array.
  *
