@@ -1,15 +1,21 @@
 /* Distribution between nodes inside one test process (include/arbor.h "Distribution",
  * SEMANTICS.md §6): configuration rules, connecting, remote send, call, ask and deferred
- * replies, links, monitors, demonitor, exit signals and trap_exit across nodes,
- * ar_whereis_remote, pids as values (ar_pid_eq, raw bytes passed on to a third node,
- * ar_pid_format), per-pair order under load, a 16 MiB message beside small ones, node
- * loss (a stopped peer, a silent peer), a restarted peer (a new incarnation), wrong
- * cookies, the cookie kept out of every log, and bad input from plain sockets (garbage,
- * truncated, oversized, handshake skipped, deep nesting, a reader that never reads).
+ * replies (from a thread, a process, a third node), links, monitors, demonitor, exit
+ * signals and trap_exit across nodes, ar_whereis_remote, pids as values (ar_pid_eq, raw
+ * bytes passed on to a third node, ar_pid_format), per-pair order under load, a 16 MiB
+ * message beside small ones, a message over the receiver's bound, node loss (a stopped
+ * peer, a silent peer), a restarted peer (a new incarnation), a stop with calls pending on
+ * a live peer, wrong cookies, the cookie kept out of every log, and bad input from plain
+ * sockets (garbage, truncated, oversized, handshake skipped, deep nesting, a reader that
+ * never reads).
  *
  * Every node listens on 127.0.0.1:0 with the cookie DN_COOKIE and a 100 ms tick; what
  * happens on the far side is awaited on the event itself (a log entry, a counter, a
- * node event) with a generous bound. */
+ * node event) with a generous bound.
+ *
+ * The bad-input tests speak the wire by hand, so they use two internals: wire.h (frames
+ * and the handshake state machine, to be an authenticated peer that then misbehaves) and
+ * ar__node_id_of (a node's pids carry a hash of its name, which a peer must match). */
 #include "dist_helpers.h"
 
 #include "../runtime/dist/wire.h"
