@@ -32,6 +32,7 @@ struct stream { /* a fragmented message being put together */
     uint64_t id;
     uint8_t *buf;
     size_t len, cap;
+    bool used, discard; /* discard: over max_message_bytes, its slices are skipped */
 };
 
 struct waiter { /* an ar_node_connect waiting for this connection's handshake */
@@ -568,41 +569,66 @@ static void hs_frame(ar__conn_t *c, const uint8_t *body, size_t len)
 }
 
 /* ---- the read side ---- */
+/* A message over this node's max_message_bytes costs that message, not the connection
+ * (the peer may allow more): dropped and counted. */
+static void too_big(ar__conn_t *c)
+{
+    ar__count(ar__current_sched(), c->d->node, AR__DROPPED);
+}
+
+static void stream_end(struct stream *s)
+{
+    ar__free(s->buf);
+    s->buf = NULL;
+    s->used = s->discard = false;
+}
+
 static int frag(ar__conn_t *c, const ar__wire_msg_t *m)
 {
     struct stream *s = NULL, *free_s = NULL;
     for (unsigned i = 0; i < AR__MAX_STREAMS; i++) {
-        if (c->streams[i].buf && c->streams[i].id == m->ref) s = &c->streams[i];
-        if (!c->streams[i].buf && !free_s) free_s = &c->streams[i];
+        if (c->streams[i].used && c->streams[i].id == m->ref) s = &c->streams[i];
+        if (!c->streams[i].used && !free_s) free_s = &c->streams[i];
     }
     size_t max = c->d->node->cfg.max_message_bytes + AR__WIRE_OVERHEAD;
+    bool last = m->flags & 1;
     if (!s) {
         if (!free_s) return AR_EBADMSG; /* more streams at once than any sender makes */
         s = free_s;
+        s->used = true;
         s->id = m->ref;
-        s->len = 0;
-        s->cap = m->len * 4 > max ? max : m->len * 4;
-        if (s->cap < m->len) s->cap = m->len;
-        if (!(s->buf = ar__malloc(s->cap ? s->cap : 1))) return AR_ENOMEM;
+        s->len = s->cap = 0;
     }
-    if (m->len > max - s->len) return AR_EBADMSG;
+    if (!s->discard && m->len > max - s->len) { /* over the bound: the rest is skipped */
+        ar__free(s->buf);
+        s->buf = NULL;
+        s->discard = true;
+        too_big(c);
+    }
+    if (s->discard) {
+        if (last) stream_end(s);
+        return 0;
+    }
     if (s->len + m->len > s->cap) {
-        size_t cap = s->cap * 2 > max ? max : s->cap * 2;
+        size_t cap = s->cap ? s->cap * 2 : m->len * 4;
+        if (cap > max) cap = max;
         if (cap < s->len + m->len) cap = s->len + m->len;
-        uint8_t *nb = ar__realloc(s->buf, cap);
+        uint8_t *nb = ar__realloc(s->buf, cap ? cap : 1);
         if (!nb) return AR_ENOMEM;
         s->buf = nb;
         s->cap = cap;
     }
     memcpy(s->buf + s->len, m->payload, m->len);
     s->len += m->len;
-    if (!(m->flags & 1)) return 0;
+    if (!last) return 0;
     ar__wire_msg_t whole;
     int rc = ar__wire_decode(s->buf, s->len, &whole);
     if (rc == 0 && (whole.kind == W_FRAG || whole.kind == W_PEER || whole.kind == W_TICK)) rc = AR_EBADMSG;
-    if (rc == 0) rc = ar__dist_deliver(c->d, c->peer, &whole);
-    ar__free(s->buf);
-    s->buf = NULL;
+    if (rc == 0 && whole.len > c->d->node->cfg.max_message_bytes)
+        too_big(c);
+    else if (rc == 0)
+        rc = ar__dist_deliver(c->d, c->peer, &whole);
+    stream_end(s);
     return rc;
 }
 
@@ -635,6 +661,10 @@ static int up_frame(ar__conn_t *c, const uint8_t *body, size_t len)
     case W_PEER: return peer_note(c, &m);
     default:
         if (m.kind >= W_HELLO) return AR_EBADMSG;
+        if (m.len > c->d->node->cfg.max_message_bytes) {
+            too_big(c);
+            return 0;
+        }
         return ar__dist_deliver(c->d, c->peer, &m);
     }
 }
@@ -658,11 +688,10 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     c->rlen += (size_t)nread;
     c->last_read_ms = now_ms(c->d); /* any byte is a sign of life */
     size_t off = 0;
-    size_t max_msg = c->d->node->cfg.max_message_bytes + AR__WIRE_OVERHEAD;
     while (!c->closing && c->rlen - off >= AR__FRAME_PREFIX) {
         const uint8_t *b = c->rbuf + off;
         size_t len = ((size_t)b[0] << 24) | ((size_t)b[1] << 16) | ((size_t)b[2] << 8) | b[3];
-        size_t limit = c->up ? (AR__WIRE_MAX < max_msg ? AR__WIRE_MAX : max_msg) : AR__HS_MAX;
+        size_t limit = c->up ? AR__WIRE_MAX : AR__HS_MAX;
         if (len == 0 || len > limit) { /* checked before a byte more is awaited */
             lost(c, AR_EBADMSG);
             return;
@@ -704,10 +733,7 @@ static void lost(ar__conn_t *c, int why)
         drain(p, AR_NOCONNECTION, true);
         ar__rh_fire_all(p, d->node, AR_NOCONNECTION);
         conn_close(c);
-        for (unsigned i = 0; i < AR__MAX_STREAMS; i++) {
-            ar__free(c->streams[i].buf);
-            c->streams[i].buf = NULL;
-        }
+        for (unsigned i = 0; i < AR__MAX_STREAMS; i++) stream_end(&c->streams[i]);
         emit(d->node, AR_EV_NODE_DOWN, p->name, AR_NOCONNECTION);
         return;
     }
