@@ -13,13 +13,24 @@
  *     later feed fails, output produces nothing); 1 means HS_DONE;
  *   - every output is a well-formed handshake frame of at most AR__HS_MAX bytes, and
  *     never contains the cookie;
+ *   - each frame carries what wire.h says and nothing else: the connector sends HELLO (no
+ *     challenge, no mac) then AUTH (its challenge and mac_A, no introduction), the
+ *     acceptor CHALLENGE (its challenge, no mac) then WELCOME (only mac_B);
+ *   - the connector proves first: the acceptor sends a MAC (its WELCOME) only once it has
+ *     checked the connector's, so before that its only output is a CHALLENGE without one;
  *   - authentication: with different cookies neither side ever gets past the MAC check
  *     (nor does a MAC reflected from its own side); with the same cookie, a side that did
  *     has the other's name and challenge as its peer's (what the MACs bind), and never
- *     accepted its own name or node_hi.
+ *     accepted its own name or node_hi. The connector has checked the acceptor's MAC only
+ *     when it is done, after WELCOME;
+ *   - the frame that ends a side's handshake (feed returns 1) carries exactly the MAC of
+ *     wire.h, computed here independently under that side's cookie: a tampered MAC (in
+ *     AUTH or in WELCOME) never gets through.
  */
 #include "../runtime/dist/wire.h"
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +69,10 @@ static void remember(const uint8_t *body, size_t len)
     f->n = len;
 }
 
+/* Has h checked its peer's MAC successfully? Each side checks one, in the frame that
+ * ends its handshake: the acceptor in AUTH, the connector in WELCOME. */
+static bool authenticated(const ar__hs_t *h) { return h->step == HS_DONE; }
+
 static void take_output(side_t *s)
 {
     frame_t f;
@@ -72,15 +87,48 @@ static void take_output(side_t *s)
     ar__hs_msg_t m;
     CHECK(ar__hs_decode(f.b + AR__FRAME_PREFIX, f.n - AR__FRAME_PREFIX, &m) == 0);
     CHECK(m.version == AR__WIRE_VERSION);
+    bool intro = m.name && m.node_hi != 0;
+    bool bare = !m.name && m.node_hi == 0 && !m.listen;
+    if (s->h.role == HS_CONNECTOR) {
+        CHECK(m.kind == W_HELLO || m.kind == W_AUTH);
+        if (m.kind == W_HELLO) CHECK(intro && !m.has_challenge && !m.has_mac);
+        if (m.kind == W_AUTH) CHECK(bare && m.has_challenge && m.has_mac);
+        if (m.kind == W_AUTH) CHECK(s->h.step == HS_WAIT_WELCOME);
+    } else {
+        CHECK(m.kind == W_CHALLENGE || m.kind == W_WELCOME);
+        if (m.kind == W_CHALLENGE) CHECK(intro && m.has_challenge && !m.has_mac);
+        if (m.kind == W_WELCOME) CHECK(bare && !m.has_challenge && m.has_mac);
+        /* a MAC from the acceptor only after it checked the connector's */
+        if (m.has_mac) CHECK(authenticated(&s->h));
+    }
+    if (m.has_challenge) CHECK(memcmp(m.challenge, s->h.mine, AR__CHALLENGE_LEN) == 0);
     CHECK(ar__hs_output(&s->h, f.b, sizeof f.b) == 0 || !"a second output"); /* owed once */
     s->pending = f;
 }
 
-/* Has h checked its peer's MAC successfully? */
-static bool authenticated(const ar__hs_t *h)
+/* The MAC h's peer owes it (wire.h): HMAC-SHA256(h's cookie, "arbor-dist" version side
+ * sender receiver c_receiver c_sender), the sender being the peer. */
+static void want_mac(const ar__hs_t *h, const ar__hs_t *peer, uint8_t out[AR__MAC_LEN])
 {
-    if (h->role == HS_CONNECTOR) return h->step == HS_WAIT_WELCOME || h->step == HS_DONE;
-    return h->step == HS_DONE;
+    uint8_t in[128];
+    size_t n = 0;
+    memcpy(in, "arbor-dist", 10);
+    n += 10;
+    for (int shift = 24; shift >= 0; shift -= 8)
+        in[n++] = (uint8_t)(AR__WIRE_VERSION >> shift);
+    in[n++] = peer->role == HS_ACCEPTOR ? 'B' : 'A';
+    in[n++] = (uint8_t)strlen(peer->name);
+    memcpy(in + n, peer->name, strlen(peer->name));
+    n += strlen(peer->name);
+    in[n++] = (uint8_t)strlen(h->name);
+    memcpy(in + n, h->name, strlen(h->name));
+    n += strlen(h->name);
+    memcpy(in + n, h->mine, AR__CHALLENGE_LEN);
+    n += AR__CHALLENGE_LEN;
+    memcpy(in + n, peer->mine, AR__CHALLENGE_LEN);
+    n += AR__CHALLENGE_LEN;
+    unsigned int l = 0;
+    CHECK(HMAC(EVP_sha256(), h->cookie, (int)strlen(h->cookie), in, n, out, &l) && l == 32);
 }
 
 static void feed(side_t *s, const side_t *other, const uint8_t *body, size_t len,
@@ -95,7 +143,15 @@ static void feed(side_t *s, const side_t *other, const uint8_t *body, size_t len
         CHECK(s->h.step == HS_FAILED);
         s->failed = true;
     }
-    if (rc == 1) CHECK(s->h.step == HS_DONE);
+    if (rc == 1) {
+        CHECK(s->h.step == HS_DONE);
+        ar__hs_msg_t m;
+        uint8_t want[AR__MAC_LEN];
+        CHECK(ar__hs_decode(body, len, &m) == 0 && m.has_mac);
+        CHECK(m.kind == (s->h.role == HS_ACCEPTOR ? W_AUTH : W_WELCOME));
+        want_mac(&s->h, &other->h, want);
+        CHECK(memcmp(m.mac, want, AR__MAC_LEN) == 0);
+    }
     if (authenticated(&s->h)) {
         const ar__hs_t *h = &s->h, *o = &other->h;
         CHECK(same_cookie);

@@ -117,6 +117,8 @@ static void handshake_seeds(void)
         {{0x00, 0x00, 0x88, 10, 1}, 5},                     /* CHALLENGE with a byte flipped */
         {{0x00, 0x08, 40, 0x80}, 4},                        /* HELLO with a byte flipped */
         {{0x00, 0x00, 0x80, 0x08, 30, 1}, 6},               /* AUTH with a byte flipped */
+        {{0x00, 0x00, 0x80, 0x00, 0x88, 20, 1}, 7},         /* WELCOME with a byte flipped */
+        {{0x00, 0x00, 0x80, 0x05, 1, 0, 0}, 7},             /* CHALLENGE where AUTH belongs */
         {{0x00, 0x00, 0x07, 0, 20}, 5},                     /* HELLO cut short, again */
         {{0x00, 0x84, 5, 0x97, 0x0e, 1, 0xa0, 0}, 8},       /* garbage to the connector */
         {{0x00, 0x04, 5, 0xdd, 0xff, 0xff, 0xff, 0xff}, 8}, /* a huge header */

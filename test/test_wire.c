@@ -684,10 +684,12 @@ static ar__hs_msg_t hs_sample(uint8_t kind)
         m.node_hi = 0x8000000500000001u;
         m.listen = kind == W_HELLO ? NULL : "[::1]:9100";
         m.listen_len = m.listen ? strlen(m.listen) : 0;
+    }
+    if (kind == W_CHALLENGE || kind == W_AUTH) {
         m.has_challenge = true;
         for (unsigned i = 0; i < AR__CHALLENGE_LEN; i++) m.challenge[i] = (uint8_t)(i + 1);
     }
-    if (kind == W_CHALLENGE || kind == W_AUTH) {
+    if (kind == W_AUTH || kind == W_WELCOME) {
         m.has_mac = true;
         for (unsigned i = 0; i < AR__MAC_LEN; i++) m.mac[i] = (uint8_t)(0xA0 + i);
     }
@@ -720,10 +722,12 @@ Test(wire, hs_codec_round_trip, .timeout = TH_TIMEOUT)
         if (m.has_challenge) cr_assert_arr_eq(d.challenge, m.challenge, AR__CHALLENGE_LEN);
         if (m.has_mac) cr_assert_arr_eq(d.mac, m.mac, AR__MAC_LEN);
     }
-    /* the largest frame there is fits in AR__HS_MAX */
+    /* the largest frame there is fits in AR__HS_MAX: every field at its longest, a mac
+     * too (more than any one frame of the handshake carries) */
     static char longest[AR_NAME_MAX];
     memset(longest, 'n', sizeof longest);
     ar__hs_msg_t m = hs_sample(W_CHALLENGE);
+    m.has_mac = true;
     m.name = longest;
     m.name_len = AR_NODE_NAME_MAX - 1;
     m.listen = longest;
@@ -836,6 +840,7 @@ Test(wire, node_names, .timeout = TH_TIMEOUT)
 
 /* ---- The handshake ----------------------------------------------------------------- */
 #define COOKIE "cookie-that-must-never-be-sent"
+#define OTHER_COOKIE "a-guessed-cookie-also-never-sent"
 #define HI_A 0x8000000100000001u
 #define HI_B 0x8000000300000001u
 
@@ -852,11 +857,20 @@ static bool out(ar__hs_t *h, frame_t *f)
         cr_assert_geq(f->n, 5);
         cr_assert_eq(((size_t)f->b[2] << 8 | f->b[3]), f->n - 4);
         cr_assert_null(memmem(f->b, f->n, COOKIE, strlen(COOKIE)), "the cookie was sent");
+        cr_assert_null(memmem(f->b, f->n, OTHER_COOKIE, strlen(OTHER_COOKIE)),
+                       "the cookie was sent");
     }
     return f->n > 0;
 }
 
 static int in(ar__hs_t *h, const frame_t *f) { return ar__hs_feed(h, f->b + 4, f->n - 4); }
+
+static ar__hs_msg_t decoded(const frame_t *f)
+{
+    ar__hs_msg_t m;
+    cr_assert_eq(ar__hs_decode(f->b + 4, f->n - 4, &m), 0);
+    return m;
+}
 
 static void pair(ar__hs_t *c, ar__hs_t *a, const char *cookie_c, const char *cookie_a)
 {
@@ -882,7 +896,7 @@ static void run_ok(ar__hs_t *c, ar__hs_t *a, hs_run_t *r)
     cr_assert_eq(a->step, HS_WAIT_AUTH);
     cr_assert(out(a, &r->challenge));
     cr_assert(!out(a, &r->auth));
-    cr_assert_eq(in(c, &r->challenge), 0);
+    cr_assert_eq(in(c, &r->challenge), 0, "nothing to check yet: the connector proves first");
     cr_assert_eq(c->step, HS_WAIT_WELCOME);
     cr_assert(out(c, &r->auth));
     cr_assert(!out(c, &r->welcome));
@@ -891,7 +905,8 @@ static void run_ok(ar__hs_t *c, ar__hs_t *a, hs_run_t *r)
     cr_assert(out(a, &r->welcome));
     frame_t none;
     cr_assert(!out(a, &none));
-    cr_assert_eq(in(c, &r->welcome), 1);
+    cr_assert_eq(c->step, HS_WAIT_WELCOME, "the connector is not done before WELCOME");
+    cr_assert_eq(in(c, &r->welcome), 1, "the connector has authenticated the acceptor");
     cr_assert_eq(c->step, HS_DONE);
     cr_assert(!out(c, &none));
 }
@@ -911,23 +926,30 @@ Test(wire, handshake_full, .timeout = TH_TIMEOUT)
     cr_assert_arr_eq(c.theirs, a.mine, AR__CHALLENGE_LEN);
     cr_assert_arr_eq(a.theirs, c.mine, AR__CHALLENGE_LEN);
     cr_assert_arr_neq(c.mine, a.mine, AR__CHALLENGE_LEN);
-    /* the frames carry what wire.h says */
-    ar__hs_msg_t m;
-    cr_assert_eq(ar__hs_decode(r.hello.b + 4, r.hello.n - 4, &m), 0);
-    cr_assert(m.kind == W_HELLO && m.name && m.has_challenge && !m.has_mac && !m.listen);
-    cr_assert_eq(ar__hs_decode(r.challenge.b + 4, r.challenge.n - 4, &m), 0);
-    cr_assert(m.kind == W_CHALLENGE && m.name && m.has_challenge && m.has_mac && m.listen);
-    cr_assert_eq(ar__hs_decode(r.auth.b + 4, r.auth.n - 4, &m), 0);
-    cr_assert(m.kind == W_AUTH && !m.name && !m.has_challenge && m.has_mac && !m.listen);
-    cr_assert_eq(ar__hs_decode(r.welcome.b + 4, r.welcome.n - 4, &m), 0);
-    cr_assert(m.kind == W_WELCOME && !m.name && !m.has_challenge && !m.has_mac);
+    /* the frames carry what wire.h says, and nothing else */
+    ar__hs_msg_t m = decoded(&r.hello);
+    cr_assert(m.kind == W_HELLO && m.name && m.node_hi == HI_A && !m.listen);
+    cr_assert(!m.has_challenge && !m.has_mac, "HELLO: no challenge, no mac");
+    m = decoded(&r.challenge);
+    cr_assert(m.kind == W_CHALLENGE && m.name && m.node_hi == HI_B && m.listen);
+    cr_assert(m.has_challenge && !m.has_mac, "CHALLENGE: cB, no mac");
+    cr_assert_arr_eq(m.challenge, a.mine, AR__CHALLENGE_LEN);
+    m = decoded(&r.auth);
+    cr_assert(m.kind == W_AUTH && !m.name && m.node_hi == 0 && !m.listen);
+    cr_assert(m.has_challenge && m.has_mac, "AUTH: cA and mac_A");
+    cr_assert_arr_eq(m.challenge, c.mine, AR__CHALLENGE_LEN);
+    m = decoded(&r.welcome);
+    cr_assert(m.kind == W_WELCOME && !m.name && m.node_hi == 0 && !m.listen);
+    cr_assert(!m.has_challenge && m.has_mac, "WELCOME: only mac_B");
     /* a second handshake has fresh challenges, so fresh MACs */
     ar__hs_t c2, a2;
     hs_run_t r2;
     pair(&c2, &a2, COOKIE, COOKIE);
     run_ok(&c2, &a2, &r2);
     cr_assert_arr_neq(c2.mine, c.mine, AR__CHALLENGE_LEN);
+    cr_assert_arr_neq(a2.mine, a.mine, AR__CHALLENGE_LEN);
     cr_assert_arr_neq(r2.auth.b, r.auth.b, r.auth.n);
+    cr_assert_arr_neq(r2.welcome.b, r.welcome.b, r.welcome.n);
 }
 
 /* The MAC inputs of wire.h, computed independently with OpenSSL's HMAC. */
@@ -968,60 +990,129 @@ Test(wire, handshake_mac_inputs, .timeout = TH_TIMEOUT)
     pair(&c, &a, COOKIE, COOKIE);
     run_ok(&c, &a, &r);
     uint8_t want[32];
-    ar__hs_msg_t m;
-    /* mac_B = HMAC(cookie, "arbor-dist" version 'B' name_B name_A cA cB) */
-    ref_mac('B', "beta@host", "alpha", c.mine, a.mine, want);
-    cr_assert_eq(ar__hs_decode(r.challenge.b + 4, r.challenge.n - 4, &m), 0);
-    cr_assert_arr_eq(m.mac, want, 32);
-    /* mac_A = HMAC(cookie, "arbor-dist" version 'A' name_A name_B cB cA) */
+    /* mac_A = HMAC(cookie, "arbor-dist" version 'A' name_A name_B cB cA), in AUTH */
     ref_mac('A', "alpha", "beta@host", a.mine, c.mine, want);
-    cr_assert_eq(ar__hs_decode(r.auth.b + 4, r.auth.n - 4, &m), 0);
+    ar__hs_msg_t m = decoded(&r.auth);
     cr_assert_arr_eq(m.mac, want, 32);
+    /* mac_B = HMAC(cookie, "arbor-dist" version 'B' name_B name_A cA cB), in WELCOME */
+    ref_mac('B', "beta@host", "alpha", c.mine, a.mine, want);
+    m = decoded(&r.welcome);
+    cr_assert_arr_eq(m.mac, want, 32);
+}
+
+/* Whoever can open a connection but does not know the cookie gets nothing to guess it
+ * from offline: before a verified AUTH the acceptor's only output is a CHALLENGE without
+ * a mac, and after a bad AUTH (or anything else) it sends nothing at all. */
+Test(wire, handshake_acceptor_proves_nothing_to_a_stranger, .timeout = TH_TIMEOUT)
+{
+    ar__hs_t c, a;
+    frame_t f, hello, challenge, auth;
+    pair(&c, &a, OTHER_COOKIE, COOKIE);
+    cr_assert(!out(&a, &f), "nothing before a HELLO");
+    cr_assert(out(&c, &hello));
+    cr_assert_eq(in(&a, &hello), 0, "the acceptor cannot tell yet");
+    cr_assert(out(&a, &challenge));
+    ar__hs_msg_t m = decoded(&challenge);
+    cr_assert_eq(m.kind, W_CHALLENGE);
+    cr_assert(!m.has_mac, "the CHALLENGE carries no mac");
+    cr_assert(m.has_challenge);
+    cr_assert_arr_eq(m.challenge, a.mine, AR__CHALLENGE_LEN, "cB as drawn, nothing derived");
+    cr_assert(!out(&a, &f), "and it is all the acceptor says");
+    cr_assert_eq(in(&c, &challenge), 0, "the connector cannot tell either: it proves first");
+    cr_assert(out(&c, &auth));
+    /* neither MAC the acceptor could compute with its cookie appears in what it sent */
+    uint8_t mac_b[32], mac_a[32];
+    ref_mac('B', "beta@host", "alpha", c.mine, a.mine, mac_b);
+    ref_mac('A', "alpha", "beta@host", a.mine, c.mine, mac_a);
+    cr_assert_null(memmem(challenge.b, challenge.n, mac_b, 32));
+    cr_assert_null(memmem(challenge.b, challenge.n, mac_a, 32));
+    cr_assert_eq(in(&a, &auth), AR_EAUTH, "the stranger's mac_A is refused");
+    cr_assert_eq(a.step, HS_FAILED);
+    cr_assert(!out(&a, &f), "no WELCOME, no mac_B");
+    cr_assert_eq(in(&a, &auth), AR_EBADMSG, "failed for good");
+    cr_assert(!out(&a, &f));
+
+    /* nor does anything else a stranger sends after its HELLO draw a mac out of it */
+    ar__hs_msg_t forged_auth = {.kind = W_AUTH, .version = AR__WIRE_VERSION,
+                                .has_challenge = true, .has_mac = true};
+    memset(forged_auth.mac, 0x5a, sizeof forged_auth.mac);
+    ar__hs_msg_t welcome = {.kind = W_WELCOME, .version = AR__WIRE_VERSION, .has_mac = true};
+    ar__hs_msg_t bare_auth = {.kind = W_AUTH, .version = AR__WIRE_VERSION,
+                              .has_challenge = true};
+    ar__hs_msg_t hello2 = decoded(&hello);
+    const struct {
+        const char *what;
+        const ar__hs_msg_t *m;
+        int rc;
+    } rows[] = {
+        {"a guessed mac_A", &forged_auth, AR_EAUTH},
+        {"an AUTH without a mac", &bare_auth, AR_EBADMSG},
+        {"a WELCOME", &welcome, AR_EBADMSG},
+        {"a second HELLO", &hello2, AR_EBADMSG},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        th_row_begin(rows[i].what);
+        ar__hs_t aa;
+        cr_assert_eq(ar__hs_init(&aa, HS_ACCEPTOR, COOKIE, "beta@host", HI_B, NULL), 0);
+        cr_assert_eq(in(&aa, &hello), 0);
+        cr_assert(out(&aa, &f));
+        cr_assert(!decoded(&f).has_mac, TH_AT "a mac in the CHALLENGE", TH_ROW);
+        frame_t attack;
+        attack.n = ar__hs_size(rows[i].m);
+        ar__hs_encode(rows[i].m, attack.b);
+        cr_assert_eq(in(&aa, &attack), rows[i].rc, TH_AT "fed the attack", TH_ROW);
+        cr_assert(!out(&aa, &f), TH_AT "said something after", TH_ROW);
+    }
 }
 
 Test(wire, handshake_wrong_cookie, .timeout = TH_TIMEOUT)
 {
+    /* a connector with another cookie: the acceptor refuses its AUTH (above in detail) */
     ar__hs_t c, a;
     frame_t f1, f2, f3;
-    pair(&c, &a, COOKIE, "another cookie");
+    pair(&c, &a, COOKIE, OTHER_COOKIE);
     cr_assert(out(&c, &f1));
-    cr_assert_eq(in(&a, &f1), 0, "the acceptor cannot tell yet");
+    cr_assert_eq(in(&a, &f1), 0);
     cr_assert(out(&a, &f2));
-    cr_assert_eq(in(&c, &f2), AR_EAUTH, "the connector checks mac_B first");
-    cr_assert_eq(c.step, HS_FAILED);
-    cr_assert(!out(&c, &f3), "and sends no AUTH");
+    cr_assert_eq(in(&c, &f2), 0);
+    cr_assert(out(&c, &f3));
+    cr_assert_eq(in(&a, &f3), AR_EAUTH);
+    cr_assert_eq(a.step, HS_FAILED);
+    cr_assert(!out(&a, &f1), "and sends no WELCOME");
 
-    /* the other way round: the acceptor refuses an AUTH made with another cookie. A
-     * connector with the acceptor's cookie and a forged one share their challenge. */
+    /* an acceptor without the cookie cannot finish either: the connector refuses a
+     * WELCOME made with another cookie over the very same challenges */
     ar__hs_t c2, a2, forger;
     pair(&c2, &a2, COOKIE, COOKIE);
-    cr_assert_eq(ar__hs_init(&forger, HS_CONNECTOR, "guessed", "alpha", HI_A, NULL), 0);
-    memcpy(forger.mine, c2.mine, AR__CHALLENGE_LEN);
+    cr_assert_eq(ar__hs_init(&forger, HS_ACCEPTOR, OTHER_COOKIE, "beta@host", HI_B,
+                             "127.0.0.1:9100"), 0);
     cr_assert(out(&c2, &f1));
     cr_assert_eq(in(&a2, &f1), 0);
     cr_assert(out(&a2, &f2));
     cr_assert_eq(in(&c2, &f2), 0);
-    cr_assert(out(&c2, &f3)); /* the genuine AUTH, kept back */
-    /* the forger computes its AUTH over the same challenges with its own cookie */
-    memcpy(forger.theirs, a2.mine, AR__CHALLENGE_LEN);
-    strcpy(forger.peer_name, "beta@host");
-    forger.step = HS_WAIT_WELCOME;
-    forger.owe = W_AUTH;
+    cr_assert(out(&c2, &f3));
+    cr_assert_eq(in(&a2, &f3), 1);
+    frame_t genuine;
+    cr_assert(out(&a2, &genuine)); /* the genuine WELCOME, kept back */
+    /* the forger skips the check of mac_A and computes its WELCOME with its own cookie */
+    memcpy(forger.mine, a2.mine, AR__CHALLENGE_LEN);
+    memcpy(forger.theirs, c2.mine, AR__CHALLENGE_LEN);
+    strcpy(forger.peer_name, "alpha");
+    forger.step = HS_DONE;
+    forger.owe = W_WELCOME;
     frame_t forged;
     cr_assert(out(&forger, &forged));
-    cr_assert_eq(in(&a2, &forged), AR_EAUTH);
-    cr_assert_eq(a2.step, HS_FAILED);
-    cr_assert_eq(in(&a2, &f3), AR_EBADMSG, "failed for good, even for the genuine AUTH");
-    frame_t none;
-    cr_assert(!out(&a2, &none), "no WELCOME");
+    cr_assert_eq(in(&c2, &forged), AR_EAUTH);
+    cr_assert_eq(c2.step, HS_FAILED);
+    cr_assert_eq(in(&c2, &genuine), AR_EBADMSG, "failed for good, even for the genuine one");
+    cr_assert(!out(&c2, &f1));
 }
 
 /* Decodes f, lets edit change the message, re-encodes it into f. */
 static void tamper(frame_t *f, void (*edit)(ar__hs_msg_t *))
 {
     frame_t orig = *f;
-    ar__hs_msg_t m;
-    cr_assert_eq(ar__hs_decode(orig.b + 4, orig.n - 4, &m), 0);
+    ar__hs_msg_t m = decoded(&orig);
     edit(&m);
     f->n = ar__hs_size(&m);
     cr_assert_leq(f->n, sizeof f->b);
@@ -1029,86 +1120,89 @@ static void tamper(frame_t *f, void (*edit)(ar__hs_msg_t *))
 }
 
 static void ed_name(ar__hs_msg_t *m) { m->name = "gamma"; m->name_len = 5; }
+static void ed_no_name(ar__hs_msg_t *m) { m->name = NULL; m->name_len = 0; }
 static void ed_version(ar__hs_msg_t *m) { m->version = AR__WIRE_VERSION + 1; }
 static void ed_challenge(ar__hs_msg_t *m) { m->challenge[3] ^= 1; }
 static void ed_mac(ar__hs_msg_t *m) { m->mac[31] ^= 0x80; }
+static void ed_mac_zero(ar__hs_msg_t *m) { memset(m->mac, 0, sizeof m->mac); }
 static void ed_no_mac(ar__hs_msg_t *m) { m->has_mac = false; }
 static void ed_add_mac(ar__hs_msg_t *m) { m->has_mac = true; }
 static void ed_no_challenge(ar__hs_msg_t *m) { m->has_challenge = false; }
+static void ed_add_challenge(ar__hs_msg_t *m) { m->has_challenge = true; }
 static void ed_add_name(ar__hs_msg_t *m) { m->name = "alpha"; m->name_len = 5; }
 static void ed_hi_zero(ar__hs_msg_t *m) { m->node_hi = 0; }
+static void ed_hi_a(ar__hs_msg_t *m) { m->node_hi = HI_A; }
 static void ed_kind_auth(ar__hs_msg_t *m) { m->kind = W_AUTH; }
+static void ed_kind_welcome(ar__hs_msg_t *m) { m->kind = W_WELCOME; }
 
-/* Which frame of a run is tampered with, how, and what the side that receives it (or,
- * for an undetectable change, the side that checks the MAC later) must return. */
+/* Which frame of a run is tampered with, how, and which feed of the run then fails (the
+ * tampered frame's own, or for a change only a MAC reveals, a later one) with what. */
 typedef struct tamper_row {
     const char *what;
-    int frame;          /* 0 HELLO, 1 CHALLENGE, 2 AUTH */
+    int frame;          /* 0 HELLO, 1 CHALLENGE, 2 AUTH, 3 WELCOME */
     void (*edit)(ar__hs_msg_t *);
-    int at_receiver;    /* what feeding the tampered frame returns */
-    int later;          /* if at_receiver is 0: what the connector's CHALLENGE feed returns */
+    int fails_at;       /* the frame whose feed fails; the frames before it go through */
+    int rc;             /* what that feed returns */
 } tamper_row_t;
 
 Test(wire, handshake_tampered, .timeout = TH_TIMEOUT)
 {
     static const tamper_row_t rows[] = {
-        {"HELLO name", 0, ed_name, 0, AR_EAUTH},
-        {"HELLO challenge", 0, ed_challenge, 0, AR_EAUTH},
-        {"HELLO version", 0, ed_version, AR_EBADMSG, 0},
-        {"HELLO with a mac", 0, ed_add_mac, AR_EBADMSG, 0},
-        {"HELLO without a challenge", 0, ed_no_challenge, AR_EBADMSG, 0},
-        {"HELLO node_hi 0", 0, ed_hi_zero, AR_EBADMSG, 0},
-        {"HELLO as AUTH", 0, ed_kind_auth, AR_EBADMSG, 0},
-        {"CHALLENGE name", 1, ed_name, AR_EAUTH, 0},
-        {"CHALLENGE challenge", 1, ed_challenge, AR_EAUTH, 0},
-        {"CHALLENGE mac", 1, ed_mac, AR_EAUTH, 0},
-        {"CHALLENGE version", 1, ed_version, AR_EBADMSG, 0},
-        {"CHALLENGE without a mac", 1, ed_no_mac, AR_EBADMSG, 0},
-        {"AUTH mac", 2, ed_mac, AR_EAUTH, 0},
-        {"AUTH version", 2, ed_version, AR_EBADMSG, 0},
-        {"AUTH with a name", 2, ed_add_name, AR_EBADMSG, 0},
-        {"AUTH without a mac", 2, ed_no_mac, AR_EBADMSG, 0},
+        {"HELLO name", 0, ed_name, 2, AR_EAUTH}, /* mac_A names the real connector */
+        {"HELLO without a name", 0, ed_no_name, 0, AR_EBADMSG},
+        {"HELLO version", 0, ed_version, 0, AR_EBADMSG},
+        {"HELLO with a challenge", 0, ed_add_challenge, 0, AR_EBADMSG},
+        {"HELLO with a mac", 0, ed_add_mac, 0, AR_EBADMSG},
+        {"HELLO node_hi 0", 0, ed_hi_zero, 0, AR_EBADMSG},
+        {"HELLO as AUTH", 0, ed_kind_auth, 0, AR_EBADMSG},
+        {"CHALLENGE name", 1, ed_name, 2, AR_EAUTH}, /* the connector's mac_A names gamma */
+        {"CHALLENGE challenge", 1, ed_challenge, 2, AR_EAUTH}, /* mac_A over another cB */
+        {"CHALLENGE version", 1, ed_version, 1, AR_EBADMSG},
+        {"CHALLENGE with a mac", 1, ed_add_mac, 1, AR_EBADMSG},
+        {"CHALLENGE without a challenge", 1, ed_no_challenge, 1, AR_EBADMSG},
+        {"CHALLENGE node_hi 0", 1, ed_hi_zero, 1, AR_EBADMSG},
+        {"CHALLENGE with the connector's node", 1, ed_hi_a, 1, AR_EBADMSG},
+        {"AUTH mac", 2, ed_mac, 2, AR_EAUTH},
+        {"AUTH mac zero", 2, ed_mac_zero, 2, AR_EAUTH},
+        {"AUTH challenge", 2, ed_challenge, 2, AR_EAUTH}, /* mac_A binds cA */
+        {"AUTH version", 2, ed_version, 2, AR_EBADMSG},
+        {"AUTH with a name", 2, ed_add_name, 2, AR_EBADMSG},
+        {"AUTH with a node_hi", 2, ed_hi_a, 2, AR_EBADMSG},
+        {"AUTH without a mac", 2, ed_no_mac, 2, AR_EBADMSG},
+        {"AUTH without a challenge", 2, ed_no_challenge, 2, AR_EBADMSG},
+        {"AUTH as WELCOME", 2, ed_kind_welcome, 2, AR_EBADMSG},
+        {"WELCOME mac", 3, ed_mac, 3, AR_EAUTH},
+        {"WELCOME mac zero", 3, ed_mac_zero, 3, AR_EAUTH},
+        {"WELCOME version", 3, ed_version, 3, AR_EBADMSG},
+        {"WELCOME without a mac", 3, ed_no_mac, 3, AR_EBADMSG},
+        {"WELCOME with a challenge", 3, ed_add_challenge, 3, AR_EBADMSG},
+        {"WELCOME with a name", 3, ed_add_name, 3, AR_EBADMSG},
+        {"WELCOME as AUTH", 3, ed_kind_auth, 3, AR_EBADMSG},
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
         const tamper_row_t *row = &rows[i];
         th_row_begin(row->what);
         ar__hs_t c, a;
-        frame_t f;
         pair(&c, &a, COOKIE, COOKIE);
-        cr_assert(out(&c, &f));
-        if (row->frame == 0) {
-            tamper(&f, row->edit);
-            int rc = in(&a, &f);
-            cr_assert_eq(rc, row->at_receiver, TH_AT "acceptor got %s", TH_ROW,
-                         ar_err_name(rc));
-            if (rc == 0) {
-                cr_assert(out(&a, &f));
-                rc = in(&c, &f);
-                cr_assert_eq(rc, row->later, TH_AT "connector got %s", TH_ROW,
-                             ar_err_name(rc));
+        for (int k = 0; k <= row->fails_at; k++) {
+            ar__hs_t *from = k % 2 ? &a : &c, *to = k % 2 ? &c : &a;
+            frame_t f;
+            cr_assert(out(from, &f), TH_AT "frame %d not sent", TH_ROW, k);
+            if (k == row->frame) tamper(&f, row->edit);
+            int rc = in(to, &f);
+            int want = k < row->fails_at ? (k >= 2 ? 1 : 0) : row->rc;
+            cr_assert_eq(rc, want, TH_AT "frame %d: %s, not %s", TH_ROW, k, ar_err_name(rc),
+                         ar_err_name(want));
+            if (k == row->fails_at) {
+                cr_assert_eq(to->step, HS_FAILED, TH_AT "not failed", TH_ROW);
+                cr_assert(!out(to, &f), TH_AT "a failed side spoke", TH_ROW);
             }
-            continue;
         }
-        cr_assert_eq(in(&a, &f), 0);
-        cr_assert(out(&a, &f));
-        if (row->frame == 1) {
-            tamper(&f, row->edit);
-            int rc = in(&c, &f);
-            cr_assert_eq(rc, row->at_receiver, TH_AT "connector got %s", TH_ROW,
-                         ar_err_name(rc));
-            cr_assert_eq(c.step, HS_FAILED);
-            continue;
-        }
-        cr_assert_eq(in(&c, &f), 0);
-        cr_assert(out(&c, &f));
-        tamper(&f, row->edit);
-        int rc = in(&a, &f);
-        cr_assert_eq(rc, row->at_receiver, TH_AT "acceptor got %s", TH_ROW, ar_err_name(rc));
-        cr_assert_eq(a.step, HS_FAILED);
     }
 }
 
-/* Frames from an earlier handshake, repeated frames, and frames out of turn. */
+/* Frames from an earlier handshake, repeated frames, reflected ones, and frames out of
+ * turn. */
 Test(wire, handshake_replay_and_out_of_order, .timeout = TH_TIMEOUT)
 {
     ar__hs_t c, a;
@@ -1116,20 +1210,36 @@ Test(wire, handshake_replay_and_out_of_order, .timeout = TH_TIMEOUT)
     pair(&c, &a, COOKIE, COOKIE);
     run_ok(&c, &a, &old);
 
-    /* replayed AUTH: a new acceptor, a new challenge, the old MAC */
+    /* replayed AUTH: a new acceptor, a new challenge, the old cA and MAC */
     ar__hs_t c2, a2;
     frame_t f;
     pair(&c2, &a2, COOKIE, COOKIE);
-    memcpy(c2.mine, c.mine, AR__CHALLENGE_LEN); /* even with the connector's old challenge */
     cr_assert(out(&c2, &f));
     cr_assert_eq(in(&a2, &f), 0);
     cr_assert(out(&a2, &f));
     cr_assert_eq(in(&a2, &old.auth), AR_EAUTH);
 
-    /* replayed CHALLENGE: the connector's challenge is new */
+    /* replayed CHALLENGE and WELCOME, an impostor of the acceptor: the CHALLENGE goes
+     * through (it proves nothing), the WELCOME does not (the connector's cA is new) */
     pair(&c2, &a2, COOKIE, COOKIE);
     cr_assert(out(&c2, &f));
-    cr_assert_eq(in(&c2, &old.challenge), AR_EAUTH);
+    cr_assert_eq(in(&c2, &old.challenge), 0);
+    cr_assert(out(&c2, &f));
+    cr_assert_eq(in(&c2, &old.welcome), AR_EAUTH);
+
+    /* the connector's own AUTH reflected as a WELCOME: the side letter tells them apart */
+    pair(&c2, &a2, COOKIE, COOKIE);
+    cr_assert(out(&c2, &f));
+    cr_assert_eq(in(&a2, &f), 0);
+    cr_assert(out(&a2, &f));
+    cr_assert_eq(in(&c2, &f), 0);
+    cr_assert(out(&c2, &f));
+    ar__hs_msg_t m = decoded(&f);
+    m.kind = W_WELCOME;
+    m.has_challenge = false;
+    f.n = ar__hs_size(&m);
+    ar__hs_encode(&m, f.b);
+    cr_assert_eq(in(&c2, &f), AR_EAUTH);
 
     /* out of turn, each a fresh pair */
     static const struct {
@@ -1144,10 +1254,12 @@ Test(wire, handshake_replay_and_out_of_order, .timeout = TH_TIMEOUT)
         {"acceptor gets CHALLENGE first", true, 1, 0},
         {"acceptor gets a second HELLO", true, 0, 1},
         {"acceptor gets HELLO for AUTH", true, 0, 2},
+        {"acceptor gets WELCOME for AUTH", true, 3, 2},
         {"acceptor gets a frame after done", true, 2, 4},
         {"connector gets anything before its HELLO", false, 1, -1},
         {"connector gets HELLO for CHALLENGE", false, 0, 1},
         {"connector gets WELCOME for CHALLENGE", false, 3, 1},
+        {"connector gets AUTH for CHALLENGE", false, 2, 1},
         {"connector gets AUTH for WELCOME", false, 2, 3},
         {"connector gets CHALLENGE again", false, 1, 3},
         {"connector gets a second WELCOME", false, 3, 4},
@@ -1178,18 +1290,27 @@ Test(wire, handshake_replay_and_out_of_order, .timeout = TH_TIMEOUT)
     }
 }
 
-/* The acceptor has fed HELLO but its CHALLENGE was not taken: anything fed now is out of
- * sequence (the connector cannot have seen the CHALLENGE). */
+/* A side owes a frame that was not taken: anything fed now is out of sequence (the peer
+ * cannot have seen what it would answer). */
 Test(wire, handshake_feed_while_owing, .timeout = TH_TIMEOUT)
 {
     ar__hs_t c, a;
-    frame_t f;
+    frame_t f, g;
     pair(&c, &a, COOKIE, COOKIE);
     cr_assert(out(&c, &f));
-    cr_assert_eq(in(&a, &f), 0);
+    cr_assert_eq(in(&a, &f), 0); /* owes CHALLENGE */
     cr_assert_eq(in(&a, &f), AR_EBADMSG);
     cr_assert_eq(a.step, HS_FAILED);
     cr_assert(!out(&a, &f), "a failed handshake owes nothing");
+    /* the connector owing AUTH */
+    pair(&c, &a, COOKIE, COOKIE);
+    cr_assert(out(&c, &f));
+    cr_assert_eq(in(&a, &f), 0);
+    cr_assert(out(&a, &g));
+    cr_assert_eq(in(&c, &g), 0); /* owes AUTH */
+    cr_assert_eq(in(&c, &g), AR_EBADMSG);
+    cr_assert_eq(c.step, HS_FAILED);
+    cr_assert(!out(&c, &f), "a failed handshake owes nothing");
 }
 
 Test(wire, handshake_own_name_and_node_rejected, .timeout = TH_TIMEOUT)
@@ -1201,6 +1322,7 @@ Test(wire, handshake_own_name_and_node_rejected, .timeout = TH_TIMEOUT)
     cr_assert_eq(ar__hs_init(&a, HS_ACCEPTOR, COOKIE, "beta", HI_B, NULL), 0);
     cr_assert(out(&c, &f));
     cr_assert_eq(in(&a, &f), AR_EBADMSG);
+    cr_assert(!out(&a, &f), "no CHALLENGE");
     /* ... or its node */
     cr_assert_eq(ar__hs_init(&c, HS_CONNECTOR, COOKIE, "alpha", HI_B, NULL), 0);
     cr_assert_eq(ar__hs_init(&a, HS_ACCEPTOR, COOKIE, "beta", HI_B, NULL), 0);
@@ -1219,6 +1341,7 @@ Test(wire, handshake_own_name_and_node_rejected, .timeout = TH_TIMEOUT)
     cr_assert(out(&a, &f));
     tamper(&f, ed_add_name); /* the CHALLENGE now says "alpha" */
     cr_assert_eq(in(&c, &f), AR_EBADMSG);
+    cr_assert(!out(&c, &f), "no AUTH");
     /* the names differ only in length: not the same name */
     cr_assert_eq(ar__hs_init(&c, HS_CONNECTOR, COOKIE, "alph", HI_A, NULL), 0);
     cr_assert_eq(ar__hs_init(&a, HS_ACCEPTOR, COOKIE, "alpha", HI_B, NULL), 0);

@@ -1,22 +1,28 @@
 /* The handshake state machine (wire.h): one side of a connection's authentication.
  *
  *   connector: SEND_HELLO -output HELLO-> WAIT_CHALLENGE -feed CHALLENGE-> WAIT_WELCOME
- *              (owes AUTH) -feed WELCOME-> DONE (feed returns 1)
- *   acceptor:  WAIT_HELLO -feed HELLO-> WAIT_AUTH (owes CHALLENGE) -feed AUTH-> DONE
- *              (feed returns 1, owes WELCOME)
+ *              (owes AUTH) -feed WELCOME, mac_B checked-> DONE (feed returns 1)
+ *   acceptor:  WAIT_HELLO -feed HELLO-> WAIT_AUTH (owes CHALLENGE) -feed AUTH, mac_A
+ *              checked-> DONE (feed returns 1, owes WELCOME)
  *
  * h->owe is the frame ar__hs_output produces next; a frame fed while one is owed is out
  * of sequence (the peer cannot have seen what it would answer). Any error sets HS_FAILED,
  * after which feed fails and output produces nothing.
  *
+ * The connector proves first: HELLO and CHALLENGE carry no MAC, AUTH carries the
+ * connector's challenge cA with mac_A over both challenges, and the acceptor computes
+ * nothing from the cookie until mac_A has checked out; only then does WELCOME carry mac_B.
+ * So whoever can merely open a connection never gets a MAC to guess the cookie from
+ * offline: the acceptor's only output to an unproven connector is its CHALLENGE.
+ *
  * The MACs: HMAC-SHA256 keyed with the cookie over
  *   "arbor-dist" | version (4 bytes, big-endian) | side ('B' acceptor, 'A' connector) |
  *   len | sender's name | len | receiver's name | receiver's challenge | sender's challenge
- * (each len one byte), which gives wire.h's mac_B (name_B name_A cA cB) and mac_A
- * (name_A name_B cB cA). The side letter keeps a MAC from being reflected back as the
- * other side's. The connector checks mac_B before it computes mac_A over the acceptor's
- * challenge. MACs are compared with CRYPTO_memcmp; expected MACs are wiped after use. The
- * cookie is only ever handed to HMAC(): it is never copied, formatted or returned.
+ * (each len one byte), which gives wire.h's mac_A (name_A name_B cB cA) and mac_B
+ * (name_B name_A cA cB). The side letter keeps a MAC from being reflected back as the
+ * other side's. MACs are compared with CRYPTO_memcmp; MACs computed here are wiped after
+ * use. The cookie is only ever handed to HMAC(): it is never copied, formatted or
+ * returned.
  *
  * Pure functions over the caller's ar__hs_t; no allocation of ours (OpenSSL's HMAC may
  * allocate inside). One thread at a time per ar__hs_t.
@@ -127,16 +133,20 @@ size_t ar__hs_output(ar__hs_t *h, void *out, size_t cap)
     memset(&m, 0, sizeof m);
     m.kind = h->owe;
     m.version = AR__WIRE_VERSION;
-    if (h->owe == W_HELLO || h->owe == W_CHALLENGE) {
+    if (h->owe == W_HELLO || h->owe == W_CHALLENGE) { /* who we are */
         m.name = h->name;
         m.name_len = strlen(h->name);
         m.node_hi = h->node_hi;
         m.listen = h->listen[0] ? h->listen : NULL;
         m.listen_len = strlen(h->listen);
+    }
+    if (h->owe == W_CHALLENGE || h->owe == W_AUTH) { /* cB, or the cA mac_A covers */
         m.has_challenge = true;
         memcpy(m.challenge, h->mine, AR__CHALLENGE_LEN);
     }
-    if (h->owe == W_CHALLENGE || h->owe == W_AUTH) {
+    /* AUTH: the connector's mac_A over the acceptor's challenge and its own; WELCOME: the
+     * acceptor's mac_B, owed only once a feed has checked mac_A */
+    if (h->owe == W_AUTH || h->owe == W_WELCOME) {
         m.has_mac = mac(h, side_of(h->role), h->name, strlen(h->name), h->peer_name,
                         strlen(h->peer_name), h->theirs, h->mine, m.mac);
         if (!m.has_mac) goto fail;
@@ -155,10 +165,12 @@ fail:
     return 0;
 }
 
-/* HELLO or CHALLENGE: a well-formed introduction from someone other than ourselves. */
-static int check_intro(const ar__hs_t *h, const ar__hs_msg_t *m)
+/* HELLO or CHALLENGE: a well-formed introduction from someone other than ourselves,
+ * with a challenge (CHALLENGE) or without (HELLO), and never a mac. */
+static int check_intro(const ar__hs_t *h, const ar__hs_msg_t *m, bool with_challenge)
 {
-    if (!m->name || !m->has_challenge || m->node_hi == 0) return AR_EBADMSG;
+    if (!m->name || m->node_hi == 0 || m->has_challenge != with_challenge || m->has_mac)
+        return AR_EBADMSG;
     if ((m->name_len == strlen(h->name) && memcmp(m->name, h->name, m->name_len) == 0) ||
         m->node_hi == h->node_hi)
         return AR_EBADMSG;
@@ -172,14 +184,13 @@ static void remember_peer(ar__hs_t *h, const ar__hs_msg_t *m)
     h->peer_hi = m->node_hi;
     if (m->listen) memcpy(h->peer_listen, m->listen, m->listen_len);
     h->peer_listen[m->listen ? m->listen_len : 0] = '\0';
-    memcpy(h->theirs, m->challenge, AR__CHALLENGE_LEN);
 }
 
-/* AUTH or WELCOME: nothing but (for AUTH) the mac. */
-static bool bare(const ar__hs_msg_t *m, bool with_mac)
+/* AUTH or WELCOME: no introduction; a mac, and (AUTH only) the connector's challenge. */
+static bool bare(const ar__hs_msg_t *m, bool with_challenge)
 {
-    return !m->name && !m->listen && m->node_hi == 0 && !m->has_challenge &&
-           m->has_mac == with_mac;
+    return !m->name && !m->listen && m->node_hi == 0 && m->has_challenge == with_challenge &&
+           m->has_mac;
 }
 
 static int feed(ar__hs_t *h, const void *body, size_t len)
@@ -190,29 +201,32 @@ static int feed(ar__hs_t *h, const void *body, size_t len)
     int rc;
     switch (h->step) {
     case HS_WAIT_HELLO:
-        if (m.kind != W_HELLO || m.has_mac) return AR_EBADMSG;
-        if ((rc = check_intro(h, &m)) != 0) return rc;
+        if (m.kind != W_HELLO) return AR_EBADMSG;
+        if ((rc = check_intro(h, &m, false)) != 0) return rc;
         remember_peer(h, &m);
         h->owe = W_CHALLENGE;
         h->step = HS_WAIT_AUTH;
         return 0;
-    case HS_WAIT_CHALLENGE:
-        if (m.kind != W_CHALLENGE || !m.has_mac) return AR_EBADMSG;
-        if ((rc = check_intro(h, &m)) != 0) return rc;
-        if (!peer_mac_ok(h, m.name, m.name_len, m.challenge, m.mac)) return AR_EAUTH;
+    case HS_WAIT_CHALLENGE: /* nothing to check yet: the acceptor proves in WELCOME */
+        if (m.kind != W_CHALLENGE) return AR_EBADMSG;
+        if ((rc = check_intro(h, &m, true)) != 0) return rc;
         remember_peer(h, &m);
+        memcpy(h->theirs, m.challenge, AR__CHALLENGE_LEN);
         h->owe = W_AUTH;
         h->step = HS_WAIT_WELCOME;
         return 0;
-    case HS_WAIT_AUTH:
+    case HS_WAIT_AUTH: /* mac_A over our challenge and the one it brings */
         if (m.kind != W_AUTH || !bare(&m, true)) return AR_EBADMSG;
-        if (!peer_mac_ok(h, h->peer_name, strlen(h->peer_name), h->theirs, m.mac))
+        if (!peer_mac_ok(h, h->peer_name, strlen(h->peer_name), m.challenge, m.mac))
             return AR_EAUTH;
+        memcpy(h->theirs, m.challenge, AR__CHALLENGE_LEN);
         h->owe = W_WELCOME;
         h->step = HS_DONE;
         return 1;
-    case HS_WAIT_WELCOME:
+    case HS_WAIT_WELCOME: /* mac_B over both challenges, as our AUTH sent them */
         if (m.kind != W_WELCOME || !bare(&m, false)) return AR_EBADMSG;
+        if (!peer_mac_ok(h, h->peer_name, strlen(h->peer_name), h->theirs, m.mac))
+            return AR_EAUTH;
         h->step = HS_DONE;
         return 1;
     default: /* SEND_HELLO owes a frame; DONE and FAILED take no more */

@@ -55,10 +55,10 @@ enum ar__wire_kind {
     W_PEER,                        /* gossip: text = a peer's name, payload = its listen
                                       address, ref = its node_hi */
     /* the handshake */
-    W_HELLO,                       /* connector: name, node_hi, listen, challenge */
-    W_CHALLENGE,                   /* acceptor: name, node_hi, listen, challenge, mac */
-    W_AUTH,                        /* connector: mac */
-    W_WELCOME,                     /* acceptor: accepted */
+    W_HELLO,                       /* connector: name, node_hi, listen */
+    W_CHALLENGE,                   /* acceptor: name, node_hi, listen, challenge */
+    W_AUTH,                        /* connector: challenge, mac */
+    W_WELCOME,                     /* acceptor: mac */
     W_KIND_END
 };
 
@@ -112,15 +112,19 @@ int ar__hs_decode(const void *body, size_t len, ar__hs_msg_t *m); /* AR_EBADMSG 
 /* One side of a handshake, as a state machine fed one frame body at a time.
  *
  *   connector                         acceptor
- *   HELLO(name, hi, listen, cA)  ->
- *                                <-   CHALLENGE(name, hi, listen, cB, mac_B)
- *   AUTH(mac_A)                  ->
- *                                <-   WELCOME
+ *   HELLO(name, hi, listen)      ->                                  (no challenge, no mac)
+ *                                <-   CHALLENGE(name, hi, listen, cB)           (no mac)
+ *   AUTH(cA, mac_A)              ->                         (no name, node_hi or listen)
+ *                                <-   WELCOME(mac_B)                       (only the mac)
  *
- * mac_B = HMAC-SHA256(cookie, "arbor-dist" version 'B' name_B name_A cA cB) and
- * mac_A = HMAC-SHA256(cookie, "arbor-dist" version 'A' name_A name_B cB cA), names
+ * mac_A = HMAC-SHA256(cookie, "arbor-dist" version 'A' name_A name_B cB cA) and
+ * mac_B = HMAC-SHA256(cookie, "arbor-dist" version 'B' name_B name_A cA cB), names
  * length-prefixed: both names, the version and both challenges are bound into each MAC,
- * which is compared in constant time. The cookie never leaves this file's buffers. */
+ * which is compared in constant time. The connector proves first: the acceptor checks
+ * mac_A before it computes or sends anything derived from the cookie, so a connection
+ * that cannot prove the cookie gets nothing but the CHALLENGE, never a MAC to guess the
+ * cookie from offline. The connector checks mac_B in WELCOME before it is done. The
+ * cookie never leaves handshake.c's buffers. */
 enum ar__hs_role { HS_CONNECTOR, HS_ACCEPTOR };
 enum ar__hs_step { HS_SEND_HELLO, HS_WAIT_HELLO, HS_WAIT_CHALLENGE, HS_WAIT_AUTH,
                    HS_WAIT_WELCOME, HS_DONE, HS_FAILED };
@@ -148,7 +152,8 @@ int ar__hs_init(ar__hs_t *h, enum ar__hs_role role, const char *cookie, const ch
  * comes from calling this before feeding anything. */
 size_t ar__hs_output(ar__hs_t *h, void *out, size_t cap);
 /* Feeds the peer's next frame body. 0: go on (call ar__hs_output); 1: done (the peer
- * is authenticated; call ar__hs_output once more for the acceptor's WELCOME);
+ * is authenticated: the acceptor after a good AUTH, then call ar__hs_output once more
+ * for its WELCOME; the connector after a good WELCOME);
  * AR_EAUTH: wrong MAC; AR_EBADMSG: malformed, unexpected, wrong version, or the peer
  * claims our own name or node. After an error the handshake is HS_FAILED for good. */
 int ar__hs_feed(ar__hs_t *h, const void *body, size_t len);
