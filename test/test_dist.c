@@ -965,7 +965,7 @@ Test(dist, messages_then_an_exit_signal_from_one_process_arrive_in_order, .timeo
     size_t i = dn_await_kind(&gb, AR_MSG_EXIT, pa);
     cr_assert_eq(i, (size_t)N, "the EXIT came as entry %zu, not after the %d messages", i, N);
     for (int k = 0; k < N; k++) {
-        char want[8];
+        char want[16];
         snprintf(want, sizeof want, "m%d", k);
         cr_assert_str_eq(gb.log.e[k].data, want);
     }

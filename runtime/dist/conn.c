@@ -737,7 +737,9 @@ static void lost(ar__conn_t *c, int why)
         emit(d->node, AR_EV_NODE_DOWN, p->name, AR_NOCONNECTION);
         return;
     }
-    /* the handshake did not finish */
+    /* the handshake did not finish; a peer that closes on our proof (AUTH) refused it:
+     * the acceptor tells nothing more to a connector that may be guessing the cookie */
+    if (c->outbound && why == AR_ENOCONN && c->hs.step == HS_WAIT_WELCOME) why = AR_EAUTH;
     int rc = why == AR_EAUTH ? AR_EAUTH : why == AR_EINVAL ? AR_EINVAL : AR_ENOCONN;
     answer_waiters(c, rc);
     conn_close(c);
