@@ -354,6 +354,11 @@ AR_EXTERN int ar_node_connect(ar_node_t *node, const char *addr, int timeout_ms)
 /* The address the node listens on, as "host:port" with the port the system chose for
  * port 0: AR_ENOENT if it does not listen, AR_E2BIG if n is too small. */
 AR_EXTERN int ar_node_address(ar_node_t *node, char *buf, size_t n);
+/* Drops the connection to the node named peer, as if it were lost (Erlang's
+ * disconnect_node): both sides fire what the connection held with AR_NOCONNECTION and
+ * emit NODE_DOWN; the next use connects again. Returns at once: AR_ENOENT (not
+ * connected), AR_EINVAL, AR_ENOMEM, AR_ECLOSED. */
+AR_EXTERN int ar_node_disconnect(ar_node_t *node, const char *peer);
 /* The node's name ("local" without one). */
 AR_EXTERN const char *ar_node_name(ar_node_t *node);
 AR_EXTERN int ar_whereis_remote(ar_node_t *node, const char *peer, const char *name,

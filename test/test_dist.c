@@ -1519,6 +1519,56 @@ Test(dist, a_silent_peer_is_down_after_four_ticks_with_noconnection, .timeout = 
     stop_all(a, b);
 }
 
+/* ar_node_disconnect: the connection goes as if lost, on both sides at once, while every
+ * process lives on; the next use connects again. */
+Test(dist, a_disconnect_fires_noconnection_on_both_sides_and_the_next_use_reconnects,
+     .timeout = TH_TIMEOUT)
+{
+    ar_node_t *a, *b;
+    pair(&a, &b);
+    static dn_agent_t gl, gm, gb, gw;
+    static dn_holder_t h;
+    ar_pid_t pl = dn_spawn_agent(a, &gl, true);  /* traps: it lives on */
+    ar_pid_t pm = dn_spawn_agent(a, &gm, false);
+    ar_pid_t pb = dn_spawn_agent(b, &gb, true);  /* traps: it sees the EXIT as a message */
+    ar_pid_t pw = dn_spawn_agent(b, &gw, false); /* monitors a's process */
+    ar_pid_t hb = dn_spawn_holder(b, &h);
+    dn_link(a, pl, pb);
+    ar_ref_t ref = dn_monitor(a, pm, pb);
+    ar_ref_t ref_b = dn_monitor(b, pw, pm);
+    dn_bg_call_t call;
+    dn_bg_call_start(&call, a, hb, 2, TH_WAIT_MS);
+    th_await(atomic_load(&h.held) == 1);
+
+    cr_assert_eq(ar_node_disconnect(a, "nobody"), AR_ENOENT);
+    cr_assert_eq(ar_node_disconnect(a, "bad name!"), AR_EINVAL);
+    cr_assert_eq(ar_node_disconnect(a, "dist_b"), 0);
+    /* a's side */
+    size_t i = dn_await_kind(&gl, AR_MSG_EXIT, pb);
+    expect_entry(&gl, i, AR_MSG_EXIT, pb, AR_NOCONNECTION, NULL);
+    i = dn_await_kind(&gm, AR_MSG_DOWN, pb);
+    expect_entry(&gm, i, AR_MSG_DOWN, pb, AR_NOCONNECTION, NULL);
+    cr_assert_eq(gm.log.e[i].ref, ref);
+    th_await(atomic_load(&call.done));
+    cr_assert_eq(call.rc, AR_ENOCONN, "pending call: %s", ar_err_name(call.rc));
+    dn_bg_call_join(&call);
+    th_await(dn_ev_count(&ev_a, AR_EV_NODE_DOWN, "dist_b") == 1);
+    /* b's side: its half of the link and its monitor fire too */
+    i = dn_await_kind(&gb, AR_MSG_EXIT, pl);
+    expect_entry(&gb, i, AR_MSG_EXIT, pl, AR_NOCONNECTION, NULL);
+    i = dn_await_kind(&gw, AR_MSG_DOWN, pm);
+    expect_entry(&gw, i, AR_MSG_DOWN, pm, AR_NOCONNECTION, NULL);
+    cr_assert_eq(gw.log.e[i].ref, ref_b);
+    th_await(dn_ev_count(&ev_b, AR_EV_NODE_DOWN, "dist_a") == 1);
+    cr_assert(th_proc_alive(a, pl) && th_proc_alive(b, pb) && th_proc_alive(b, hb));
+    /* the same processes are reachable again: the next use connects */
+    th_echo_state_t st;
+    ar_pid_t eb = spawn_echo(b, &st);
+    th_echo_check(a, eb);
+    th_await(dn_ev_count(&ev_a, AR_EV_NODE_UP, "dist_b") == 2);
+    stop_all(a, b);
+}
+
 Test(dist, a_send_to_a_just_stopped_node_returns_at_once, .timeout = TH_TIMEOUT)
 {
     ar_node_t *a, *b;

@@ -77,7 +77,7 @@ static uint64_t hs_timeout_ms(struct ar__dist *d)
 static void lost(ar__conn_t *c, int why);
 
 /* ---- addresses ---- */
-static int parse_addr(const char *addr, struct sockaddr_storage *ss)
+int ar__addr_parse(const char *addr, struct sockaddr_storage *ss)
 {
     char host[AR_NAME_MAX];
     const char *colon = addr ? strrchr(addr, ':') : NULL;
@@ -807,7 +807,7 @@ void ar__conn_dial(struct ar__dist *d, ar__peer_t *peer, const char *addr, ar__e
     struct sockaddr_storage ss;
     ar__conn_t *c = NULL;
     int rc = d->stopping ? AR_ECLOSED : !addr || !node->cfg.cookie ? AR_ENOCONN
-                                                                   : parse_addr(addr, &ss);
+                                                                   : ar__addr_parse(addr, &ss);
     if (rc == AR_EINVAL && peer) rc = AR_ENOCONN;
     if (rc == 0 && !(c = conn_new(d, true))) rc = AR_ENOMEM;
     if (rc == 0 && (rc = ar__hs_init(&c->hs, HS_CONNECTOR, node->cfg.cookie, node->cfg.name,
@@ -859,7 +859,7 @@ static void accepted(uv_stream_t *server, int status)
 int ar__conn_listen(struct ar__dist *d, const char *addr)
 {
     struct sockaddr_storage ss;
-    int rc = parse_addr(addr, &ss);
+    int rc = ar__addr_parse(addr, &ss);
     if (rc) return rc;
     uv_tcp_init(d->loop, &d->listener);
     d->listener.data = d;
@@ -914,6 +914,11 @@ void ar__conn_tick(struct ar__dist *d)
                                       atomic_compare_exchange_strong(&p->state, &st, PEER_CONNECTING)))
             ar__conn_dial(d, p, p->addr[0] ? p->addr : NULL, NULL, AR_PID_NONE);
     }
+}
+
+void ar__conn_drop(ar__peer_t *p)
+{
+    if (p->conn && p->conn->up) lost(p->conn, AR_ENOCONN);
 }
 
 void ar__conn_close_all(struct ar__dist *d)

@@ -12,6 +12,7 @@
  */
 #include "dist.h"
 
+#include <netinet/in.h>
 #include <string.h>
 
 /* ---- answers: an int result and a pid, big-endian ---- */
@@ -315,7 +316,10 @@ static int deadline_left(uint64_t until)
 static int connect_to(ar_node_t *node, const char *addr, int timeout_ms, uint64_t *peer_hi)
 {
     struct ar__dist *d = node->dist;
-    if (!d || strlen(addr) >= AR_NAME_MAX || !strchr(addr, ':')) return AR_EINVAL;
+    struct sockaddr_storage ss;
+    if (!d || strlen(addr) >= AR_NAME_MAX || ar__addr_parse(addr, &ss) != 0 ||
+        ((struct sockaddr_in *)&ss)->sin_port == 0) /* (sin6_port lies at the same place) */
+        return AR_EINVAL;
     if (atomic_load_explicit(&d->closed, memory_order_acquire)) return AR_ECLOSED;
     struct connect_cmd proto = {.d = d};
     snprintf(proto.addr, sizeof proto.addr, "%s", addr);
@@ -363,6 +367,35 @@ int ar_whereis_remote(ar_node_t *node, const char *peer, const char *name, ar_pi
                      deadline_left(until));
     if (rc) return rc == AR_ENOPROC ? AR_ENOCONN : rc;
     return read_answer(&reply, out);
+}
+
+struct drop_cmd {
+    ar__io_cmd_t cmd;
+    ar__peer_t *peer;
+};
+
+static void drop_run(ar__io_cmd_t *cmd, uv_loop_t *loop)
+{
+    (void)loop;
+    struct drop_cmd *c = (struct drop_cmd *)cmd;
+    ar__conn_drop(c->peer);
+    ar__free(c);
+}
+
+int ar_node_disconnect(ar_node_t *node, const char *peer)
+{
+    if (!node || !peer || !ar__node_name_valid(peer, strlen(peer))) return AR_EINVAL;
+    struct ar__dist *d = node->dist;
+    if (!d) return AR_EINVAL;
+    if (atomic_load_explicit(&d->closed, memory_order_acquire)) return AR_ECLOSED;
+    ar__peer_t *p = ar__peer_find(d, ar__node_id_of(peer));
+    if (!p || atomic_load_explicit(&p->state, memory_order_acquire) != PEER_UP) return AR_ENOENT;
+    struct drop_cmd *c = ar__malloc(sizeof *c);
+    if (!c) return AR_ENOMEM;
+    c->cmd.run = drop_run;
+    c->peer = p;
+    ar__io_submit(node, &c->cmd);
+    return 0;
 }
 
 int ar_node_address(ar_node_t *node, char *buf, size_t n)
