@@ -55,9 +55,10 @@ all: deps
 	@$(MAKE) --no-print-directory build
 build: $(BUILD)/libarbor.a $(BUILD)/libarbor.so $(EX_BIN)
 
-# Installs missing Debian packages when run as root; otherwise prints the line and stops.
-deps:
-	@missing=""; for p in $(DEB_PKGS); do \
+# Installs the Debian packages $(1) that are missing when run as root; otherwise prints
+# the apt-get line and stops.
+define install_missing
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -68,6 +69,9 @@ deps:
 	    echo "arbor: missing packages; run: sudo apt-get install -y$$missing"; exit 1; \
 	  fi; \
 	fi
+endef
+deps:
+	$(call install_missing,$(DEB_PKGS))
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -163,17 +167,7 @@ FUZZ_MAXLEN_wire      := 16384
 FUZZ_MAXLEN_handshake := 4096
 
 fuzz: deps
-	@missing=""; for p in $(FUZZ_PKGS); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "arbor: installing$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
-	  else \
-	    echo "arbor: missing packages; run: sudo apt-get install -y$$missing"; exit 1; \
-	  fi; \
-	fi
+	$(call install_missing,$(FUZZ_PKGS))
 	@$(MAKE) --no-print-directory fuzz-run
 
 .PHONY: fuzz-run
