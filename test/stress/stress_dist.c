@@ -9,6 +9,9 @@
  *  - a foreign thread on node C sends numbered casts to A's counter: they arrive in
  *    order, none twice (C connects to A on first use: it learned A's address from B);
  *  - midway, node C stops: A's monitor of C's own process gets DOWN noconnection;
+ *  - then, RECONNECTS times, A drops its connection to B (ar_node_disconnect) and a thread
+ *    on each node calls the other's echo at the same moment: both nodes dial at once, one
+ *    dial wins on both sides, and both calls succeed (the loser's queue waits for it);
  *  - at the end every node stops cleanly, and nothing is left (ASan/LSan, TSan).
  *
  * Usage: stress_dist [seed]
@@ -18,6 +21,7 @@
 #define CLIENTS 4
 #define RUN_MS (ST_TSAN ? 4000 : 2500)
 #define CASTS 20000
+#define RECONNECTS (ST_TSAN ? 10 : 30)
 
 enum { T_SPAWN = 1, T_END, T_ECHO, T_SEQ, T_PING };
 
@@ -175,6 +179,59 @@ static void idle_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
 }
 static const ar_behaviour_t idle = {"idle", nop_init, idle_handle, NULL};
 
+/* ---- the reconnect race ---- */
+static void echo_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    (void)state;
+    if (m->kind == AR_MSG_CALL) ar_reply(ar_node(self), m->reply_to, m->data, m->len);
+}
+static const ar_behaviour_t echo = {"echo", nop_init, echo_handle, NULL};
+
+typedef struct crosser {
+    ar_node_t *node;
+    ar_pid_t to;
+    atomic_int *go;
+    int round, rc;
+} crosser_t;
+
+static void *cross_call(void *arg)
+{
+    crosser_t *c = arg;
+    while (atomic_load(c->go) != c->round) sched_yield();
+    ar_buf_t reply;
+    c->rc = ar_call(c->node, c->to, T_ECHO, &c->round, sizeof c->round, &reply, ST_WAIT_MS);
+    if (c->rc == 0) {
+        ST_CHECK(reply.len == sizeof c->round && memcmp(reply.data, &c->round, sizeof c->round) == 0,
+                 "a crossed call's answer is garbled");
+        ar_buf_free(&reply);
+    }
+    return NULL;
+}
+
+static void reconnect_race(void)
+{
+    ar_pid_t ea, eb;
+    ST_EXPECT_RC(ar_spawn(g_a, &echo, NULL, NULL, &ea), 0, "A's echo");
+    ST_EXPECT_RC(ar_spawn(g_b, &echo, NULL, NULL, &eb), 0, "B's echo");
+    atomic_int go = 0;
+    for (int r = 1; r <= RECONNECTS; r++) {
+        int rc = ar_node_disconnect(g_a, "sb");
+        ST_CHECK(rc == 0 || rc == AR_ENOENT, "disconnect: %s", ar_err_name(rc));
+        /* both sides see it down (a dial may already be under way: then it is not UP) */
+        ST_WAIT(ar_node_disconnect(g_a, "sb") == AR_ENOENT, "A to see B down");
+        ST_WAIT(ar_node_disconnect(g_b, "sa") == AR_ENOENT, "B to see A down");
+        crosser_t ca = {g_a, eb, &go, r, -1}, cb = {g_b, ea, &go, r, -1};
+        pthread_t ta, tb;
+        pthread_create(&ta, NULL, cross_call, &ca);
+        pthread_create(&tb, NULL, cross_call, &cb);
+        atomic_store(&go, r);
+        pthread_join(ta, NULL);
+        pthread_join(tb, NULL);
+        ST_EXPECT_RC(ca.rc, 0, "A's crossed call");
+        ST_EXPECT_RC(cb.rc, 0, "B's crossed call");
+    }
+}
+
 int main(int argc, char **argv)
 {
     st_begin("stress_dist", argc, argv);
@@ -211,6 +268,9 @@ int main(int argc, char **argv)
     ST_WAIT(atomic_load(&g_c_down) == 1, "the DOWN of C's process");
     while (st_now_ms() - t0 < RUN_MS) st_nap_us(10000);
     atomic_store(&g_stop, true);
+    ST_WAIT(atomic_load(&g_rounds) > 0, "the clients to finish a round");
+    st_nap_us(200000); /* clients see g_stop and idle: no link or monitor crosses now */
+    reconnect_race();
     ST_CHECK(atomic_load(&g_rounds) > 0 && atomic_load(&g_calls) > 0, "no work done");
     ST_EXPECT_RC(ar_node_stop(g_a, 10000), 0, "stop A");
     ST_EXPECT_RC(ar_node_stop(g_b, 10000), 0, "stop B");
