@@ -49,6 +49,7 @@ typedef struct ar__conn {
     ar__hs_t hs;
     bool outbound, up, closing, writing, wrote;
     bool has_token;             /* this thread holds its peer's socket token */
+    bool hello_seen;            /* (acceptor) the HELLO passed accept_hello */
     char addr[AR_NAME_MAX];     /* dialed */
     uv_connect_t creq;
     uint64_t opened_ms, last_read_ms;
@@ -121,7 +122,7 @@ static ar__conn_t *conn_new(struct ar__dist *d, bool outbound)
 {
     ar__conn_t *c = ar__calloc(1, sizeof *c);
     if (!c) return NULL;
-    c->rcap = AR__FRAME_PREFIX + AR__WIRE_MAX;
+    c->rcap = AR__FRAME_PREFIX + AR__HS_MAX; /* a frame's room only once authenticated */
     if (!(c->rbuf = ar__malloc(c->rcap))) {
         ar__free(c);
         return NULL;
@@ -134,6 +135,7 @@ static ar__conn_t *conn_new(struct ar__dist *d, bool outbound)
     c->next = d->conns;
     if (d->conns) d->conns->prev = c;
     d->conns = c;
+    d->handshakes++;
     return c;
 }
 
@@ -162,6 +164,7 @@ static void conn_close(ar__conn_t *c)
 {
     if (c->closing) return;
     c->closing = true;
+    if (!c->up) c->d->handshakes--;
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -491,10 +494,13 @@ static void attach(ar__conn_t *c)
         return;
     }
     ar__peer_t *p = ar__peer_get(d, ar__node_id(hi), c->hs.peer_name);
-    if (!p) {
+    uint8_t *rb = p ? ar__realloc(c->rbuf, AR__FRAME_PREFIX + AR__WIRE_MAX) : NULL;
+    if (!rb) {
         lost(c, AR_ENOMEM);
         return;
     }
+    c->rbuf = rb;
+    c->rcap = AR__FRAME_PREFIX + AR__WIRE_MAX;
     if (p->conn && p->conn != c) {
         if (atomic_load_explicit(&p->hi, memory_order_relaxed) == hi) { /* one is enough */
             answer_waiters(c, 0);
@@ -515,12 +521,12 @@ static void attach(ar__conn_t *c)
         conn_close(o);
     }
     p->dialing = NULL;
-    uint64_t old = atomic_load_explicit(&p->hi, memory_order_relaxed);
     snprintf(p->name, sizeof p->name, "%.*s", (int)sizeof p->name - 1, c->hs.peer_name);
     ar__node_names_note(p->id, p->name);
     learn_addr(c, p);
     c->peer = p;
     c->up = true;
+    d->handshakes--;
     p->conn = c;
     p->retries = 0;
     atomic_store_explicit(&p->hi, hi, memory_order_release);
@@ -528,8 +534,7 @@ static void attach(ar__conn_t *c)
     atomic_store_explicit(&p->state, PEER_UP, memory_order_seq_cst);
     c->has_token = true; /* held since the peer went down: start_write gives it back */
     take_queue(p);
-    if (old && old != hi) drop_stale(p, hi);
-    else drop_stale(p, hi);
+    drop_stale(p, hi); /* frames for an earlier run of it: dead targets */
     answer_waiters(c, 0);
     emit(d->node, AR_EV_NODE_UP, p->name, AR_NORMAL);
     gossip(d, p);
@@ -541,9 +546,11 @@ static bool accept_hello(ar__conn_t *c)
 {
     struct ar__dist *d = c->d;
     uint32_t id = ar__node_id(c->hs.peer_hi);
+    c->hello_seen = true;
     if (id != ar__node_id_of(c->hs.peer_name)) return false;
-    ar__peer_t *p = ar__peer_get(d, id, c->hs.peer_name);
-    if (!p) return false;
+    /* looked up, never added: a stranger fills no directory before it is authenticated */
+    ar__peer_t *p = ar__peer_find(d, id);
+    if (!p) return true;
     if (p->conn) { /* connected: a new run of it replaces the old, a duplicate is refused */
         if (atomic_load_explicit(&p->hi, memory_order_relaxed) == c->hs.peer_hi) return false;
     } else if (p->dialing && strcmp(d->node->cfg.name, c->hs.peer_name) < 0) {
@@ -560,7 +567,7 @@ static void hs_frame(ar__conn_t *c, const uint8_t *body, size_t len)
         lost(c, rc);
         return;
     }
-    if (!c->outbound && c->hs.step == HS_WAIT_AUTH && !c->peer && !accept_hello(c)) {
+    if (!c->outbound && c->hs.step == HS_WAIT_AUTH && !c->hello_seen && !accept_hello(c)) {
         lost(c, AR_EALREADY);
         return;
     }
@@ -837,7 +844,8 @@ static void accepted(uv_stream_t *server, int status)
 {
     struct ar__dist *d = server->data;
     if (status < 0) return;
-    ar__conn_t *c = conn_new(d, false);
+    /* handshakes in progress are bounded: a flood of strangers costs a bounded memory */
+    ar__conn_t *c = d->handshakes < AR__MAX_HANDSHAKES ? conn_new(d, false) : NULL;
     if (!c) { /* take it off the backlog anyway, and close it */
         uv_tcp_t *t = ar__malloc(sizeof *t);
         if (!t) return;

@@ -36,6 +36,7 @@
 #define AR__WRITE_BATCH (256u * 1024u) /* bytes of small frames gathered into one write */
 #define AR__WRITE_IOVS 256u
 #define AR__MAX_STREAMS 16u          /* fragmented messages being received at once */
+#define AR__MAX_HANDSHAKES 64u       /* connections still in their handshake */
 #define AR__DIRECT_MAX (64u * 1024u) /* frames a sender may write itself */
 #define AR__DIRECT_GAP_NS 20000u       /* ... if none went to the peer for this long */
 
@@ -133,6 +134,7 @@ struct ar__dist {
     ar__peer_t *all[AR__MAX_PEERS];
     _Atomic uint32_t npeers;
     struct ar__conn *conns;    /* every open connection (I/O thread) */
+    unsigned handshakes;       /* of them, those still in their handshake */
 };
 
 /* ---- peers.c ---- */
