@@ -2226,3 +2226,49 @@ Test(dist_bad_input, a_peer_that_never_reads_cannot_grow_memory_and_cannot_hang_
     pthread_join(tk.t, NULL);
     close(fd);
 }
+
+/* ---- node ids -------------------------------------------------------------------------------------------- */
+typedef struct id_name {
+    uint32_t id, i;
+} id_name_t;
+
+static int by_id(const void *x, const void *y)
+{
+    const id_name_t *a = x, *b = y;
+    return a->id < b->id ? -1 : a->id > b->id;
+}
+
+/* Node ids are 32-bit hashes of names: of two names that collide, the second is refused by
+ * a node that knows the first (never mistaken for it), and the first goes on working. */
+Test(dist, a_name_whose_node_id_is_taken_is_refused, .timeout = TH_TIMEOUT)
+{
+    enum { N = 1 << 18 }; /* by the birthday bound, a few dozen collisions among 2^31 ids */
+    id_name_t *v = malloc(N * sizeof *v);
+    cr_assert_not_null(v);
+    char name[AR_NODE_NAME_MAX];
+    for (uint32_t i = 0; i < N; i++) {
+        snprintf(name, sizeof name, "c%x", i);
+        v[i] = (id_name_t){ar__node_id_of(name), i};
+    }
+    qsort(v, N, sizeof *v, by_id);
+    uint32_t i1 = 0, i2 = 0;
+    for (uint32_t k = 1; k < N && i1 == i2; k++)
+        if (v[k].id == v[k - 1].id) i1 = v[k - 1].i, i2 = v[k].i;
+    free(v);
+    cr_assert_neq(i1, i2, "no two names collided");
+    char n1[AR_NODE_NAME_MAX], n2[AR_NODE_NAME_MAX];
+    snprintf(n1, sizeof n1, "c%x", i1);
+    snprintf(n2, sizeof n2, "c%x", i2);
+    cr_assert_eq(ar__node_id_of(n1), ar__node_id_of(n2));
+
+    ar_node_t *a = dn_node("dist_a"), *x = dn_node(n1), *y = dn_node(n2);
+    dn_connect(x, a);
+    char addr[DN_ADDR_MAX];
+    int rc = ar_node_connect(y, dn_addr(a, addr), TH_WAIT_MS);
+    cr_assert_eq(rc, AR_ENOCONN, "%s and %s share an id: %s", n1, n2, ar_err_name(rc));
+    th_echo_state_t st;
+    ar_pid_t ex = spawn_echo(x, &st);
+    th_echo_check(a, ex); /* the first still works */
+    th_node_stop(y);
+    stop_all(a, x);
+}

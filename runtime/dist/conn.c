@@ -484,12 +484,25 @@ static void learn_addr(ar__conn_t *c, ar__peer_t *p)
     snprintf(p->addr, sizeof p->addr, "%s%s", host, colon);
 }
 
+/* Node ids are 32-bit hashes of names: two names that collide (ours among them) cannot
+ * share a cluster, and the second is refused rather than mistaken for the first. */
+static bool id_free_for(struct ar__dist *d, uint32_t id, const char *name)
+{
+    if (id == ar__node_id(d->node->pid_hi)) return false;
+    ar__peer_t *p = ar__peer_find(d, id);
+    return !p || !p->name[0] || strcmp(p->name, name) == 0;
+}
+
 /* The handshake succeeded: c is the peer's connection now. */
 static void attach(ar__conn_t *c)
 {
     struct ar__dist *d = c->d;
     uint64_t hi = c->hs.peer_hi;
     if (ar__node_id(hi) != ar__node_id_of(c->hs.peer_name)) { /* a node id not its name's */
+        lost(c, AR_EBADMSG);
+        return;
+    }
+    if (!id_free_for(d, ar__node_id(hi), c->hs.peer_name)) {
         lost(c, AR_EBADMSG);
         return;
     }
@@ -547,7 +560,7 @@ static bool accept_hello(ar__conn_t *c)
     struct ar__dist *d = c->d;
     uint32_t id = ar__node_id(c->hs.peer_hi);
     c->hello_seen = true;
-    if (id != ar__node_id_of(c->hs.peer_name)) return false;
+    if (id != ar__node_id_of(c->hs.peer_name) || !id_free_for(d, id, c->hs.peer_name)) return false;
     /* looked up, never added: a stranger fills no directory before it is authenticated */
     ar__peer_t *p = ar__peer_find(d, id);
     if (!p) return true;
@@ -650,7 +663,7 @@ static int peer_note(ar__conn_t *c, const ar__wire_msg_t *m)
     addr[m->len] = '\0';
     uint32_t id = ar__node_id(m->ref);
     if (id != ar__node_id_of(name)) return AR_EBADMSG;
-    if (id == ar__node_id(d->node->pid_hi)) return 0;
+    if (!id_free_for(d, id, name)) return 0; /* ourselves, or a name whose id is taken */
     ar__peer_t *p = ar__peer_get(d, id, name);
     if (p && !p->addr[0] && !p->conn) snprintf(p->addr, sizeof p->addr, "%s", addr);
     if (p) ar__node_names_note(id, name);
