@@ -1,5 +1,5 @@
 # arbor: a plain Makefile. Knobs: CC, OPT, PREFIX, DESTDIR, JOBS, BENCH_ARGS.
-#   make            libarbor.a, libarbor.so and the examples (build/)
+#   make            libarbor.a, libarbor.so (soname libarbor.so.0) and the examples (build/)
 #   make test       the Criterion suite         make demo    the flagship example
 #   make bench      the benchmarks              make asan    the suite under ASan+LSan+UBSan
 #   make tsan       stress programs under TSan  make install PREFIX=/usr/local DESTDIR=
@@ -35,6 +35,10 @@ DEP_LIBS   := $(shell pkg-config --libs $(DEP_PC) 2>/dev/null) -lpthread -lm
 CRIT_LIBS  := $(shell pkg-config --libs criterion 2>/dev/null)
 endif
 LDFLAGS := $(SAN) $(EXTRA_LDFLAGS)
+
+# The version, from the header.
+AR_VERSION := $(shell sed -n 's/^\#define AR_VERSION_MAJOR //p' include/arbor.h).$(shell sed -n 's/^\#define AR_VERSION_MINOR //p' include/arbor.h).$(shell sed -n 's/^\#define AR_VERSION_PATCH //p' include/arbor.h)
+AR_SONAME  := libarbor.so.$(firstword $(subst ., ,$(AR_VERSION)))
 
 LIB_SRC  := $(wildcard runtime/*.c runtime/*/*.c supervisors/*.c)
 LIB_ASM  := $(wildcard runtime/ctx_*.S)
@@ -86,8 +90,13 @@ $(BUILD)/%.o: %.S
 $(BUILD)/libarbor.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
-$(BUILD)/libarbor.so: $(LIB_OBJ)
-	$(CC) -shared -o $@ $^ $(LDFLAGS) $(DEP_LIBS)
+# The shared library is versioned as libuv's is: its soname carries the major version
+# (libarbor.so.0), its file the whole version, and libarbor.so (for -larbor) links to it.
+$(BUILD)/libarbor.so.$(AR_VERSION): $(LIB_OBJ)
+	$(CC) -shared -Wl,-soname,$(AR_SONAME) -o $@ $^ $(LDFLAGS) $(DEP_LIBS)
+$(BUILD)/libarbor.so: $(BUILD)/libarbor.so.$(AR_VERSION)
+	ln -sf libarbor.so.$(AR_VERSION) $(BUILD)/$(AR_SONAME)
+	ln -sf $(AR_SONAME) $@
 
 $(BUILD)/examples/%: $(BUILD)/examples/%.o $(BUILD)/libarbor.a
 	$(CC) -o $@ $< $(BUILD)/libarbor.a $(LDFLAGS) $(DEP_LIBS)
@@ -197,13 +206,15 @@ install: build
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 644 include/arbor.h $(DESTDIR)$(PREFIX)/include/
 	install -m 644 $(BUILD)/libarbor.a $(DESTDIR)$(PREFIX)/lib/
-	install -m 755 $(BUILD)/libarbor.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(BUILD)/libarbor.so.$(AR_VERSION) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf libarbor.so.$(AR_VERSION) $(DESTDIR)$(PREFIX)/lib/$(AR_SONAME)
+	ln -sf $(AR_SONAME) $(DESTDIR)$(PREFIX)/lib/libarbor.so
 	printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: arbor\nDescription: Erlang/OTP-style processes and supervision for C\nVersion: %s\nRequires.private: $(DEP_PC)\nLibs: -L$${libdir} -larbor\nLibs.private: -lpthread -lm\nCflags: -I$${includedir}\n' \
-	  '$(PREFIX)' "$$(sed -n 's/#define AR_VERSION_MAJOR //p' include/arbor.h).$$(sed -n 's/#define AR_VERSION_MINOR //p' include/arbor.h).$$(sed -n 's/#define AR_VERSION_PATCH //p' include/arbor.h)" \
-	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/arbor.pc
+	  '$(PREFIX)' '$(AR_VERSION)' > $(DESTDIR)$(PREFIX)/lib/pkgconfig/arbor.pc
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/include/arbor.h $(DESTDIR)$(PREFIX)/lib/libarbor.a \
-	  $(DESTDIR)$(PREFIX)/lib/libarbor.so $(DESTDIR)$(PREFIX)/lib/pkgconfig/arbor.pc
+	  $(DESTDIR)$(PREFIX)/lib/libarbor.so $(DESTDIR)$(PREFIX)/lib/$(AR_SONAME) \
+	  $(DESTDIR)$(PREFIX)/lib/libarbor.so.$(AR_VERSION) $(DESTDIR)$(PREFIX)/lib/pkgconfig/arbor.pc
 clean:
 	rm -rf build
 
