@@ -948,6 +948,9 @@ void ar__conn_close_all(struct ar__dist *d)
         ar__conn_t *c = d->conns;
         answer_waiters(c, AR_ECLOSED);
         if (c->up) {
+            /* what the stop's own ends queued (EXITs, DOWNs with their real reasons) goes
+             * as far as the socket takes it at once: libuv writes before it returns */
+            start_write(c);
             seize_socket(c);
             c->peer->conn = NULL;
         }
