@@ -10,6 +10,7 @@
  *    AR_EINVAL.
  *  - Payloads and strings given to the runtime are copied; `void *arg` pointers are the
  *    caller's and never copied or freed.
+ * How the pieces behave together, rule by rule: docs/README.md.
  */
 #ifndef ARBOR_H
 #define ARBOR_H
