@@ -349,7 +349,8 @@ AR_EXTERN ar_pid_t ar_whereis(ar_node_t *node, const char *name);
  * handshake). A pid of an earlier run of a node is dead: sends dropped, links and
  * monitors AR_NOPROC. Messages in flight when a connection breaks may be lost; nothing
  * is replayed. A message over the receiving node's max_message_bytes is dropped there and
- * counted (a call to it waits for its timeout). Back-pressure: once more than dist_queue_limit bytes wait for one peer,
+ * counted (a call to it waits for its timeout); a call to a full bounded mailbox fails with
+ * AR_EAGAIN, a cast to one is dropped there and counted. Back-pressure: once more than dist_queue_limit bytes wait for one peer,
  * ar_send and ar_call to it return AR_EAGAIN (signals and replies always go). */
 AR_EXTERN int ar_node_connect(ar_node_t *node, const char *addr, int timeout_ms);
 /* The address the node listens on, as "host:port" with the port the system chose for

@@ -49,7 +49,9 @@ static int finish(ar__env_t *e, ar_buf_t *reply)
         return AR_ETIMEDOUT;
     }
     if (e->msg.reason.code != AR_NORMAL) {
-        int rc = e->msg.reason.code == AR_NOCONNECTION ? AR_ENOCONN : AR_ENOPROC;
+        int rc = (e->xflags & AR__XF_REFUSED)               ? AR_EAGAIN
+                 : e->msg.reason.code == AR_NOCONNECTION ? AR_ENOCONN
+                                                         : AR_ENOPROC;
         ar__env_free(e);
         return rc;
     }

@@ -198,6 +198,8 @@ typedef struct ar__env {
 /* An envelope a runtime-written behaviour sends itself or its peers (xflags): never
  * mistaken for a user's message of the same tag. */
 #define AR__XF_INTERNAL 1u
+/* A failed REPLY from a target whose bounded mailbox was full (a remote call's AR_EAGAIN). */
+#define AR__XF_REFUSED 4u
 /* A wake-up ref no wait ever has (refs start at 2): its ENV_WAKE is a tick for the
  * running behaviour, an internal AR_MSG_TIMER (tag AR__TICK_TAG) rather than a wait's end. */
 #define AR__REF_TICK ((ar_ref_t)1)

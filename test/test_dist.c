@@ -1380,6 +1380,49 @@ Test(dist, a_message_over_max_message_bytes_is_e2big_at_the_sender, .timeout = T
  * sender's bound but over the receiver's must cost that message only (refused with
  * AR_E2BIG at the sender, or dropped at the receiver), never the connection with every
  * link, monitor and call on it. */
+/* A process with a bounded mailbox that takes one HOLD, says so, and sleeps: meanwhile its
+ * mailbox fills. */
+static atomic_int holding;
+static void sleeper_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    (void)state;
+    if (m->kind == AR_MSG_CAST && m->tag == DT_MARKER) {
+        atomic_store(&holding, 1);
+        ar_sleep(self, 3000);
+    } else if (m->kind == AR_MSG_CALL) {
+        ar_reply(ar_node(self), m->reply_to, "ok", 2);
+    }
+}
+static const ar_behaviour_t sleeper_b = {"sleeper", dn_holder_init, sleeper_handle, NULL};
+
+/* A full bounded mailbox across nodes: a call fails at once with AR_EAGAIN, as a local one
+ * does; a cast is dropped and counted on the receiving node (its ar_send has returned). */
+Test(dist, a_remote_call_to_a_full_bounded_mailbox_fails_with_eagain, .timeout = TH_TIMEOUT)
+{
+    ar_node_t *a, *b;
+    pair(&a, &b);
+    atomic_store(&holding, 0);
+    ar_pid_t s;
+    ar_spawn_opts_t o = {.mailbox_limit = 1};
+    cr_assert_eq(ar_spawn(b, &sleeper_b, NULL, &o, &s), 0);
+    th_send(a, s, DT_MARKER, "hold", 4);
+    th_await(atomic_load(&holding) == 1);
+    ar_node_stats_t before;
+    ar_node_stats(b, &before);
+    th_send(a, s, DT_DATA, "fill", 4);  /* the one place the mailbox has */
+    th_send(a, s, DT_DATA, "over", 4);  /* dropped on b */
+    ar_buf_t r = {0};
+    uint64_t t0 = th_now_ns();
+    int rc = ar_call(a, s, DT_ECHO, "x", 1, &r, TH_WAIT_MS);
+    double ms = th_ms_since(t0);
+    cr_assert_eq(rc, AR_EAGAIN, "a call to a full mailbox: %s", ar_err_name(rc));
+    cr_assert_lt(ms, 2000.0, "it failed at once, not after the sleep (%.0f ms)", ms);
+    ar_node_stats_t after;
+    ar_node_stats(b, &after);
+    cr_assert_geq(after.dropped - before.dropped, 2, "the cast over the bound and the call");
+    stop_all(a, b);
+}
+
 Test(dist, a_message_over_the_receivers_bound_costs_that_message_not_the_connection,
      .timeout = TH_TIMEOUT)
 {

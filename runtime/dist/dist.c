@@ -93,6 +93,7 @@ static ar__env_t *message_env(const ar__wire_msg_t *m)
         e->msg.kind = AR_MSG_REPLY;
         e->msg.ref = m->ref;
         e->flags = (uint8_t)((m->flags & ENVF_RELEASED) | ((m->ref & 1) ? ENVF_SYNC : 0));
+        if ((m->flags & W_FLAG_REFUSED) && m->code != AR_NORMAL) e->xflags = AR__XF_REFUSED;
         break;
     }
     return e;
@@ -144,7 +145,18 @@ int ar__dist_deliver(struct ar__dist *d, ar__peer_t *p, const ar__wire_msg_t *m)
         }
     }
     int rc = ours ? ar__route(node, to, e) : AR_ENOPROC;
-    if (rc) { /* dead (or an earlier run of this node): answered as a local one is */
+    if (rc == AR_EAGAIN && m->kind == W_CALL) { /* a full bounded mailbox: the caller's
+        ar_call fails at once with AR_EAGAIN, as a local one does */
+        ar_reply_to_t rt = e->msg.reply_to;
+        e = ar__env_recycle_reply(e, to, rt, AR_REASON(AR_NOPROC));
+        e->xflags = AR__XF_REFUSED;
+        ar__count(ar__current_sched(), node, AR__DROPPED);
+        ar__route_or_dead_letter(node, rt.pid, e);
+        return 0;
+    }
+    if (rc) { /* dead (or an earlier run of this node): answered as a local one is; a cast
+               * to a full bounded mailbox is dropped and counted here (its sender's
+               * ar_send returned long ago) */
         ar__dead_letter_from(node, to, e, AR_REASON(AR_NOPROC));
         ar__env_free(answer);
         return 0;

@@ -318,7 +318,8 @@ int ar__dist_route(ar_node_t *node, ar_pid_t to, ar__env_t *e)
     bool has_text = kind == W_REPLY || kind == W_EXIT || kind == W_DOWN;
     ar__wire_msg_t m = {
         .kind = kind,
-        .flags = (uint8_t)(e->flags & (ENVF_LINK | ENVF_RELEASED)),
+        .flags = (uint8_t)((e->flags & (ENVF_LINK | ENVF_RELEASED)) |
+                           ((e->xflags & AR__XF_REFUSED) ? W_FLAG_REFUSED : 0)),
         .tag = e->msg.tag,
         .from = e->msg.from,
         .to = to,

@@ -41,6 +41,8 @@
 #define AR__HS_MAX 512u            /* a handshake frame, at most */
 #define AR__CHALLENGE_LEN 16u
 #define AR__MAC_LEN 32u
+/* A W_REPLY's flag: the call found the target's bounded mailbox full (AR_EAGAIN). */
+#define W_FLAG_REFUSED 0x10u
 
 enum ar__wire_kind {
     W_NONE,
@@ -48,7 +50,7 @@ enum ar__wire_kind {
     W_CAST, W_CALL, W_REPLY,       /* messages (msg.kind) */
     W_LINK, W_UNLINK, W_EXIT,      /* flags: ENVF_LINK on an EXIT through a link */
     W_MONITOR, W_DEMONITOR, W_DOWN,
-    W_CALL_DONE,
+    W_CALL_DONE,                   /* (W_REPLY's flags may hold W_FLAG_REFUSED) */
     W_TICK,                        /* nothing else was written for a tick */
     W_FRAG,                        /* ref: stream id; flags & 1: the last; payload: a slice
                                       of a message body (the frame after its prefix) */
