@@ -592,7 +592,7 @@ static bool stop_from(ar_proc_t *self, sup_t *s, size_t from, uint64_t until)
 
 /* ---- restarts ---- */
 /* Records a restart; false if it would be more than `intensity` within the period. */
-static bool may_restart(sup_t *s)
+static bool may_restart(ar_proc_t *self, sup_t *s)
 {
     uint64_t now = now_ms();
     /* the oldest are first: those out of the period leave from the head (amortised O(1)) */
@@ -604,10 +604,11 @@ static bool may_restart(sup_t *s)
         s->nhist -= s->hist_head;
         s->hist_head = 0;
     }
-    if (s->nhist == s->hist_cap) {
+    if (s->nhist == s->hist_cap) { /* short of memory, it waits: it never gives up for it */
         size_t cap = s->hist_cap ? s->hist_cap * 2 : 8;
-        uint64_t *h = ar_realloc(s->hist, cap * sizeof *h);
-        if (!h) return false;
+        uint64_t *h;
+        unsigned attempt = 0;
+        while (!(h = ar_realloc(s->hist, cap * sizeof *h))) pause_for_memory(self, &attempt);
         s->hist = h;
         s->hist_cap = cap;
     }
@@ -687,7 +688,7 @@ static void restart_from(ar_proc_t *self, sup_t *s, size_t from)
  * again, from the child that failed (OTP's try_again_restart). */
 static void restart_by_strategy(ar_proc_t *self, sup_t *s, child_t *k)
 {
-    if (!may_restart(s)) { /* GIVE_UP before the children go and it exits */
+    if (!may_restart(self, s)) { /* GIVE_UP before the children go and it exits */
         emit(self, AR_EV_GIVE_UP, ar_self(self), k, ar_supervisor.name, s->parent);
         give_up(self, s);
         return;
