@@ -8,8 +8,8 @@
  * carrying {sender, seq}) check exactly-once and per-sender order across incarnations.
  * Knobs in W make init fail or park and make terminate park, crash or never return.
  *
- * Tests marked "BUG:" expose a defect of runtime/registry*.c and fail until it is fixed
- * (the comment above each says where and why).
+ * Tests marked "Regression:" guard a defect runtime/registry*.c once had, fixed since: the
+ * comment above each says where it was and why it failed (line numbers as they were).
  */
 #include "test_helpers.h"
 
@@ -668,7 +668,7 @@ Test(registry, concurrent_get_or_spawn_from_threads_and_processes_spawns_once,
 }
 
 /* ---- messages held while a key starts --------------------------------------------------- */
-/* BUG: runtime/registry.c:80-94 (reg_flush) routes each held envelope before taking it
+/* Regression: runtime/registry.c:80-94 (reg_flush) routes each held envelope before taking it
  * off the held list. ar__route pushes it into the target's mailbox, and the push
  * rewrites env->q.next (the held list's link to the next envelope), after which the
  * target may even have handled and freed it; unhold(e) then reads that link: every
@@ -716,7 +716,7 @@ Test(registry, messages_held_while_a_key_starts_are_all_delivered_in_order,
 /* ---- a failing init ------------------------------------------------------------------ */
 #define INIT_ERR (-1000)
 
-/* BUG: a failing init frees the entry's exit note twice. runtime/registry.c:138-146
+/* Regression: a failing init frees the entry's exit note twice. runtime/registry.c:138-146
  * (reg_spawn_sync) frees the REG_ENDED note when ar__spawn_keyed fails, but spawn()
  * (runtime/proc.c:625-628) has already handed it to the process (x->exit_note) before
  * init ran, and a failed start ends the process through ar__exit_sequence(...,
@@ -938,7 +938,7 @@ static void *hammer_main(void *arg)
     return NULL;
 }
 
-/* BUG: fails on reg_flush (see messages_held_while_a_key_starts_are_all_delivered_in_order):
+/* Regression: fails on reg_flush (see messages_held_while_a_key_starts_are_all_delivered_in_order):
  * messages held across a reap are lost but the first. */
 Test(registry, one_key_hammered_by_8_threads_across_reaps_handles_each_message_once_in_order,
      .timeout = TH_TIMEOUT)
@@ -1023,7 +1023,7 @@ ParameterizedTestParameters(registry, an_entry_ending_while_reaped_with_messages
     return TH_ROWS(reap_row_t, reap_rows);
 }
 
-/* BUG: fails on reg_flush (see messages_held_while_a_key_starts_are_all_delivered_in_order):
+/* Regression: fails on reg_flush (see messages_held_while_a_key_starts_are_all_delivered_in_order):
  * of the messages held during the reap only the first reaches the new incarnation.
  *
  * The entry is reaped and parks in its terminate; meanwhile messages (and a call) are
@@ -1244,7 +1244,7 @@ Test(registry, max_entries_refuses_new_keys_with_eagain_and_existing_keys_still_
     th_node_stop(node);
 }
 
-/* BUG: runtime/registry.c:202 (start_key) counts the new key before it knows whether the
+/* Regression: runtime/registry.c:202 (start_key) counts the new key before it knows whether the
  * key is new: a caller that found no entry, and reaches the count while another caller
  * adding the same key holds the last slot, gets AR_EAGAIN although the key it asked for
  * exists (the other caller's) and the table never had more than max_entries keys. Fix:
@@ -1358,7 +1358,7 @@ Test(registry, node_stop_stops_every_entry_and_frees_everything, .timeout = TH_T
     cr_assert_eq(atomic_load(&alloc.live), 0, "%ld blocks leaked", atomic_load(&alloc.live));
 }
 
-/* BUG: runtime/registry_proc.c:190-208 (stop_entries) sends AR_SHUTDOWN on its first
+/* Regression: runtime/registry_proc.c:190-208 (stop_entries) sends AR_SHUTDOWN on its first
  * pass only. A key whose first incarnation a caller is starting when the stop begins
  * (start_key, runtime/registry.c:230-249: init runs outside any read-side section, so
  * ar__rcu_synchronize in registry_terminate does not wait for it, and pid_lo is still 0
@@ -1448,7 +1448,7 @@ Test(registry, a_registry_under_a_supervisor_is_found_again_after_a_restart,
 }
 
 /* ---- an entry's own ar_receive ------------------------------------------------------------ */
-/* BUG: runtime/receive.c:51 (recv_pred) and runtime/registry_entry.c: the registry's
+/* Regression: runtime/receive.c:51 (recv_pred) and runtime/registry_entry.c: the registry's
  * internal messages (the idle tick REG_IDLE, REG_REAP, REG_REARM) travel in the entry's
  * own mailbox as ordinary messages (the tick as an AR_MSG_TIMER tag 1, the others as
  * AR_MSG_CAST with tags 3 and 4), marked only by xflags, which ar_receive does not look
