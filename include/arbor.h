@@ -243,13 +243,16 @@ AR_EXTERN int ar_send(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *da
 /* Sends an AR_MSG_CALL and waits for its reply, parking the calling process (a foreign
  * thread blocks). On success *reply holds the answer: free it with ar_buf_free.
  * AR_ETIMEDOUT, AR_ENOPROC (target dead, or it died before answering: at once),
- * AR_EDEADLK (call to self), AR_EINVAL, AR_E2BIG, AR_EAGAIN, AR_ECLOSED (from outside the
- * node while it stops), AR_ENOMEM (also: no stack to park the caller on). */
+ * AR_ENOCONN (a remote target's node was lost: at once), AR_EDEADLK (call to self),
+ * AR_EINVAL, AR_E2BIG, AR_EAGAIN (the target's mailbox_limit, or its node's queue, full),
+ * AR_ECLOSED (from outside the node while it stops), AR_ENOMEM (also: no stack to park
+ * the caller on). */
 AR_EXTERN int ar_call(ar_node_t *node, ar_pid_t to, uint32_t tag, const void *req,
                       size_t len, ar_buf_t *reply, int timeout_ms);
 /* Sends an AR_MSG_CALL without waiting; 0 once sent (ref required). Exactly one
- * AR_MSG_REPLY with m->ref == *ref follows: the answer, or a failure (reason AR_TIMEOUT,
- * AR_NOPROC). */
+ * AR_MSG_REPLY with m->ref == *ref follows: the answer, or a failure whose reason says
+ * why: AR_TIMEOUT, AR_NOPROC, the target's own exit reason when it died before answering,
+ * AR_NOCONNECTION when a remote target's node was lost. */
 AR_EXTERN int ar_ask(ar_proc_t *self, ar_pid_t to, uint32_t tag, const void *req,
                      size_t len, int timeout_ms, ar_ref_t *ref);
 /* Answers a CALL (now or later, from any thread). 0 also when the caller is gone or gave
