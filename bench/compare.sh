@@ -47,7 +47,7 @@ erlang_remote() {
 
 run_erlang() {
   case $1 in
-    remote_ping_pong | remote_oneway) [ -n "$remote_done" ] || erlang_remote; remote_done=1 ;;
+    remote_ping_pong | remote_oneway) erlang_remote ;;
     *) [ -e "$peers/ebin/$1.beam" ] && erl_run -s "$1" main ;;
   esac
 }
@@ -58,7 +58,9 @@ for round in $(seq 1 "$rounds"); do
   for w in $workloads; do
     echo "bench-compare: round $round/$rounds: $w" >&2
     timeout "$limit" "$arbor" "$w" | keep arbor
-    run_erlang "$w" 2>/dev/null | keep erlang
+    erl_w=$w   # one Erlang remote run prints both remote lines: run it once a round
+    case $w in remote_ping_pong | remote_oneway) [ -n "$remote_done" ] && erl_w=; remote_done=1 ;; esac
+    [ -n "$erl_w" ] && run_erlang "$erl_w" 2>/dev/null | keep erlang
     run_caf "$w" 2>/dev/null | keep caf
   done
   case " $workloads " in *" remote_"*)
