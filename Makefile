@@ -5,6 +5,7 @@
 #   make tsan       stress programs under TSan  make install PREFIX=/usr/local DESTDIR=
 #   make test-portable  the suite with the portable switch and guards (other CPUs, kernels)
 #   make fuzz       the wire decoder and the handshake under libFuzzer (FUZZ_SECONDS)
+#   make bench-compare  arbor beside Erlang/OTP and CAF 0.17 (ROUNDS, WORKLOADS; bench/peers/)
 .SUFFIXES:
 SHELL := /bin/bash
 .DELETE_ON_ERROR:
@@ -133,6 +134,33 @@ run-tests: $(TEST_BIN)
 bench: deps
 	@$(MAKE) --no-print-directory $(BENCH_BIN)
 	$(BENCH_BIN) $(BENCH_ARGS)
+
+# arbor beside Erlang/OTP and CAF 0.17 on the same workloads (bench/peers/, bench/compare.sh):
+#   make bench-compare [ROUNDS=3] [WORKLOADS="ping_pong ring ..."]
+# builds arbor's bench, compiles the peers into $(PEER_DIR) (installing PEER_PKGS when run
+# as root and missing, as `deps` does), runs the three round by round and prints a
+# markdown table of medians and ratios. Not part of `make test` or CI.
+ROUNDS     ?= 3
+WORKLOADS  ?= spawn_exit spawn_exit_monitor spawn_idle_memory ping_pong ring fan_in \
+              gen_server_call supervisor_restart registry_get_or_spawn registry_send \
+              remote_ping_pong remote_oneway
+PEER_PKGS  := erlang-base g++ libcaf-dev
+PEER_DIR   := $(BUILD)/peers
+PEER_BEAMS := $(patsubst bench/peers/erlang/%.erl,$(PEER_DIR)/ebin/%.beam,$(wildcard bench/peers/erlang/*.erl))
+
+.PHONY: bench-compare peers-build
+bench-compare: deps
+	$(call install_missing,$(PEER_PKGS))
+	@$(MAKE) --no-print-directory $(BENCH_BIN) peers-build
+	bench/compare.sh -r $(ROUNDS) -w "$(WORKLOADS)" -a $(BENCH_BIN) -p $(PEER_DIR)
+peers-build: $(PEER_BEAMS) $(PEER_DIR)/floor/tcp_floor
+	@$(MAKE) --no-print-directory -C bench/peers/caf OUT=$(abspath $(PEER_DIR))/caf
+$(PEER_DIR)/ebin/%.beam: bench/peers/erlang/%.erl
+	@mkdir -p $(dir $@)
+	erlc -o $(dir $@) $<
+$(PEER_DIR)/floor/tcp_floor: bench/peers/floor/tcp_floor.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -O2 $(WARN) -o $@ $<
 
 # ASan + LSan + UBSan over the whole suite; any report fails (LSan reports do not fail a
 # Criterion test by themselves, so the output is scanned).
