@@ -773,6 +773,47 @@ Test(alloc, supervisor_calls_out_of_memory_return_an_error_or_succeed_and_leave_
     sweep(sup_api_once);
 }
 
+/* A supervisor short of memory while it restarts a child (its restart history, the new
+ * child, its monitor) waits and tries again: it never gives up for want of memory, only
+ * past its intensity. Its first restart allocates the history, so the sweep covers it. */
+static void crashing_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    (void)state, (void)m;
+    ar_sleep(self, 20); /* the test arms the failures meanwhile */
+    AR_FAIL(self, "crash on purpose");
+}
+static const ar_behaviour_t crashing_b = {"crashing", sw_init, crashing_handle, sw_terminate};
+
+static bool sup_restart_once(long n)
+{
+    atomic_store(&sup_inits, 0);
+    atomic_store(&sup_terms, 0);
+    ar_node_t *node = th_node(2);
+    ar_child_spec_t kids[] = {{.id = "a", .behaviour = &crashing_b}};
+    ar_sup_spec_t spec = {.strategy = AR_ONE_FOR_ONE, .intensity = 100, .children = kids,
+                          .nchildren = 1};
+    ar_pid_t sup;
+    cr_assert_eq(ar_sup_start(node, &spec, NULL, &sup), 0);
+    ar_child_info_t info;
+    size_t count = 0;
+    cr_assert_eq(ar_sup_which_children(node, sup, &info, 1, &count), 0);
+    cr_assert_eq(ar_send(node, info.pid, 1, NULL, 0), 0);
+    th_alloc_arm(&alloc, n);
+    th_await(atomic_load(&sup_inits) == 2 || !th_proc_alive(node, sup));
+    bool injected = th_alloc_disarm(&alloc);
+    cr_assert(th_proc_alive(node, sup), "n=%ld: the supervisor gave up for want of memory", n);
+    cr_assert_eq(ar_sup_stop(node, sup, 5000), 0, "n=%ld", n);
+    cr_assert_eq(atomic_load(&sup_terms), atomic_load(&sup_inits), "n=%ld", n);
+    th_node_stop(node);
+    return injected;
+}
+
+Test(alloc, a_supervisor_restarting_out_of_memory_waits_and_never_gives_up,
+     .timeout = TH_TIMEOUT)
+{
+    sweep(sup_restart_once);
+}
+
 /* A process killed while parked in a timed call, whose terminate then waits itself: the
  * interrupted call's timer is released before terminate's own wait takes its place (it
  * used to be overwritten and leaked). */
