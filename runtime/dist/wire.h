@@ -47,10 +47,11 @@
 enum ar__wire_kind {
     W_NONE,
     /* envelopes */
-    W_CAST, W_CALL, W_REPLY,       /* messages (msg.kind) */
+    W_CAST, W_CALL, W_REPLY,       /* messages (msg.kind); a failed W_REPLY's flags may
+                                      hold W_FLAG_REFUSED */
     W_LINK, W_UNLINK, W_EXIT,      /* flags: ENVF_LINK on an EXIT through a link */
     W_MONITOR, W_DEMONITOR, W_DOWN,
-    W_CALL_DONE,                   /* (W_REPLY's flags may hold W_FLAG_REFUSED) */
+    W_CALL_DONE,
     W_TICK,                        /* nothing else was written for a tick */
     W_FRAG,                        /* ref: stream id; flags & 1: the last; payload: a slice
                                       of a message body (the frame after its prefix) */
