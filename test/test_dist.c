@@ -2002,6 +2002,35 @@ static int raw_authenticated(void)
     return fd;
 }
 
+/* DIST-9: strangers cost bounded memory. At most 64 connections are in their handshake at
+ * once (one more is closed on accept), each is dropped when it does not finish in time
+ * (at least 2 s), and afterwards a real peer connects as ever. */
+Test(dist_bad_input, handshakes_in_progress_are_bounded_and_time_out, .timeout = TH_TIMEOUT)
+{
+    enum { SLOTS = 64 };
+    ar_node_t *a = dn_node("dist_a");
+    char addr[DN_ADDR_MAX];
+    int port = atoi(strrchr(dn_addr(a, addr), ':') + 1);
+    int fds[SLOTS];
+    uint64_t t0 = th_now_ns();
+    for (int i = 0; i < SLOTS; i++) fds[i] = dn_sock_connect(port);
+    int extra = dn_sock_connect(port);
+    cr_assert(dn_sock_closed_within(extra, 1000), "one stranger more is closed on accept");
+    double extra_ms = th_ms_since(t0);
+    for (int i = 0; i < SLOTS; i++)
+        cr_assert(dn_sock_closed_within(fds[i], TH_WAIT_MS), "stranger %d is dropped in time", i);
+    double all_ms = th_ms_since(t0);
+    cr_log_info("65th closed after %.0f ms, the 64 silent ones by %.0f ms", extra_ms, all_ms);
+    cr_assert_gt(all_ms, 1500.0, "the silent ones were kept for their handshake's time");
+    for (int i = 0; i < SLOTS; i++) close(fds[i]);
+    close(extra);
+    ar_node_t *b = dn_node("dist_b");
+    dn_connect(b, a);
+    th_echo_state_t st;
+    th_echo_check(b, spawn_echo(a, &st));
+    stop_all(a, b);
+}
+
 Test(dist_bad_input, garbage_bytes_close_the_connection_only, .timeout = TH_TIMEOUT)
 {
     victim_start();
