@@ -26,6 +26,14 @@ typedef struct bench_opts {
 
 /* One function per workload; 0 on success (a failed check does not return). */
 int bench_spawn_exit(const bench_opts_t *o);
+/* spawn_exit's workload, for the benchmarks that add something to it (spawn_exit_events):
+ * one spawner process spawns n children that end in init; the nanoseconds from the first
+ * spawn until every child has ended. A run is freed only after its node stopped (the last
+ * child still touches it as it wakes the caller). */
+typedef struct bench_se_run bench_se_run_t;
+bench_se_run_t *bench_spawn_exit_alloc(void);
+uint64_t bench_spawn_exit_run(ar_node_t *node, bench_se_run_t *run, long n);
+void bench_spawn_exit_free(bench_se_run_t *run);
 int bench_spawn_idle_memory(const bench_opts_t *o);
 int bench_ping_pong(const bench_opts_t *o);
 int bench_ring(const bench_opts_t *o);

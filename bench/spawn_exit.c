@@ -9,13 +9,14 @@
 
 enum { TAG_GO = 1 };
 
-typedef struct se_run {
+struct bench_se_run {
     long n;
     atomic_long left;       /* children not yet ended */
     atomic_long bad_reason; /* children that ended with another reason than normal */
     uint64_t t0, t1;
     bench_signal_t done;
-} se_run_t;
+};
+typedef bench_se_run_t se_run_t;
 
 static int child_init(ar_proc_t *self, void *arg, void **state)
 {
@@ -78,8 +79,20 @@ static const ar_behaviour_t spawner_b = {
     .handle = spawner_handle,
 };
 
-/* Returns the nanoseconds of one run of n spawns. */
-static uint64_t run_once(ar_node_t *node, se_run_t *run, long n)
+bench_se_run_t *bench_spawn_exit_alloc(void)
+{
+    se_run_t *run = calloc(1, sizeof *run);
+    BENCH_CHECK(run != NULL, "out of memory");
+    return run;
+}
+
+void bench_spawn_exit_free(bench_se_run_t *run)
+{
+    if (run->n) bench_signal_destroy(&run->done);
+    free(run);
+}
+
+uint64_t bench_spawn_exit_run(ar_node_t *node, se_run_t *run, long n)
 {
     run->n = n;
     atomic_init(&run->left, n);
@@ -108,17 +121,14 @@ int bench_spawn_exit(const bench_opts_t *o)
 {
     long n = o->n > 0 ? o->n : 1000000;
     ar_node_t *node = bench_node_start();
-    /* Heap, freed after the node stops: no process can touch a dead run. */
-    se_run_t *warm = calloc(1, sizeof *warm), *run = calloc(1, sizeof *run);
-    BENCH_CHECK(warm != NULL && run != NULL, "out of memory");
-    if (n / 10 > 0) run_once(node, warm, n / 10);
-    uint64_t ns = run_once(node, run, n);
+    /* freed after the node stops: no process can touch a dead run */
+    se_run_t *warm = bench_spawn_exit_alloc(), *run = bench_spawn_exit_alloc();
+    if (n / 10 > 0) bench_spawn_exit_run(node, warm, n / 10);
+    uint64_t ns = bench_spawn_exit_run(node, run, n);
     double s = (double)ns / 1e9;
     bench_emit("spawn_exit", n, s, (double)ns / (double)n, " ops_per_s=%.0f", (double)n / s);
     bench_node_stop(node, "spawn_exit");
-    if (n / 10 > 0) bench_signal_destroy(&warm->done);
-    bench_signal_destroy(&run->done);
-    free(warm);
-    free(run);
+    bench_spawn_exit_free(warm);
+    bench_spawn_exit_free(run);
     return 0;
 }
