@@ -54,7 +54,10 @@ AR_EXTERN const char *ar_version(void);
     X(EBUSY, -14, "child running or restarting")                          \
     X(EALREADY, -15, "child spec kept but not running")                   \
     X(ENOTSUP, -16, "not supported for this supervisor kind")             \
-    X(EDEADLK, -17, "a call to oneself")
+    X(EDEADLK, -17, "a call to oneself")                                  \
+    X(EADDRINUSE, -18, "address already in use")                          \
+    X(ENOTCONN, -19, "socket closed")                                     \
+    X(EIO, -20, "socket error")
 
 typedef enum ar_errno {
 #define AR__ERR_ENUM(name, val, text) AR_##name = (val),
@@ -184,6 +187,8 @@ typedef enum ar_msg_kind {
     AR_MSG_DOWN,  /* a monitored process ended: from, ref, reason */
     AR_MSG_TIMER, /* from ar_send_after: tag, data */
     AR_MSG_EVENT, /* lifecycle event for a subscriber: event */
+    AR_MSG_SOCKET, /* from a socket the process owns: tag (ar_sock_event_t), ref (the
+                      socket), data (AR_SOCK_DATA), reason (AR_SOCK_CLOSED) */
 } ar_msg_kind_t;
 typedef struct ar_reply_to {
     ar_pid_t pid;
@@ -368,6 +373,67 @@ AR_EXTERN int ar_node_disconnect(ar_node_t *node, const char *peer);
 AR_EXTERN const char *ar_node_name(ar_node_t *node);
 AR_EXTERN int ar_whereis_remote(ar_node_t *node, const char *peer, const char *name,
                                 ar_pid_t *out, int timeout_ms);
+
+/* ---- Sockets ------------------------------------------------------------------------ */
+/* TCP sockets owned by processes, as Erlang's gen_tcp with {active, once}. A socket
+ * belongs to one process, its owner: only the owner may use it, its events arrive in the
+ * owner's mailbox as AR_MSG_SOCKET messages (m->tag says which, m->ref is the socket), and
+ * it is closed when the owner ends, however it ends. All socket I/O runs on the node's I/O
+ * thread; no call here blocks.
+ * Flow control: a socket delivers data (or, listening, accepted connections) only while
+ * its owner has asked for it with ar_socket_active, so a slow owner pauses its peer
+ * instead of growing its mailbox. A send queues at most send_limit bytes; past that it
+ * returns AR_EAGAIN and an AR_SOCK_WRITABLE message follows once the queue has drained to
+ * half. Rules: docs/sockets.md. */
+typedef uint64_t ar_socket_t; /* 0: none */
+typedef enum ar_sock_event {
+    AR_SOCK_DATA = 1,  /* data, len: bytes read (one delivery of the active count) */
+    AR_SOCK_ACCEPTED,  /* a listening socket accepted a connection: m->ref is the new
+                          socket, passive, owned by the listener's owner;
+                          m->reply_to.ref is the listening socket */
+    AR_SOCK_CONNECTED, /* ar_socket_connect succeeded: the socket is passive */
+    AR_SOCK_CLOSED,    /* the peer closed (reason AR_NORMAL), or an error or a failed
+                          connect (AR_ERROR, text says why); always delivered. The owner
+                          still holds the socket until ar_socket_close or its end */
+    AR_SOCK_PASSIVE,   /* the count given to ar_socket_active (n > 0) ran out */
+    AR_SOCK_WRITABLE,  /* the send queue drained to half after a send got AR_EAGAIN */
+    AR_SOCK_OWNED,     /* ar_socket_give made the receiver the owner: the socket is passive */
+} ar_sock_event_t;
+typedef struct ar_socket_opts {
+    size_t send_limit; /* bytes a socket queues for sending; 0: 1 MiB */
+    int backlog;       /* listen backlog; 0: 511 */
+} ar_socket_opts_t;
+#define AR_ACTIVE_ONCE (-1) /* ar_socket_active: one delivery, then passive, no message */
+/* Listens on "host:port" (numeric IPv4 or IPv6 "[::1]:port"; port 0: any free one). The
+ * calling process owns the socket; it is passive: arm it with ar_socket_active to get
+ * AR_SOCK_ACCEPTED messages. opts may be NULL. AR_EINVAL (bad address or opts, not a
+ * process), AR_EADDRINUSE, AR_EIO (other refusals), AR_ENOMEM. */
+AR_EXTERN int ar_socket_listen(ar_proc_t *self, const char *addr, const ar_socket_opts_t *opts,
+                               ar_socket_t *out);
+/* Starts connecting to "host:port"; *out is the socket at once, and AR_SOCK_CONNECTED or
+ * AR_SOCK_CLOSED follows. Sends made before it connects are queued. AR_EINVAL, AR_ENOMEM. */
+AR_EXTERN int ar_socket_connect(ar_proc_t *self, const char *addr, const ar_socket_opts_t *opts,
+                                ar_socket_t *out);
+/* Arms delivery: n > 0 adds n deliveries (AR_SOCK_PASSIVE follows when they are used up),
+ * AR_ACTIVE_ONCE allows one more (no message when it is used), 0 makes it passive now.
+ * AR_EINVAL (not the owner, unknown socket, bad n), AR_ENOTCONN (closed). */
+AR_EXTERN int ar_socket_active(ar_proc_t *self, ar_socket_t s, int n);
+/* Queues a copy of data for sending, in order. AR_EAGAIN (send_limit reached: nothing
+ * queued; AR_SOCK_WRITABLE follows), AR_ENOTCONN (closed), AR_EINVAL (not the owner, a
+ * listening socket, data NULL with len > 0), AR_ENOMEM. */
+AR_EXTERN int ar_socket_send(ar_proc_t *self, ar_socket_t s, const void *data, size_t len);
+/* Hands the socket to the process `to`, which gets AR_SOCK_OWNED and then its events; the
+ * socket becomes passive. Messages already queued stay with the giver. AR_ENOPROC (`to`
+ * is dead or not local: the caller still owns it), AR_EINVAL (not the owner). */
+AR_EXTERN int ar_socket_give(ar_proc_t *self, ar_socket_t s, ar_pid_t to);
+/* Closes the socket: what was queued is still sent, then the connection closes. The id
+ * is invalid from here. AR_EINVAL (not the owner, unknown). */
+AR_EXTERN int ar_socket_close(ar_proc_t *self, ar_socket_t s);
+/* The local ("sockname") or peer address as "host:port". AR_EINVAL, AR_ENOTCONN,
+ * AR_E2BIG (n too small). */
+AR_EXTERN int ar_socket_address(ar_proc_t *self, ar_socket_t s, bool peer, char *buf, size_t n);
+/* "DATA", "ACCEPTED", ...; "UNKNOWN" otherwise. */
+AR_EXTERN const char *ar_sock_event_name(int ev);
 
 /* ---- Keyed registry ------------------------------------------------------------------ */
 /* A registry maps keys (1 to AR_KEY_MAX bytes) to entry processes, one per key, started
