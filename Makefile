@@ -20,7 +20,7 @@ SAN     ?=
 
 # Debian packages arbor builds on (DEPENDENCIES.md).
 DEB_PKGS := pkg-config libuv1-dev libmsgpack-dev libcriterion-dev libssl-dev liburcu-dev \
-            libxxhash-dev
+            libxxhash-dev libhiredis-dev redis-tools
 PKGCONF  := $(shell command -v pkg-config 2>/dev/null)
 # msgpack-c is `msgpack` in Debian 12 and `msgpack-c` in newer releases.
 MSGPACK_PC := $(shell pkg-config --exists msgpack-c 2>/dev/null && echo msgpack-c || echo msgpack)
@@ -34,6 +34,8 @@ ifneq ($(PKGCONF),)
 DEP_CFLAGS := $(shell pkg-config --cflags $(DEP_PC) 2>/dev/null)
 DEP_LIBS   := $(shell pkg-config --libs $(DEP_PC) 2>/dev/null) -lpthread -lm
 CRIT_LIBS  := $(shell pkg-config --libs criterion 2>/dev/null)
+HIREDIS_CFLAGS := $(shell pkg-config --cflags hiredis 2>/dev/null)
+HIREDIS_LIBS   := $(shell pkg-config --libs hiredis 2>/dev/null)
 endif
 LDFLAGS := $(SAN) $(EXTRA_LDFLAGS)
 
@@ -46,6 +48,10 @@ LIB_ASM  := $(wildcard runtime/ctx_*.S)
 LIB_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC)) $(patsubst %.S,$(BUILD)/%.o,$(LIB_ASM))
 EX_SRC   := $(wildcard examples/*.c)
 EX_BIN   := $(patsubst examples/%.c,$(BUILD)/examples/%,$(EX_SRC))
+# The flagship, kvcache, is several files (examples/kvcache/) linked with hiredis.
+KV_SRC   := $(wildcard examples/kvcache/*.c)
+KV_OBJ   := $(patsubst examples/kvcache/%.c,$(BUILD)/kvcache/%.o,$(KV_SRC))
+KV_BIN   := $(BUILD)/examples/kvcache
 TEST_SRC := $(wildcard test/test_*.c)
 TEST_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(TEST_SRC))
 TEST_BIN := $(BUILD)/test/arbor_tests
@@ -58,7 +64,7 @@ BENCH_BIN  := $(BUILD)/bench/arbor_bench
 # `deps` runs first; the build runs in a sub-make so pkg-config sees freshly installed packages.
 all: deps
 	@$(MAKE) --no-print-directory build
-build: $(BUILD)/libarbor.a $(BUILD)/libarbor.so $(EX_BIN)
+build: $(BUILD)/libarbor.a $(BUILD)/libarbor.so $(EX_BIN) $(KV_BIN)
 
 # Installs the Debian packages $(1) that are missing when run as root; otherwise prints
 # the apt-get line and stops.
@@ -102,8 +108,15 @@ $(BUILD)/libarbor.so: $(BUILD)/libarbor.so.$(AR_VERSION)
 $(BUILD)/examples/%: $(BUILD)/examples/%.o $(BUILD)/libarbor.a
 	$(CC) -o $@ $< $(BUILD)/libarbor.a $(LDFLAGS) $(DEP_LIBS)
 
+$(BUILD)/kvcache/%.o: examples/kvcache/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DEP_CFLAGS) $(HIREDIS_CFLAGS) -c $< -o $@
+$(KV_BIN): $(KV_OBJ) $(BUILD)/libarbor.a
+	@mkdir -p $(dir $@)
+	$(CC) -o $@ $(KV_OBJ) $(BUILD)/libarbor.a $(LDFLAGS) $(HIREDIS_LIBS) $(DEP_LIBS)
+
 # The examples come with the suite: test_examples runs them from beside it.
-$(TEST_BIN): $(TEST_OBJ) $(BUILD)/libarbor.a | $(EX_BIN)
+$(TEST_BIN): $(TEST_OBJ) $(BUILD)/libarbor.a | $(EX_BIN) $(KV_BIN)
 	$(CC) -o $@ $(TEST_OBJ) $(BUILD)/libarbor.a $(LDFLAGS) $(CRIT_LIBS) $(DEP_LIBS)
 
 $(BUILD)/stress/%: test/stress/%.c $(BUILD)/libarbor.a

@@ -1,0 +1,202 @@
+/* A bucket: the process holding one key's value, an entry of the registry "kv.buckets".
+ * It starts on the first SET or INCR of its key, and ends when the key goes: DEL, its TTL
+ * running out (its own ar_send_after timer), or the registry reaping it after idle_ms
+ * without use. So a bucket exists exactly while its key does, and memory follows the
+ * working set. A crash (CRASH k) takes only this key's value with it. */
+#include "kvcache.h"
+
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct bucket {
+    char *val;            /* KV_R_VALUE then the value: a GET's reply as is; NULL: none */
+    size_t len;           /* of val, status byte included */
+    uint64_t deadline_ns; /* CLOCK_MONOTONIC; 0: no TTL */
+    uint64_t gen;         /* generation of the TTL timer armed; another one's is stale */
+} bucket_t;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+bool kv_parse_i64(const char *s, size_t len, int64_t *out)
+{
+    size_t i = (len > 0 && s[0] == '-') ? 1 : 0;
+    if (len == i || len - i > 19 || (s[i] == '0' && len - i > 1) || (i && s[i] == '0'))
+        return false; /* empty, too long, a leading zero, "-0" */
+    uint64_t v = 0, limit = i ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    for (; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9') return false;
+        unsigned d = (unsigned)(s[i] - '0');
+        if (v > (limit - d) / 10) return false;
+        v = v * 10 + d;
+    }
+    *out = s[0] == '-' ? (int64_t)(0 - v) : (int64_t)v; /* 0 - v wraps to INT64_MIN's bits */
+    return true;
+}
+
+/* Answers the CALL; a reply that cannot be sent crashes the bucket, so that the caller
+ * hears at once (AR_ENOPROC) instead of at its timeout. */
+static void answer(ar_proc_t *self, const ar_msg_t *m, const void *data, size_t len)
+{
+    int rc = ar_reply(ar_node(self), m->reply_to, data, len);
+    if (rc != 0) AR_FAIL(self, "reply failed: %s", ar_strerror(rc));
+}
+
+static void answer_status(ar_proc_t *self, const ar_msg_t *m, uint8_t status)
+{
+    answer(self, m, &status, 1);
+}
+
+static void answer_int(ar_proc_t *self, const ar_msg_t *m, int64_t v)
+{
+    char r[1 + sizeof v] = {KV_R_INT};
+    memcpy(r + 1, &v, sizeof v);
+    answer(self, m, r, sizeof r);
+}
+
+static void drop_value(bucket_t *b)
+{
+    ar_free(b->val);
+    b->val = NULL;
+    b->len = 0;
+    b->deadline_ns = 0;
+    b->gen++; /* a TTL timer still pending is stale now */
+}
+
+/* Takes a copy of v as the value; false when out of memory (nothing changed). */
+static bool store(bucket_t *b, const char *v, size_t n)
+{
+    char *nv = ar_malloc(1 + n);
+    if (!nv) return false;
+    nv[0] = KV_R_VALUE;
+    memcpy(nv + 1, v, n);
+    ar_free(b->val);
+    b->val = nv;
+    b->len = 1 + n;
+    return true;
+}
+
+/* Arms the TTL timer for the time left to the deadline (a timer's ms is an int, so a
+ * longer TTL takes several rounds). */
+static int arm_ttl(ar_proc_t *self, bucket_t *b)
+{
+    uint64_t now = now_ns(), left_ms = b->deadline_ns > now ? (b->deadline_ns - now + 999999) / 1000000 : 0;
+    int ms = left_ms > INT_MAX ? INT_MAX : (int)left_ms;
+    return ar_send_after(ar_node(self), ms, ar_self(self), KV_EXPIRE, &b->gen, sizeof b->gen, NULL);
+}
+
+static void do_set(ar_proc_t *self, bucket_t *b, const ar_msg_t *m)
+{
+    int64_t ttl_ms;
+    if (m->len < sizeof ttl_ms) AR_FAIL(self, "short SET request");
+    memcpy(&ttl_ms, m->data, sizeof ttl_ms);
+    bucket_t next = *b;
+    next.val = NULL; /* the old value is freed only once the new one is in */
+    if (!store(&next, (const char *)m->data + sizeof ttl_ms, m->len - sizeof ttl_ms)) {
+        answer_status(self, m, KV_R_NOMEM);
+        return;
+    }
+    next.gen++; /* SET replaces the TTL: the old timer's message becomes stale */
+    next.deadline_ns = ttl_ms > 0 ? now_ns() + (uint64_t)ttl_ms * 1000000u : 0;
+    if (ttl_ms > 0 && arm_ttl(self, &next) != 0) {
+        ar_free(next.val);
+        answer_status(self, m, KV_R_NOMEM);
+        return;
+    }
+    ar_free(b->val);
+    *b = next;
+    answer_status(self, m, KV_R_OK);
+}
+
+static void do_incr(ar_proc_t *self, bucket_t *b, const ar_msg_t *m)
+{
+    int64_t v = 0;
+    if (b->val && !kv_parse_i64(b->val + 1, b->len - 1, &v)) {
+        answer_status(self, m, KV_R_NOTINT);
+        return;
+    }
+    if (v == INT64_MAX) {
+        answer_status(self, m, KV_R_OVERFLOW);
+        return;
+    }
+    char text[24];
+    int n = snprintf(text, sizeof text, "%" PRId64, v + 1);
+    if (!store(b, text, (size_t)n)) { /* INCR keeps the TTL, as Redis's does */
+        answer_status(self, m, KV_R_NOMEM);
+        return;
+    }
+    answer_int(self, m, v + 1);
+}
+
+/* The key, printable, for the crash text. */
+static void crash(ar_proc_t *self, const ar_msg_t *m)
+{
+    char key[65];
+    size_t n = m->len < sizeof key - 1 ? m->len : sizeof key - 1;
+    for (size_t i = 0; i < n; i++) {
+        char c = ((const char *)m->data)[i];
+        key[i] = c >= 0x20 && c < 0x7f ? c : '?';
+    }
+    key[n] = '\0';
+    AR_FAIL(self, "bucket of key \"%s\" told to crash", key);
+}
+
+static int bucket_init(ar_proc_t *self, void *arg, void **state)
+{
+    bucket_t *b = ar_calloc(1, sizeof *b);
+    if (!b) return AR_ENOMEM;
+    *state = b;
+    return 0;
+}
+
+static void bucket_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    bucket_t *b = state;
+    if (b->deadline_ns && now_ns() >= b->deadline_ns) drop_value(b); /* timer not in yet */
+    if (m->kind == AR_MSG_TIMER && m->tag == KV_EXPIRE) {
+        uint64_t gen = 0;
+        if (m->len == sizeof gen) memcpy(&gen, m->data, sizeof gen);
+        if (b->val && gen == b->gen && arm_ttl(self, b) != 0)
+            drop_value(b); /* a long TTL's next round could not be armed: expire now */
+    } else if (m->kind == AR_MSG_CALL) {
+        switch (m->tag) {
+        case KV_GET:
+            if (b->val)
+                answer(self, m, b->val, b->len);
+            else
+                answer_status(self, m, KV_R_NIL);
+            break;
+        case KV_SET: do_set(self, b, m); break;
+        case KV_DEL:
+            answer_int(self, m, b->val != NULL);
+            drop_value(b);
+            break;
+        case KV_EXISTS: answer_int(self, m, b->val != NULL); break;
+        case KV_INCR: do_incr(self, b, m); break;
+        case KV_CRASH: crash(self, m); break;
+        default: AR_FAIL(self, "unknown bucket operation %u", (unsigned)m->tag);
+        }
+    }
+    if (!b->val) ar_stop(self, AR_REASON(AR_NORMAL)); /* no value, no key */
+}
+
+static void bucket_terminate(ar_proc_t *self, void *state, ar_reason_t why)
+{
+    bucket_t *b = state;
+    ar_free(b->val);
+    ar_free(b);
+}
+
+const ar_behaviour_t kv_bucket = {
+    .name = KV_BUCKET_BEHAVIOUR,
+    .init = bucket_init,
+    .handle = bucket_handle,
+    .terminate = bucket_terminate,
+};

@@ -1,0 +1,185 @@
+/* A connection process: one per client, a temporary child of the "conns" supervisor (a
+ * client's connection is never restarted). The acceptor hands it its socket
+ * (AR_SOCK_OWNED). Each AR_SOCK_DATA goes through the guard, then hiredis's reader; every
+ * request in it is run, and all their replies go out in one ar_socket_send, so a pipeline
+ * costs one send per read. Reads are armed KV_READS at a time (re-armed on
+ * AR_SOCK_PASSIVE), not once per read. When a send is refused (AR_EAGAIN: the client
+ * does not read its replies) reads stop until AR_SOCK_WRITABLE, so a slow client holds
+ * at most one read's replies here. */
+#include "kvcache.h"
+
+#include <hiredis/hiredis.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#define KV_READS 32             /* reads armed at a time */
+#define KV_SEND_MAX (256 * 1024) /* one send's bytes: half the socket's default send_limit,
+                                    so a large output is taken in slices, never refused
+                                    for its size alone */
+
+static bool reserve(kv_conn_t *c, size_t n)
+{
+    if (c->oom) return false;
+    if (c->cap - c->len >= n) return true;
+    size_t cap = c->cap ? c->cap : 4096;
+    while (cap - c->len < n) cap *= 2;
+    char *p = ar_realloc(c->out, cap);
+    if (!p) {
+        c->oom = true;
+        return false;
+    }
+    c->out = p;
+    c->cap = cap;
+    return true;
+}
+
+void kv_out(kv_conn_t *c, const void *p, size_t n)
+{
+    if (!reserve(c, n)) return;
+    memcpy(c->out + c->len, p, n);
+    c->len += n;
+}
+
+void kv_out_fmt(kv_conn_t *c, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    kv_out(c, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+}
+
+void kv_out_bulk(kv_conn_t *c, const void *p, size_t n)
+{
+    kv_out_fmt(c, "$%zu\r\n", n);
+    kv_out(c, p, n);
+    kv_out(c, "\r\n", 2);
+}
+
+static void arm(ar_proc_t *self, kv_conn_t *c)
+{
+    int rc = ar_socket_active(self, c->sock, KV_READS);
+    if (rc == AR_ENOTCONN) return; /* closed: AR_SOCK_CLOSED is on its way */
+    if (rc != 0) AR_FAIL(self, "ar_socket_active: %s", ar_strerror(rc));
+}
+
+/* Sends what is pending, then closes if asked to. */
+static void flush(ar_proc_t *self, kv_conn_t *c)
+{
+    if (c->oom) {
+        ar_stop(self, (ar_reason_t){AR_ERROR, "out of memory for replies"});
+        return;
+    }
+    while (c->sent < c->len) {
+        size_t n = c->len - c->sent < KV_SEND_MAX ? c->len - c->sent : KV_SEND_MAX;
+        int rc = ar_socket_send(self, c->sock, c->out + c->sent, n);
+        if (rc == AR_EAGAIN) { /* AR_SOCK_WRITABLE follows: stop reading until then */
+            if (!c->blocked) {
+                c->blocked = true;
+                rc = ar_socket_active(self, c->sock, 0);
+                if (rc != 0 && rc != AR_ENOTCONN) AR_FAIL(self, "ar_socket_active: %s", ar_strerror(rc));
+            }
+            return;
+        }
+        if (rc == AR_ENOTCONN) { /* the client is gone; its AR_SOCK_CLOSED ends us */
+            c->sent = c->len;
+            break;
+        }
+        if (rc != 0) AR_FAIL(self, "ar_socket_send: %s", ar_strerror(rc));
+        c->sent += n;
+    }
+    c->sent = c->len = 0;
+    if (c->closing) {
+        int rc = ar_socket_close(self, c->sock); /* what was queued still goes out */
+        if (rc != 0) AR_FAIL(self, "ar_socket_close: %s", ar_strerror(rc));
+        c->sock = 0;
+        ar_stop(self, AR_REASON(AR_NORMAL));
+    } else if (c->blocked) {
+        c->blocked = false;
+        arm(self, c);
+    }
+}
+
+static void on_data(ar_proc_t *self, kv_conn_t *c, const char *p, size_t len)
+{
+    if (c->closing) return; /* reads already in flight when we decided to close */
+    c->reg = ar_registry_find(ar_node(self), KV_BUCKETS_NAME);
+    const char *why = NULL;
+    size_t ok = kv_guard_scan(&c->guard, p, len, &why);
+    if (ok > 0 && redisReaderFeed(c->reader, p, ok) != REDIS_OK) why = "out of memory";
+    uint64_t n = 0;
+    void *req;
+    while (!c->closing && !c->oom && redisReaderGetReply(c->reader, &req) == REDIS_OK && req) {
+        c->cur = req;
+        kv_command(self, c, c->cur);
+        c->cur = NULL;
+        freeReplyObject(req);
+        n++;
+    }
+    if (!why && c->reader->err) why = c->reader->errstr;
+    atomic_fetch_add_explicit(&c->app->requests, n, memory_order_relaxed);
+    if (why && !c->closing) {
+        kv_out_fmt(c, "-ERR %s\r\n", why);
+        c->closing = true;
+    }
+    if (!c->blocked) flush(self, c);
+}
+
+static int conn_init(ar_proc_t *self, void *arg, void **state)
+{
+    kv_conn_t *c = ar_calloc(1, sizeof *c);
+    if (!c) return AR_ENOMEM;
+    c->app = arg;
+    c->reader = redisReaderCreate();
+    if (!c->reader) {
+        ar_free(c);
+        return AR_ENOMEM;
+    }
+    *state = c;
+    return 0;
+}
+
+static void conn_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    kv_conn_t *c = state;
+    if (m->kind != AR_MSG_SOCKET) return;
+    if (m->tag == AR_SOCK_OWNED) {
+        c->sock = m->ref;
+        c->owned = true;
+        atomic_fetch_add_explicit(&c->app->clients, 1, memory_order_relaxed);
+        arm(self, c);
+        return;
+    }
+    if (m->ref != c->sock || c->sock == 0) return;
+    switch (m->tag) {
+    case AR_SOCK_DATA: on_data(self, c, m->data, m->len); break;
+    case AR_SOCK_PASSIVE:
+        if (!c->blocked && !c->closing) arm(self, c);
+        break;
+    case AR_SOCK_WRITABLE:
+        if (c->blocked) flush(self, c);
+        break;
+    case AR_SOCK_CLOSED: ar_stop(self, AR_REASON(AR_NORMAL)); break; /* the client left */
+    default: break;
+    }
+}
+
+static void conn_terminate(ar_proc_t *self, void *state, ar_reason_t why)
+{
+    kv_conn_t *c = state;
+    if (c->owned) atomic_fetch_sub_explicit(&c->app->clients, 1, memory_order_relaxed);
+    if (c->cur) freeReplyObject(c->cur); /* CRASH CONNECTION unwound its command */
+    redisReaderFree(c->reader);
+    ar_free(c->out);
+    ar_free(c);
+}
+
+const ar_behaviour_t kv_conn = {
+    .name = "kv.conn",
+    .init = conn_init,
+    .handle = conn_handle,
+    .terminate = conn_terminate,
+};

@@ -1,0 +1,114 @@
+/* kvcache: what the files share. The tree and the flags are described in main.c. */
+#ifndef KVCACHE_H
+#define KVCACHE_H
+
+#include <arbor.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Names the processes find each other by: pids change on restart, names do not. */
+#define KV_ROOT_NAME "kvcache"     /* the root supervisor */
+#define KV_BUCKETS_NAME "kv.buckets" /* the registry (ar_registry_find) */
+#define KV_STATS_NAME "kv.stats"   /* the stats process */
+#define KV_CONNS_ID "conns"        /* the connections' supervisor, a child of the root */
+#define KV_BUCKET_BEHAVIOUR "kv.bucket"
+
+#define KV_CALL_MS 5000 /* a connection's call to a bucket or to stats gives up after this */
+
+/* Bounds on one request, checked on the raw bytes before hiredis's reader sees them
+ * (guard.c): the reader itself would wait for, and buffer, any length it is told. */
+#define KV_MAX_ARGS 1024
+#define KV_MAX_BULK (512 * 1024)        /* one argument */
+#define KV_MAX_REQUEST (1024 * 1024)    /* all the arguments of one request */
+
+#define KV_NKINDS 12 /* event kinds, by bit number (AR_EV_SPAWN = bit 0 ... AR_EV_USER) */
+
+/* The application's settings and counters, shared by every process of the tree (the
+ * `arg` of each child spec). Counters are relaxed atomics: they feed reports only. */
+typedef struct kv_app {
+    char listen[64]; /* where to listen; the acceptor overwrites it with the bound address,
+                        so that a restarted acceptor takes the same port again */
+    bool listening;  /* the first listen succeeded (acceptor only) */
+    int idle_ms;     /* buckets idle this long are reaped */
+    bool quiet;      /* do not print bucket SPAWN/EXIT/REAP events */
+    atomic_uint_fast64_t requests;    /* commands answered */
+    atomic_uint_fast64_t connections; /* connections accepted, ever */
+    atomic_int_fast64_t clients;      /* connections open now */
+    /* Written by the stats process as it ends; read by main after ar_node_stop. */
+    uint64_t final_events[KV_NKINDS];
+} kv_app_t;
+
+/* The bucket protocol: m->tag is the operation; payloads are raw bytes. */
+enum kv_op {
+    KV_GET = 1, /* -> KV_R_VALUE + value, or KV_R_NIL */
+    KV_SET,     /* int64 ttl_ms (0: none) then the value -> KV_R_OK */
+    KV_DEL,     /* -> KV_R_INT 1; the bucket ends, so the key is gone */
+    KV_EXISTS,  /* -> KV_R_INT 1 or 0 */
+    KV_INCR,    /* -> KV_R_INT + int64, or KV_R_NOTINT / KV_R_OVERFLOW */
+    KV_CRASH,   /* the key as payload: the bucket crashes on purpose (no reply) */
+    KV_EXPIRE,  /* a bucket's own TTL timer: uint64 generation */
+};
+/* First byte of a bucket's reply. */
+enum kv_status {
+    KV_R_OK = 1, KV_R_NIL, KV_R_VALUE, KV_R_INT, KV_R_NOTINT, KV_R_OVERFLOW, KV_R_NOMEM
+};
+
+/* The stats process's one call: the event tallies so far, uint64_t[KV_NKINDS]. */
+#define KV_STATS_GET 1
+
+extern const ar_behaviour_t kv_acceptor; /* arg: kv_app_t * */
+extern const ar_behaviour_t kv_conn;     /* arg: kv_app_t * */
+extern const ar_behaviour_t kv_bucket;   /* registry entries; config arg: kv_app_t * */
+extern const ar_behaviour_t kv_stats;    /* arg: kv_app_t * */
+
+/* guard.c: a running check of the RESP stream's declared lengths. */
+typedef struct kv_guard {
+    bool in_body;        /* skipping a bulk string's bytes, else reading a header line */
+    char line[24];       /* the header line so far (type byte, digits, CR) */
+    size_t line_len;
+    int64_t args_left;   /* bulk strings still due in the current request */
+    int64_t body_left;   /* bytes of the current bulk still due, with its CRLF */
+    int64_t req_bytes;   /* bytes the current request has declared so far */
+} kv_guard_t;
+/* Scans the next len bytes of a connection's stream. Returns len when they stay within
+ * the bounds; else the offset in p of the line that broke them (everything before it is
+ * safe to feed) and *why, the error text for the client. */
+size_t kv_guard_scan(kv_guard_t *g, const char *p, size_t len, const char **why);
+
+/* A connection process's state (conn.c), which the commands (commands.c) answer into. */
+struct redisReader;
+struct redisReply;
+typedef struct kv_conn {
+    kv_app_t *app;
+    ar_socket_t sock;           /* 0 until AR_SOCK_OWNED, and once closed */
+    bool owned;                 /* it had a socket: counted in app->clients */
+    struct redisReader *reader; /* hiredis's, fed only what the guard let through */
+    struct redisReply *cur;     /* the request running: terminate frees it on a crash */
+    kv_guard_t guard;
+    ar_registry_t *reg;         /* the buckets, found again for every read (a restarted
+                                   registry is a new handle); NULL while restarting */
+    char *out;                  /* replies not yet sent: out[sent..len) */
+    size_t len, sent, cap;
+    bool blocked;               /* a send got AR_EAGAIN: no reads until AR_SOCK_WRITABLE */
+    bool closing;               /* the last reply is written: close once it is sent */
+    bool oom;                   /* the replies could not grow: the connection ends */
+} kv_conn_t;
+
+/* conn.c: appending to the replies (on no memory they set c->oom and do nothing). */
+void kv_out(kv_conn_t *c, const void *p, size_t n);
+void kv_out_fmt(kv_conn_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void kv_out_bulk(kv_conn_t *c, const void *p, size_t n);
+/* commands.c: runs one request (an array of bulk strings) and writes its reply. */
+void kv_command(ar_proc_t *self, kv_conn_t *c, const struct redisReply *req);
+
+/* stats.c: writes the INFO reply: the node's counters, the registry's count, the event
+ * tallies (asked of the stats process) and the app's own counters. */
+void kv_info(ar_proc_t *self, kv_conn_t *c);
+
+/* INCR's number rules (bucket.c): Redis's, a decimal int64 with no sign but '-', no
+ * leading zero and no spaces. */
+bool kv_parse_i64(const char *s, size_t len, int64_t *out);
+
+#endif /* KVCACHE_H */
