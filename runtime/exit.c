@@ -3,12 +3,13 @@
  * A process after its terminate, a process whose init failed, and a foreign thread's
  * waiter all end through ar__exit_sequence, whose steps run in this order:
  *
- *   1. release what it owns: the message it was handling, its timers, its wait's timer
- *      (sockets, later, close here);
+ *   1. release what it owns: the message it was handling, its timers, its wait's timer;
  *   2. release its name (names and registry keys hook in here, so a name is free before
  *      anyone hears of the death);
  *   3. unpublish its pid: from here every route to it fails, so whoever learns of the
- *      death sees it dead;
+ *      death sees it dead; then close its sockets (socket.c): after the unpublish, so
+ *      that a socket handed to it either arrived before and is closed here, or finds it
+ *      dead and stays with its giver;
  *   4. notify: every half it holds becomes the signal it stands for (EXIT to links, DOWN
  *      to watchers, DEMONITOR to the processes it monitored, failed replies to the calls
  *      it owed) but its pending asks, which are dropped with their timers (their answers
@@ -140,6 +141,7 @@ void ar__exit_sequence(ar_proc_t *p, ar_reason_t why, enum ar__end how)
     release_owned(p);
     ar__names_release(p, name); /* step 2 */
     unpublish(p);
+    ar__sockets_release_owner(p->node, self);
     notify(p, self, why, how);
     /* step 5: its subscriptions end, then EXIT (or START_FAILED); one relaxed load when
      * nobody listens */

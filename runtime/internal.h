@@ -727,6 +727,7 @@ struct ar_node {
     struct ar__timers *timers;
     struct ar__loop *loop;
     struct ar__dist *dist;      /* distribution (dist/); NULL for a node without a name */
+    struct ar__sockets *sockets; /* process-owned sockets (socket.c) */
     uint64_t start_ns;
     size_t stack_size;
     struct cds_lfht *names;     /* registered names: name -> pid (names.c) */
@@ -837,6 +838,22 @@ typedef struct ar__io_cmd {
 void ar__io_submit(struct ar_node *node, ar__io_cmd_t *cmd);
 int ar__loop_start(struct ar_node *node);
 void ar__loop_stop(struct ar_node *node);
+
+/* ---- Addresses (addr.c) -------------------------------------------------------------- */
+struct sockaddr_storage;
+/* "host:port" (numeric, or localhost; [v6]:port) into ss: AR_EINVAL. Any thread. */
+int ar__addr_parse(const char *addr, struct sockaddr_storage *ss);
+/* ss as "host:port" ("[v6]:port"), cut to n bytes. */
+void ar__addr_format(const struct sockaddr_storage *ss, char *out, size_t n);
+
+/* ---- Sockets (socket.c, socket_io.c) -------------------------------------------------- */
+struct ar__sockets;
+int ar__sockets_init(struct ar_node *node);
+/* Exit sequence, after the pid is unpublished: closes what p owns. */
+void ar__sockets_release_owner(struct ar_node *node, ar_pid_t owner);
+/* Node stop, once processes are gone and before the I/O thread stops: every socket closes. */
+void ar__sockets_stop(struct ar_node *node);
+void ar__sockets_free(struct ar_node *node); /* after the I/O thread stopped */
 
 /* ---- Events (events.c) -------------------------------------------------------------- */
 /* Internal kind bits beside the public AR_EV_* ones in the node's mask: */

@@ -53,6 +53,7 @@ static void node_free(ar_node_t *node)
     ar__events_destroy(node); /* its thread first: callbacks may still use the node */
     ar__registries_release(node);
     ar__dist_free(node);
+    ar__sockets_free(node);
     ar__names_destroy(node); /* waits for the frees still pending: before anything else goes */
     ar__sched_free(node);
     ar__stacks_destroy(node);
@@ -138,6 +139,7 @@ int ar_node_start(const ar_node_config_t *cfg_in, ar_node_t **out)
         node->hash_seed = ar__now_ns() ^ node->pid_hi;
     if ((rc = ar__timers_init(node)) != 0 || (rc = ar__names_init(node)) != 0) goto fail;
     if ((rc = ar__events_init(node)) != 0 || (rc = ar__crash_report_start(node)) != 0) goto fail;
+    if ((rc = ar__sockets_init(node)) != 0) goto fail;
     ar__stack_signals_init();
     if ((rc = ar__sched_start(node)) != 0) goto fail;
     if ((rc = ar__loop_start(node)) != 0) {
@@ -329,6 +331,7 @@ int ar_node_stop(ar_node_t *node, int timeout_ms)
     /* connections close, and what waits on them is answered (a foreign thread's call to
      * a remote pid among them): nothing waits on the network */
     ar__dist_stop(node);
+    ar__sockets_stop(node); /* every owner is gone: what still drains closes */
     wait_outside_calls(node);
     ar__loop_stop(node);
     ar__sched_stop(node);

@@ -77,46 +77,6 @@ static uint64_t hs_timeout_ms(struct ar__dist *d)
 
 static void lost(ar__conn_t *c, int why);
 
-/* ---- addresses ---- */
-int ar__addr_parse(const char *addr, struct sockaddr_storage *ss)
-{
-    char host[AR_NAME_MAX];
-    const char *colon = addr ? strrchr(addr, ':') : NULL;
-    if (!colon || colon == addr || (size_t)(colon - addr) >= sizeof host) return AR_EINVAL;
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end || colon[1] == '\0' || port < 0 || port > 65535) return AR_EINVAL;
-    size_t hl = (size_t)(colon - addr);
-    if (addr[0] == '[' && hl >= 2 && addr[hl - 1] == ']') { /* [v6]:port */
-        memcpy(host, addr + 1, hl - 2);
-        host[hl - 2] = '\0';
-    } else {
-        memcpy(host, addr, hl);
-        host[hl] = '\0';
-    }
-    if (strcmp(host, "localhost") == 0) strcpy(host, "127.0.0.1");
-    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0) return 0;
-    if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss) == 0) return 0;
-    return AR_EINVAL;
-}
-
-static void format_addr(const struct sockaddr_storage *ss, char *out, size_t n)
-{
-    char host[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-        uv_ip4_name(a, host, sizeof host);
-        port = ntohs(a->sin_port);
-        snprintf(out, n, "%s:%d", host, port);
-    } else {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-        uv_ip6_name(a, host, sizeof host);
-        port = ntohs(a->sin6_port);
-        snprintf(out, n, "[%s]:%d", host, port);
-    }
-}
-
 /* ---- connections ---- */
 static ar__conn_t *conn_new(struct ar__dist *d, bool outbound)
 {
@@ -478,7 +438,7 @@ static void learn_addr(ar__conn_t *c, ar__peer_t *p)
     int len = sizeof ss;
     char host[AR_NAME_MAX];
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0) return;
-    format_addr(&ss, host, sizeof host);
+    ar__addr_format(&ss, host, sizeof host);
     char *hc = strrchr(host, ':');
     if (hc) *hc = '\0';
     snprintf(p->addr, sizeof p->addr, "%s%s", host, colon);
@@ -890,7 +850,7 @@ int ar__conn_listen(struct ar__dist *d, const char *addr)
     if (rc) return rc == UV_EADDRINUSE ? AR_EEXIST : AR_EINVAL;
     int len = sizeof ss;
     uv_tcp_getsockname(&d->listener, (struct sockaddr *)&ss, &len);
-    format_addr(&ss, d->address, sizeof d->address);
+    ar__addr_format(&ss, d->address, sizeof d->address);
     return 0;
 }
 

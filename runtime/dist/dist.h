@@ -173,8 +173,6 @@ void ar__rh_deliver(ar_node_t *node, ar__env_t *answer, ar_exit_code_t why);
 
 /* ---- conn.c (I/O thread) ---- */
 int ar__conn_listen(struct ar__dist *d, const char *addr);
-/* "host:port" (numeric, or localhost; [v6]:port) into ss: AR_EINVAL. Any thread. */
-int ar__addr_parse(const char *addr, struct sockaddr_storage *ss);
 /* Drops p's connection as if it were lost (ar_node_disconnect). */
 void ar__conn_drop(ar__peer_t *p);
 /* Connects to addr (peer: the entry it is for, or NULL for ar_node_connect's own). The

@@ -1,0 +1,428 @@
+/* Sockets owned by processes: the I/O thread's side. Every libuv call on them is here.
+ *
+ * A kick (socket.h) brings the slot's state here: a new socket is put on the loop (a
+ * listener's descriptor opened, a connect started), reading follows `active`, queued sends
+ * are written (at most one write in flight, up to AR__SOCK_IOVS sends coalesced into it),
+ * and a close the owner asked for waits for the queue to drain, AR__SOCK_LINGER_MS at most.
+ *
+ * What happens to a socket reaches its owner as an AR_MSG_SOCKET message, through the one
+ * routing point; an owner that is gone drops it (its end closes the socket anyway).
+ */
+#include "socket.h"
+
+#include <sched.h>
+#include <string.h>
+#include <unistd.h>
+
+static void update(ar__sock_t *sk, uv_loop_t *loop);
+static void io_close(ar__sock_t *sk);
+
+void ar__sock_out_free(ar__sock_out_t *o) { ar__free(o); }
+
+static struct ar__sockets *table(ar__sock_t *sk) { return sk->node->sockets; }
+
+/* ---- messages to the owner ---- */
+static void to_owner(ar__sock_t *sk, ar__env_t *e)
+{
+    ar_node_t *node = sk->node;
+    uint64_t lo = atomic_load_explicit(&sk->owner_lo, memory_order_acquire);
+    if (lo == 0 || ar__route(node, (ar_pid_t){node->pid_hi, lo}, e) != 0) ar__env_free(e);
+}
+
+static ar__env_t *sock_msg(ar__sock_t *sk, ar_sock_event_t ev, size_t len)
+{
+    ar__env_t *e = ar__env_new(len);
+    if (!e) return NULL;
+    e->msg.kind = AR_MSG_SOCKET;
+    e->msg.tag = ev;
+    e->msg.ref = ar__sock_id(sk);
+    return e;
+}
+
+static void tell(ar__sock_t *sk, ar_sock_event_t ev)
+{
+    if (atomic_load_explicit(&sk->close_req, memory_order_relaxed)) return; /* let go */
+    ar__env_t *e = sock_msg(sk, ev, 0);
+    if (e) to_owner(sk, e);
+}
+
+/* CLOSED, once, unless the owner closed it itself. The text is static: no copy needed. */
+static void tell_closed(ar__sock_t *sk, int uv_err)
+{
+    if (sk->closed_told || atomic_load_explicit(&sk->close_req, memory_order_relaxed)) return;
+    sk->closed_told = true;
+    ar__env_t *e = sock_msg(sk, AR_SOCK_CLOSED, 0);
+    if (!e) return; /* the socket is closed all the same; sends say AR_ENOTCONN */
+    e->msg.reason = uv_err == UV_EOF || uv_err == 0 ? AR_REASON(AR_NORMAL)
+                                                    : (ar_reason_t){AR_ERROR, uv_strerror(uv_err)};
+    to_owner(sk, e);
+}
+
+/* Takes one of the deliveries the owner allows; tells it PASSIVE when they run out. */
+static bool take_delivery(ar__sock_t *sk, bool *ran_out)
+{
+    int a = atomic_load_explicit(&sk->active, memory_order_acquire);
+    do {
+        if (a <= 0) return false;
+    } while (!atomic_compare_exchange_weak_explicit(&sk->active, &a, a - 1, memory_order_acq_rel,
+                                                    memory_order_acquire));
+    *ran_out = a == 1;
+    return true;
+}
+
+static void ran_out(ar__sock_t *sk)
+{
+    if (atomic_load_explicit(&sk->passive_note, memory_order_relaxed)) tell(sk, AR_SOCK_PASSIVE);
+}
+
+/* ---- closing ---- */
+static void handle_closed(uv_handle_t *h)
+{
+    ar__sock_t *sk = h->data;
+    if (--sk->handles == 0) ar__sock_unref(sk); /* the I/O thread's reference */
+}
+
+/* Closes the I/O side now. The write token is taken for good first, so the owner never
+ * writes to a descriptor number that is closed (and maybe reused). */
+static void io_close(ar__sock_t *sk)
+{
+    if (sk->done) return;
+    sk->done = true;
+    int fd = atomic_load_explicit(&sk->fd, memory_order_relaxed);
+    if (!sk->has_token)
+        while (atomic_exchange_explicit(&sk->wtoken, 1, memory_order_acquire) != 0)
+            sched_yield(); /* the owner holds it for one send() */
+    sk->has_token = true;
+    atomic_store_explicit(&sk->fd, -1, memory_order_relaxed);
+    atomic_store_explicit(&sk->state, SK_CLOSED, memory_order_release);
+    ar__env_free(sk->held);
+    sk->held = NULL;
+    if (!sk->opened) { /* never on the loop: a listener's descriptor is ours to close */
+        if (sk->listener && fd >= 0) close(fd);
+        ar__sock_unref(sk);
+        return;
+    }
+    uv_close((uv_handle_t *)&sk->tcp, handle_closed);
+    if (sk->closing) uv_close((uv_handle_t *)&sk->linger, handle_closed);
+}
+
+static void linger_over(uv_timer_t *t) { io_close(t->data); }
+
+/* The owner let go: what is queued may still go, for a while. */
+static void start_close(ar__sock_t *sk, uv_loop_t *loop)
+{
+    atomic_store_explicit(&sk->active, 0, memory_order_relaxed);
+    if (!sk->opened || sk->listener || atomic_load_explicit(&sk->state, memory_order_relaxed) != SK_OPEN ||
+        (!sk->writing && atomic_load_explicit(&sk->queued, memory_order_acquire) == 0)) {
+        io_close(sk);
+        return;
+    }
+    if (sk->reading) uv_read_stop((uv_stream_t *)&sk->tcp);
+    sk->reading = false;
+    sk->closing = true;
+    uv_timer_init(loop, &sk->linger);
+    sk->linger.data = sk;
+    sk->handles++;
+    uv_timer_start(&sk->linger, linger_over, AR__SOCK_LINGER_MS, 0);
+}
+
+/* ---- writing ---- */
+static void write_done(uv_write_t *req, int status);
+
+static void write_some(ar__sock_t *sk)
+{
+    if (sk->writing || sk->done || atomic_load_explicit(&sk->state, memory_order_relaxed) != SK_OPEN)
+        return;
+    struct ar__qnode *q = ar__mpsc_pop(&sk->out_head, &sk->out_tail, &sk->out_stub, 0);
+    if (!q) return;
+    /* the owner may be in its direct send: it finished that before queueing this */
+    while (atomic_exchange_explicit(&sk->wtoken, 1, memory_order_acquire) != 0) sched_yield();
+    sk->has_token = true;
+    unsigned n = 0;
+    do {
+        ar__sock_out_t *o = (ar__sock_out_t *)q;
+        sk->inflight[n] = o;
+        sk->iov[n] = uv_buf_init((char *)(o + 1), (unsigned)o->len);
+        n++;
+    } while (n < AR__SOCK_IOVS &&
+             (q = ar__mpsc_pop(&sk->out_head, &sk->out_tail, &sk->out_stub, 0)) != NULL);
+    sk->ninflight = n;
+    sk->writing = true;
+    sk->wreq.data = sk;
+    int rc = uv_write(&sk->wreq, (uv_stream_t *)&sk->tcp, sk->iov, n, write_done);
+    if (rc) write_done(&sk->wreq, rc);
+}
+
+static void write_done(uv_write_t *req, int status)
+{
+    ar__sock_t *sk = req->data;
+    size_t bytes = 0;
+    for (unsigned i = 0; i < sk->ninflight; i++) {
+        bytes += sk->inflight[i]->len;
+        ar__sock_out_free(sk->inflight[i]);
+    }
+    sk->ninflight = 0;
+    sk->writing = false;
+    /* seq_cst, then the flag: see ar_socket_send */
+    size_t left = atomic_fetch_sub_explicit(&sk->queued, bytes, memory_order_seq_cst) - bytes;
+    if (sk->done) return; /* closing: the token stays taken */
+    sk->has_token = false;
+    atomic_store_explicit(&sk->wtoken, 0, memory_order_release);
+    if (status < 0) {
+        tell_closed(sk, status);
+        io_close(sk);
+        return;
+    }
+    if (left <= sk->send_limit / 2 && atomic_load_explicit(&sk->want_writable, memory_order_seq_cst) &&
+        atomic_exchange_explicit(&sk->want_writable, false, memory_order_relaxed))
+        tell(sk, AR_SOCK_WRITABLE);
+    write_some(sk);
+    if (sk->closing && !sk->writing) io_close(sk);
+}
+
+/* ---- reading ---- */
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    ar__sock_t *sk = h->data;
+    *buf = uv_buf_init(table(sk)->rbuf, AR__SOCK_READ);
+}
+
+static void stop_reading(ar__sock_t *sk)
+{
+    if (sk->reading) uv_read_stop((uv_stream_t *)&sk->tcp);
+    sk->reading = false;
+}
+
+/* Hands a read to the owner if it asked for one, else keeps it until it does. */
+static void deliver(ar__sock_t *sk, ar__env_t *e)
+{
+    bool out = false;
+    if (!take_delivery(sk, &out)) {
+        sk->held = e;
+        stop_reading(sk);
+        return;
+    }
+    to_owner(sk, e);
+    if (out) {
+        stop_reading(sk);
+        ran_out(sk);
+    }
+}
+
+static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    ar__sock_t *sk = st->data;
+    if (nread == 0) return;
+    if (nread < 0) {
+        tell_closed(sk, (int)nread);
+        io_close(sk);
+        return;
+    }
+    ar__env_t *e = sock_msg(sk, AR_SOCK_DATA, (size_t)nread);
+    if (!e) { /* the bytes cannot be kept: the stream would have a hole, so it ends */
+        tell_closed(sk, UV_ENOMEM);
+        io_close(sk);
+        return;
+    }
+    memcpy(ar__env_payload(e), buf->base, (size_t)nread);
+    deliver(sk, e);
+}
+
+static void follow_active(ar__sock_t *sk)
+{
+    if (sk->held) {
+        ar__env_t *e = sk->held;
+        sk->held = NULL;
+        deliver(sk, e);
+        if (sk->held) return;
+    }
+    if (!sk->reading && !sk->closing && atomic_load_explicit(&sk->active, memory_order_acquire) > 0) {
+        if (uv_read_start((uv_stream_t *)&sk->tcp, alloc_cb, read_cb) != 0) {
+            tell_closed(sk, UV_EIO);
+            io_close(sk);
+            return;
+        }
+        sk->reading = true;
+    }
+}
+
+/* ---- accepting ---- */
+static void free_handle(uv_handle_t *h) { ar__free(h); }
+
+/* A connection nobody can take (no slot, no memory): off the backlog, and closed. */
+static void refuse(uv_stream_t *server)
+{
+    uv_tcp_t *t = ar__malloc(sizeof *t);
+    if (!t) return; /* it stays in the backlog; the next try takes it */
+    uv_tcp_init(server->loop, t);
+    uv_accept(server, (uv_stream_t *)t);
+    uv_close((uv_handle_t *)t, free_handle);
+}
+
+static void addresses(ar__sock_t *sk)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (uv_tcp_getsockname(&sk->tcp, (struct sockaddr *)&ss, &len) == 0)
+        ar__addr_format(&ss, sk->local, sizeof sk->local);
+    len = sizeof ss;
+    if (uv_tcp_getpeername(&sk->tcp, (struct sockaddr *)&ss, &len) == 0)
+        ar__addr_format(&ss, sk->peer, sizeof sk->peer);
+}
+
+static void opened(ar__sock_t *sk)
+{
+    uv_os_fd_t fd;
+    uv_tcp_nodelay(&sk->tcp, 1);
+    addresses(sk);
+    if (uv_fileno((uv_handle_t *)&sk->tcp, &fd) == 0) atomic_store_explicit(&sk->fd, fd, memory_order_relaxed);
+    atomic_store_explicit(&sk->state, SK_OPEN, memory_order_release);
+}
+
+static void accept_one(ar__sock_t *ls)
+{
+    uv_stream_t *server = (uv_stream_t *)&ls->tcp;
+    uint64_t owner = atomic_load_explicit(&ls->owner_lo, memory_order_acquire);
+    ar__sock_t *c = owner ? ar__sock_new(ls->node, 0) : NULL;
+    ar__env_t *e = c ? ar__env_new(0) : NULL;
+    if (!e) {
+        if (c) {
+            c->done = true; /* never on the loop: both references go here */
+            ar__sock_unref(c);
+            ar__sock_unref(c);
+        }
+        refuse(server);
+        return;
+    }
+    uv_tcp_init(server->loop, &c->tcp);
+    c->tcp.data = c;
+    c->opened = true;
+    c->handles = 1;
+    c->send_limit = ls->send_limit;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+        ar__env_free(e);
+        ar__sock_unref(c); /* the owner's, never given */
+        io_close(c);
+        return;
+    }
+    opened(c);
+    if (ar__sock_own(c, owner) != 0) { /* the listener's owner ended meanwhile */
+        ar__env_free(e);
+        ar__sock_unref(c);
+        io_close(c);
+        return;
+    }
+    e->msg.kind = AR_MSG_SOCKET;
+    e->msg.tag = AR_SOCK_ACCEPTED;
+    e->msg.ref = ar__sock_id(c);
+    e->msg.reply_to.ref = ar__sock_id(ls);
+    to_owner(c, e);
+}
+
+static void accept_while_asked(ar__sock_t *ls)
+{
+    bool out = false;
+    while (ls->accept_pending && !ls->done && take_delivery(ls, &out)) {
+        ls->accept_pending = false; /* libuv holds one connection back until uv_accept */
+        accept_one(ls);
+        if (out) ran_out(ls);
+    }
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    ar__sock_t *ls = server->data;
+    if (status < 0) return; /* the kernel's trouble (EMFILE...): libuv retries */
+    ls->accept_pending = true;
+    accept_while_asked(ls);
+}
+
+/* ---- connecting ---- */
+static void on_connect(uv_connect_t *req, int status)
+{
+    ar__sock_t *sk = req->data;
+    if (sk->done) return; /* closed while connecting */
+    if (status < 0) {
+        tell_closed(sk, status);
+        io_close(sk);
+        return;
+    }
+    opened(sk);
+    tell(sk, AR_SOCK_CONNECTED);
+    update(sk, req->handle->loop);
+}
+
+/* ---- the kick ---- */
+static int put_on_loop(ar__sock_t *sk, uv_loop_t *loop)
+{
+    uv_tcp_init(loop, &sk->tcp);
+    sk->tcp.data = sk;
+    sk->opened = true;
+    sk->handles = 1;
+    if (sk->listener) {
+        int fd = atomic_load_explicit(&sk->fd, memory_order_relaxed);
+        int rc = uv_tcp_open(&sk->tcp, fd);
+        if (rc) {
+            close(fd); /* the handle did not take it */
+            return rc;
+        }
+        return uv_listen((uv_stream_t *)&sk->tcp, sk->backlog, on_connection);
+    }
+    sk->creq.data = sk;
+    return uv_tcp_connect(&sk->creq, &sk->tcp, (const struct sockaddr *)&sk->dest, on_connect);
+}
+
+static void update(ar__sock_t *sk, uv_loop_t *loop)
+{
+    if (sk->done) return;
+    if (atomic_load_explicit(&sk->broken, memory_order_acquire)) {
+        tell_closed(sk, UV_ENOMEM);
+        io_close(sk);
+        return;
+    }
+    if (atomic_load_explicit(&sk->close_req, memory_order_seq_cst)) {
+        if (!sk->closing) start_close(sk, loop);
+        if (sk->closing) write_some(sk);
+        return;
+    }
+    if (!sk->opened) {
+        int rc = put_on_loop(sk, loop);
+        if (rc) {
+            tell_closed(sk, rc);
+            io_close(sk);
+            return;
+        }
+    }
+    if (sk->listener) {
+        accept_while_asked(sk);
+        return;
+    }
+    if (atomic_load_explicit(&sk->state, memory_order_relaxed) != SK_OPEN) return;
+    follow_active(sk);
+    write_some(sk);
+}
+
+void ar__sock_io_kicked(ar__io_cmd_t *cmd, uv_loop_t *loop)
+{
+    ar__sock_t *sk = (ar__sock_t *)((char *)cmd - offsetof(ar__sock_t, kick));
+    /* seq_cst: a change made before a kick that found this still set is seen below */
+    atomic_store_explicit(&sk->kicked, false, memory_order_seq_cst);
+    if (!atomic_load_explicit(&table(sk)->stopping, memory_order_relaxed)) update(sk, loop);
+    ar__sock_unref(sk); /* the command's reference */
+}
+
+/* The node stops: every process is gone, so every socket was let go. Those still draining
+ * close now. */
+void ar__sock_io_stop(ar__io_cmd_t *cmd, uv_loop_t *loop)
+{
+    (void)loop;
+    struct ar__sockets *t = (struct ar__sockets *)((char *)cmd - offsetof(struct ar__sockets, stop_cmd));
+    atomic_store_explicit(&t->stopping, true, memory_order_relaxed);
+    uint32_t n = atomic_load_explicit(&t->nslots, memory_order_acquire);
+    for (uint32_t i = 0; i < n; i++) {
+        ar__sock_t *sk = &t->chunks[i / AR__SOCK_CHUNK][i % AR__SOCK_CHUNK];
+        if (atomic_load_explicit(&sk->refs, memory_order_acquire) > 0 && sk->opened && !sk->done)
+            io_close(sk);
+    }
+}
