@@ -129,9 +129,10 @@ $(BENCH_BIN): $(patsubst %.c,$(BUILD)/%.o,$(BENCH_SRC) bench/bench_util.c) $(BUI
 # The two commands. `deps` runs first in its own make so the flags see the packages.
 test: deps
 	@$(MAKE) --no-print-directory run-tests
+# The flagship: kvcache driven by redis-cli through a scripted session (and its checks).
 demo: deps
 	@$(MAKE) --no-print-directory build
-	$(BUILD)/examples/bank
+	examples/kvcache/demo.sh $(BUILD)/examples/kvcache
 
 # The suite again with the portable ucontext switch and mprotect'ed guard pages, as CPUs
 # without a hand-written switch (anything but x86-64 for now) and kernels older than 6.13

@@ -135,17 +135,17 @@ static void do_incr(ar_proc_t *self, bucket_t *b, const ar_msg_t *m)
     answer_int(self, m, v + 1);
 }
 
-/* The key, printable, for the crash text. */
+/* Crashes, naming the key (printable, and no quotes: crash reports quote the text). */
 static void crash(ar_proc_t *self, const ar_msg_t *m)
 {
     char key[65];
     size_t n = m->len < sizeof key - 1 ? m->len : sizeof key - 1;
     for (size_t i = 0; i < n; i++) {
         char c = ((const char *)m->data)[i];
-        key[i] = c >= 0x20 && c < 0x7f ? c : '?';
+        key[i] = c > 0x20 && c < 0x7f && c != '"' && c != '\'' ? c : '?';
     }
     key[n] = '\0';
-    AR_FAIL(self, "bucket of key \"%s\" told to crash", key);
+    AR_FAIL(self, "bucket told to crash by CRASH %s", key);
 }
 
 static int bucket_init(ar_proc_t *self, void *arg, void **state)
