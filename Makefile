@@ -115,7 +115,9 @@ $(KV_BIN): $(KV_OBJ) $(BUILD)/libarbor.a
 	@mkdir -p $(dir $@)
 	$(CC) -o $@ $(KV_OBJ) $(BUILD)/libarbor.a $(LDFLAGS) $(HIREDIS_LIBS) $(DEP_LIBS)
 
-# The examples come with the suite: test_examples runs them from beside it.
+# The examples come with the suite: test_examples runs them from beside it, and the
+# kvcache demo script from the source tree.
+$(BUILD)/test/test_examples.o: CFLAGS += -DAR_SOURCE_DIR='"$(CURDIR)"'
 $(TEST_BIN): $(TEST_OBJ) $(BUILD)/libarbor.a | $(EX_BIN) $(KV_BIN)
 	$(CC) -o $@ $(TEST_OBJ) $(BUILD)/libarbor.a $(LDFLAGS) $(CRIT_LIBS) $(DEP_LIBS)
 

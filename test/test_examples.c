@@ -30,6 +30,26 @@ static int run_example(const char *name, char *out, size_t cap)
 
 static char out[OUT_MAX];
 
+/* The kvcache demo (make demo) against the kvcache built beside the suite: the script is
+ * in the source tree, which the Makefile names (AR_SOURCE_DIR). */
+static int run_kvcache_demo(char *buf, size_t cap)
+{
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    cr_assert_gt(n, 0, "readlink /proc/self/exe");
+    self[n] = '\0';
+    char cmd[8192 + 128];
+    snprintf(cmd, sizeof cmd, "%s/examples/kvcache/demo.sh %s/../examples/kvcache 2>&1",
+             AR_SOURCE_DIR, dirname(self));
+    FILE *f = popen(cmd, "r");
+    cr_assert_not_null(f, "popen %s", cmd);
+    size_t len = 0, got;
+    while (len < cap - 1 && (got = fread(buf + len, 1, cap - 1 - len, f)) > 0) len += got;
+    buf[len] = '\0';
+    int status = pclose(f);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
 Test(examples, lifecycle_watch_prints_its_events_and_crash_reports, .timeout = TH_TIMEOUT)
 {
     int status = run_example("lifecycle_watch", out, sizeof out);
@@ -93,5 +113,23 @@ Test(examples, two_nodes_calls_a_service_on_another_node_and_sees_it_die, .timeo
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         cr_assert(strstr(out, want[i]) != NULL, "no \"%s\" in:\n%s", want[i], out);
+    cr_assert_null(strstr(out, "Sanitizer"), "%s", out);
+}
+
+Test(examples, kvcache_demo_passes_its_checks, .timeout = TH_TIMEOUT)
+{
+    int status = run_kvcache_demo(out, sizeof out);
+    cr_assert_eq(status, 0, "exit status %d; output:\n%s", status, out);
+    static const char *const want[] = {
+        "kvcache: listening on 127.0.0.1:",
+        "[event] EXIT ", "told to crash",
+        "arbor: EXIT pid=<", "CRASH CONNECTION requested",
+        "[event] REAP ",
+        "kvcache: served ",
+        "demo: all checks passed",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        cr_assert(strstr(out, want[i]) != NULL, "no \"%s\" in:\n%s", want[i], out);
+    cr_assert_null(strstr(out, "FAILED"), "%s", out);
     cr_assert_null(strstr(out, "Sanitizer"), "%s", out);
 }
