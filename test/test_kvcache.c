@@ -361,6 +361,39 @@ Test(kvcache, pipelined_requests_in_one_write_get_their_replies_in_order, .timeo
     kv_stop();
 }
 
+/* A pipeline's requests for one key run in order even when its bucket ends in the middle
+ * (DEL, CRASH): the ones behind it are run again, in turn, on a fresh bucket. */
+Test(kvcache, a_pipeline_through_a_del_and_a_crash_of_its_key_keeps_its_order, .timeout = TH_TIMEOUT)
+{
+    kv_start();
+    client_t *c = client_open();
+    static const char *const reqs[][3] = {
+        {"SET", "k", "1"}, {"DEL", "k"}, {"GET", "k"}, {"SET", "k", "2"}, {"GET", "k"},
+        {"INCR", "k"}, {"SET", "other", "x"}, {"CRASH", "k"}, {"GET", "k"}, {"INCR", "k"},
+        {"EXISTS", "k"}, {"DBSIZE"}, {"GET", "other"},
+    };
+    static const char *const want[] = {
+        "+OK\r\n", ":1\r\n", "$-1\r\n", "+OK\r\n", "$1\r\n2\r\n", ":3\r\n", "+OK\r\n",
+        "-ERR bucket crashed\r\n", "$-1\r\n", ":1\r\n", ":1\r\n", NULL, "$1\r\nx\r\n",
+    };
+    static char buf[2048];
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof reqs / sizeof reqs[0]; i++) {
+        int argc = reqs[i][2] ? 3 : reqs[i][1] ? 2 : 1;
+        n += (size_t)snprintf(buf + n, sizeof buf - n, "*%d\r\n", argc);
+        for (int j = 0; j < argc; j++)
+            n += (size_t)snprintf(buf + n, sizeof buf - n, "$%zu\r\n%s\r\n", strlen(reqs[i][j]),
+                                  reqs[i][j]);
+    }
+    client_write(c, buf, n);
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const char *got = reply(c);
+        if (want[i]) cr_assert_str_eq(got, want[i], "reply %zu", i);
+    }
+    client_close(c);
+    kv_stop();
+}
+
 Test(kvcache, a_crashed_bucket_loses_only_its_key_and_the_key_works_again, .timeout = TH_TIMEOUT)
 {
     kv_start();

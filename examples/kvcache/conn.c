@@ -113,12 +113,15 @@ static void on_data(ar_proc_t *self, kv_conn_t *c, const char *p, size_t len)
     uint64_t n = 0;
     void *req;
     while (!c->closing && !c->oom && redisReaderGetReply(c->reader, &req) == REDIS_OK && req) {
+        n++;
+        if (kv_batch_add(self, c, req)) continue; /* a bucket's request: sent at once */
+        kv_batch_flush(self, c); /* anything else runs after what came before it */
         c->cur = req;
         kv_command(self, c, c->cur);
         c->cur = NULL;
         freeReplyObject(req);
-        n++;
     }
+    kv_batch_flush(self, c);
     if (!why && c->reader->err) why = c->reader->errstr;
     atomic_fetch_add_explicit(&c->app->requests, n, memory_order_relaxed);
     if (why && !c->closing) {
@@ -172,6 +175,9 @@ static void conn_terminate(ar_proc_t *self, void *state, ar_reason_t why)
     kv_conn_t *c = state;
     if (c->owned) atomic_fetch_sub_explicit(&c->app->clients, 1, memory_order_relaxed);
     if (c->cur) freeReplyObject(c->cur); /* CRASH CONNECTION unwound its command */
+    kv_batch_free(c);
+    ar_free(c->slots);
+    ar_free(c->scratch);
     redisReaderFree(c->reader);
     ar_free(c->out);
     ar_free(c);

@@ -70,15 +70,17 @@ size_t kv_guard_scan(kv_guard_t *g, const char *p, size_t len, const char **why)
             continue;
         }
         if (g->line_len == 0) line_start = i;
-        char ch = p[i++];
-        if (ch != '\n') {
-            if (g->line_len == sizeof g->line) {
-                *why = "Protocol error: header line too long";
-                return line_start;
-            }
-            g->line[g->line_len++] = ch;
-            continue;
+        const char *nl = memchr(p + i, '\n', len - i); /* the header line's end */
+        size_t take = nl ? (size_t)(nl - (p + i)) : len - i;
+        if (g->line_len + take > sizeof g->line) {
+            *why = "Protocol error: header line too long";
+            return line_start;
         }
+        memcpy(g->line + g->line_len, p + i, take);
+        g->line_len += take;
+        i += take;
+        if (!nl) break; /* the line goes on in the next read */
+        i++;
         const char *err = header(g);
         g->line_len = 0;
         if (err) {

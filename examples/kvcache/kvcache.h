@@ -89,6 +89,10 @@ typedef struct kv_conn {
     kv_guard_t guard;
     ar_registry_t *reg;         /* the buckets, found again for every read (a restarted
                                    registry is a new handle); NULL while restarting */
+    struct kv_slot *slots;      /* pipelined requests asked of buckets (batch.c) */
+    size_t nslots, slots_cap;
+    char *scratch;              /* a SET's payload is built here */
+    size_t scratch_cap;
     char *out;                  /* replies not yet sent: out[sent..len) */
     size_t len, sent, cap;
     bool blocked;               /* a send got AR_EAGAIN: no reads until AR_SOCK_WRITABLE */
@@ -102,6 +106,30 @@ void kv_out_fmt(kv_conn_t *c, const char *fmt, ...) __attribute__((format(printf
 void kv_out_bulk(kv_conn_t *c, const void *p, size_t n);
 /* commands.c: runs one request (an array of bulk strings) and writes its reply. */
 void kv_command(ar_proc_t *self, kv_conn_t *c, const struct redisReply *req);
+/* A request to one key's bucket, as kv_prepare reads it. */
+typedef struct kv_ask {
+    int op;                       /* enum kv_op */
+    const struct redisReply *key;
+    bool start;                   /* SET, INCR: a new key starts a bucket */
+    const char *missing;          /* the reply when the key has no bucket */
+    const char *error;            /* refused before any call: the reply */
+    const void *payload;          /* the request's bytes (SET's are in c->scratch) */
+    size_t len;
+} kv_ask_t;
+/* Reads req as a single-key bucket request (GET, SET, INCR; DEL, EXISTS and CRASH of one
+ * key): false for anything else. */
+bool kv_prepare(kv_conn_t *c, const struct redisReply *req, kv_ask_t *a);
+/* Writes the RESP reply for a bucket's answer (enum kv_status byte first). */
+void kv_out_reply(kv_conn_t *c, const void *data, size_t len);
+extern const char kv_crashed[]; /* the reply to CRASH k */
+
+/* batch.c: pipelining. kv_batch_add takes a request to send with the others of its read
+ * (it owns req then), or returns false: flush, then run it with kv_command. */
+bool kv_batch_add(ar_proc_t *self, kv_conn_t *c, struct redisReply *req);
+/* Writes the replies of every request taken, in order, waiting for the buckets. */
+void kv_batch_flush(ar_proc_t *self, kv_conn_t *c);
+/* Frees what is held (a connection ending mid-batch). */
+void kv_batch_free(kv_conn_t *c);
 
 /* stats.c: writes the INFO reply: the node's counters, the registry's count, the event
  * tallies (asked of the stats process) and the app's own counters. */
