@@ -26,7 +26,7 @@ Test(api, strerror_and_err_name_cover_every_code, .timeout = TH_TIMEOUT)
 #undef ROW
     };
     size_t n = sizeof table / sizeof table[0];
-    cr_assert_eq(n, 17);
+    cr_assert_eq(n, 20);
     for (size_t i = 0; i < n; i++) {
         cr_assert_str_eq(ar_strerror(table[i].code), table[i].text, "code %d", table[i].code);
         cr_assert_str_eq(ar_err_name(table[i].code), table[i].name, "code %d", table[i].code);
@@ -34,8 +34,9 @@ Test(api, strerror_and_err_name_cover_every_code, .timeout = TH_TIMEOUT)
     }
     cr_assert_eq(AR_EINVAL, -1);
     cr_assert_eq(AR_EDEADLK, -17);
+    cr_assert_eq(AR_EIO, -20);
     cr_assert_str_eq(ar_err_name(0), "AR_OK");
-    int unknown[] = {1, 42, -18, -100, -1000000};
+    int unknown[] = {1, 42, -21, -100, -1000000};
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
         cr_assert_str_eq(ar_strerror(unknown[i]), "unknown error", "code %d", unknown[i]);
         cr_assert_str_eq(ar_err_name(unknown[i]), "AR_UNKNOWN", "code %d", unknown[i]);

@@ -324,3 +324,57 @@ Test(socket, SOCK_12_bad_arguments_are_refused)
     cr_assert_str_eq(ar_sock_event_name(99), "UNKNOWN");
     cr_assert_str_eq(ar_err_name(AR_ENOTCONN), "AR_ENOTCONN");
 }
+
+/* ---- a crash never leaks a descriptor ---- */
+enum { CRASHERS = 10000 };
+static ar_node_t *cnode;
+
+static void crasher_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    if (m->kind != AR_MSG_SOCKET) return;
+    if (m->tag == AR_SOCK_OWNED) ar_socket_active(self, m->ref, AR_ACTIVE_ONCE);
+    if (m->tag == AR_SOCK_DATA) AR_FAIL(self, "a connection process crashes on its first bytes");
+}
+static const ar_behaviour_t crasher = {"crasher", NULL, crasher_handle, NULL};
+
+/* Accepts for ever, one crasher per connection. Its listener's address goes to *arg. */
+static int acceptor_init(ar_proc_t *self, void *arg, void **state)
+{
+    ar_socket_t ls;
+    int rc = ar_socket_listen(self, "127.0.0.1:0", NULL, &ls);
+    if (rc) return rc;
+    ar_socket_address(self, ls, false, arg, 64);
+    return ar_socket_active(self, ls, 1000000);
+}
+static void acceptor_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    if (m->kind != AR_MSG_SOCKET || m->tag != AR_SOCK_ACCEPTED) return;
+    ar_pid_t c;
+    if (ar_spawn(ar_node(self), &crasher, NULL, NULL, &c) != 0 || ar_socket_give(self, m->ref, c) != 0)
+        ar_socket_close(self, m->ref);
+}
+static const ar_behaviour_t acceptor = {"acceptor", acceptor_init, acceptor_handle, NULL};
+
+Test(socket_leak, SOCK_13_ten_thousand_crashing_connections_leak_no_descriptor, .timeout = 120)
+{
+    ar_node_config_t cfg;
+    ar_node_config_init(&cfg);
+    cfg.crash_reports_off = true;
+    cnode = th_node_cfg(&cfg);
+    char addr[64] = "";
+    ar_pid_t acc;
+    cr_assert_eq(ar_spawn(cnode, &acceptor, addr, NULL, &acc), 0);
+    size_t before = open_fds();
+    ar_node_stats_t st0 = th_stats(cnode);
+    for (int i = 0; i < CRASHERS; i++) {
+        int fd = peer_connect(addr);
+        cr_assert_eq(write(fd, "x", 1), 1);
+        cr_assert(peer_sees_close(fd), "connection %d closed by its owner's crash", i);
+        close(fd);
+    }
+    /* every owner crashed, and every descriptor is back */
+    th_await(th_stats(cnode).exited - st0.exited >= CRASHERS);
+    th_await(open_fds() == before);
+    cr_assert_eq(open_fds(), before);
+    th_node_stop(cnode);
+}
