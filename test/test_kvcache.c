@@ -494,6 +494,66 @@ Test(kvcache, a_request_split_across_writes_is_put_back_together, .timeout = TH_
     kv_stop();
 }
 
+/* Consumes a bulk reply of n bytes, each `fill`, however it is split across reads. */
+static void expect_big_bulk(client_t *c, size_t n, char fill)
+{
+    char head[32];
+    snprintf(head, sizeof head, "$%zu\r\n", n);
+    while (c->len < strlen(head)) cr_assert(client_fill(c), "closed");
+    cr_assert_eq(memcmp(c->buf, head, strlen(head)), 0, "%.*s", (int)strlen(head), c->buf);
+    size_t want = n + 2, at = strlen(head);
+    while (want > 0) {
+        if (at == c->len) {
+            c->len = at = 0;
+            cr_assert(client_fill(c), "closed with %zu bytes to come", want);
+        }
+        size_t take = c->len - at < want ? c->len - at : want;
+        for (size_t i = 0; i < take; i++) {
+            char ch = c->buf[at + i], ok = want - i > 2 ? fill : want - i == 2 ? '\r' : '\n';
+            cr_assert_eq(ch, ok, "byte %zu of %zu", n + 2 - want + i, n + 2);
+        }
+        at += take;
+        want -= take;
+    }
+    memmove(c->buf, c->buf + at, c->len - at);
+    c->len -= at;
+}
+
+/* A client that pipelines more GETs than it reads: kvcache's sends get AR_EAGAIN, it
+ * stops reading and running requests (holding about 1 MiB, not 32), and once the client
+ * reads, every reply comes, whole and in order, and the connection reads on. */
+Test(kvcache, a_client_that_does_not_read_is_paused_then_served_in_full, .timeout = TH_TIMEOUT)
+{
+    kv_start();
+    client_t *c = client_open(), *watch = client_open();
+    enum { BIG = 500 * 1000, GETS = 64 };
+    static char set[BIG + 64];
+    int n = snprintf(set, sizeof set, "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%d\r\n", BIG);
+    memset(set + n, 'v', BIG);
+    memcpy(set + n + BIG, "\r\n", 2);
+    client_write(c, set, (size_t)n + BIG + 2);
+    cr_assert_str_eq(reply(c), "+OK\r\n");
+    static char gets[GETS * 32];
+    size_t len = 0;
+    for (int i = 0; i < GETS; i++)
+        len += (size_t)snprintf(gets + len, sizeof gets - len, "*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n");
+    client_write(c, gets, len);
+    uint64_t until = th_now_ns() + (uint64_t)TH_WAIT_MS * 1000000u;
+    for (;;) { /* wait until kvcache has been refused a send */
+        REQ(watch, "INFO");
+        const char *info = reply(watch), *at = strstr(info, "sends_refused:");
+        cr_assert_not_null(at, "%s", info);
+        if (atoi(at + strlen("sends_refused:")) > 0) break;
+        cr_assert(th_now_ns() < until, "no send was refused");
+        th_nap();
+    }
+    for (int i = 0; i < GETS; i++) expect_big_bulk(c, BIG, 'v');
+    EXPECT(c, "+PONG\r\n", "PING");
+    client_close(c);
+    client_close(watch);
+    kv_stop();
+}
+
 Test(kvcache, idle_buckets_are_reaped_and_info_counts_it, .timeout = TH_TIMEOUT)
 {
     kv_start_args((const char *const[]){"--idle-ms", "100", NULL});

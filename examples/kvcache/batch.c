@@ -13,7 +13,8 @@
 #include <hiredis/hiredis.h>
 #include <string.h>
 
-#define KV_BATCH 64 /* requests in one batch: bounds what a connection holds for them */
+#define KV_BATCH 16 /* requests in one batch. Their answers wait in the mailbox until taken,
+                       so a connection holds at most this many values (16 x 512 KiB) */
 
 typedef struct kv_slot {
     redisReply *req;  /* kept until answered: a failed request runs again from it */

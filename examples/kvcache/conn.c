@@ -4,8 +4,9 @@
  * request in it is run, and all their replies go out in one ar_socket_send, so a pipeline
  * costs one send per read. Reads are armed KV_READS at a time (re-armed on
  * AR_SOCK_PASSIVE), not once per read. When a send is refused (AR_EAGAIN: the client
- * does not read its replies) reads stop until AR_SOCK_WRITABLE, so a slow client holds
- * at most one read's replies here. */
+ * does not read its replies), reads stop and so does running requests, until
+ * AR_SOCK_WRITABLE: the requests not yet run wait in the reader, and a client that
+ * does not read holds at most about KV_OUT_HIGH of replies here. */
 #include "kvcache.h"
 
 #include <hiredis/hiredis.h>
@@ -14,9 +15,10 @@
 #include <string.h>
 
 #define KV_READS 32             /* reads armed at a time */
-#define KV_SEND_MAX (256 * 1024) /* one send's bytes: half the socket's default send_limit,
-                                    so a large output is taken in slices, never refused
-                                    for its size alone */
+#define KV_SEND_MAX (256 * 1024) /* one send's bytes: a quarter of the socket's default
+                                    send_limit, so a large output goes in slices and is
+                                    never refused for its size alone */
+#define KV_OUT_HIGH (1024 * 1024) /* replies held before they are sent mid-read */
 
 static bool reserve(kv_conn_t *c, size_t n)
 {
@@ -59,14 +61,17 @@ void kv_out_bulk(kv_conn_t *c, const void *p, size_t n)
     kv_out(c, "\r\n", 2);
 }
 
+/* Reads on: KV_READS more deliveries. */
 static void arm(ar_proc_t *self, kv_conn_t *c)
 {
+    c->paused = false;
     int rc = ar_socket_active(self, c->sock, KV_READS);
     if (rc == AR_ENOTCONN) return; /* closed: AR_SOCK_CLOSED is on its way */
     if (rc != 0) AR_FAIL(self, "ar_socket_active: %s", ar_strerror(rc));
 }
 
-/* Sends what is pending, then closes if asked to. */
+/* Sends what is pending, in slices, then closes if asked to. A refused send (the client
+ * does not read) leaves the rest here and turns reads off until AR_SOCK_WRITABLE. */
 static void flush(ar_proc_t *self, kv_conn_t *c)
 {
     if (c->oom) {
@@ -76,9 +81,11 @@ static void flush(ar_proc_t *self, kv_conn_t *c)
     while (c->sent < c->len) {
         size_t n = c->len - c->sent < KV_SEND_MAX ? c->len - c->sent : KV_SEND_MAX;
         int rc = ar_socket_send(self, c->sock, c->out + c->sent, n);
-        if (rc == AR_EAGAIN) { /* AR_SOCK_WRITABLE follows: stop reading until then */
-            if (!c->blocked) {
-                c->blocked = true;
+        if (rc == AR_EAGAIN) {
+            c->blocked = true;
+            atomic_fetch_add_explicit(&c->app->send_eagain, 1, memory_order_relaxed);
+            if (!c->paused) {
+                c->paused = true;
                 rc = ar_socket_active(self, c->sock, 0);
                 if (rc != 0 && rc != AR_ENOTCONN) AR_FAIL(self, "ar_socket_active: %s", ar_strerror(rc));
             }
@@ -97,38 +104,67 @@ static void flush(ar_proc_t *self, kv_conn_t *c)
         if (rc != 0) AR_FAIL(self, "ar_socket_close: %s", ar_strerror(rc));
         c->sock = 0;
         ar_stop(self, AR_REASON(AR_NORMAL));
-    } else if (c->blocked) {
-        c->blocked = false;
-        arm(self, c);
     }
+}
+
+/* Runs the whole requests the reader holds, in order, and sends their replies; stops
+ * early when a send is refused (the rest wait in the reader for AR_SOCK_WRITABLE). Once
+ * every request before a bad one is answered, the bad one gets its -ERR and a close. */
+static void drain(ar_proc_t *self, kv_conn_t *c)
+{
+    c->reg = ar_registry_find(ar_node(self), KV_BUCKETS_NAME); /* new after a restart */
+    uint64_t n = 0;
+    bool drained = false;
+    void *req;
+    while (!c->blocked && !c->closing && !c->oom) {
+        if (redisReaderGetReply(c->reader, &req) != REDIS_OK) {
+            if (!c->why) c->why = c->reader->errstr;
+            drained = true;
+            break;
+        }
+        if (!req) {
+            drained = true;
+            break;
+        }
+        n++;
+        if (!kv_batch_add(self, c, req)) { /* not a bucket's request: runs in its turn */
+            kv_batch_flush(self, c);
+            c->cur = req;
+            kv_command(self, c, c->cur);
+            c->cur = NULL;
+            freeReplyObject(req);
+        }
+        if (c->len - c->sent >= KV_OUT_HIGH) { /* bounds what one read can make us hold */
+            kv_batch_flush(self, c);
+            flush(self, c);
+        }
+    }
+    kv_batch_flush(self, c);
+    atomic_fetch_add_explicit(&c->app->requests, n, memory_order_relaxed);
+    if (drained && c->why && !c->closing) {
+        kv_out_fmt(c, "-ERR %s\r\n", c->why);
+        c->closing = true;
+    }
+    if (!c->blocked) flush(self, c);
 }
 
 static void on_data(ar_proc_t *self, kv_conn_t *c, const char *p, size_t len)
 {
-    if (c->closing) return; /* reads already in flight when we decided to close */
-    c->reg = ar_registry_find(ar_node(self), KV_BUCKETS_NAME);
+    if (c->closing || c->why) return; /* reads in flight when we stopped taking more */
     const char *why = NULL;
     size_t ok = kv_guard_scan(&c->guard, p, len, &why);
     if (ok > 0 && redisReaderFeed(c->reader, p, ok) != REDIS_OK) why = "out of memory";
-    uint64_t n = 0;
-    void *req;
-    while (!c->closing && !c->oom && redisReaderGetReply(c->reader, &req) == REDIS_OK && req) {
-        n++;
-        if (kv_batch_add(self, c, req)) continue; /* a bucket's request: sent at once */
-        kv_batch_flush(self, c); /* anything else runs after what came before it */
-        c->cur = req;
-        kv_command(self, c, c->cur);
-        c->cur = NULL;
-        freeReplyObject(req);
-    }
-    kv_batch_flush(self, c);
-    if (!why && c->reader->err) why = c->reader->errstr;
-    atomic_fetch_add_explicit(&c->app->requests, n, memory_order_relaxed);
-    if (why && !c->closing) {
-        kv_out_fmt(c, "-ERR %s\r\n", why);
-        c->closing = true;
-    }
-    if (!c->blocked) flush(self, c);
+    c->why = why;
+    drain(self, c);
+}
+
+/* The client reads again: send the rest, run what waits in the reader, read on. */
+static void on_writable(ar_proc_t *self, kv_conn_t *c)
+{
+    c->blocked = false;
+    flush(self, c);
+    if (!c->blocked && !c->closing) drain(self, c);
+    if (!c->blocked && !c->closing && c->paused && !c->why) arm(self, c);
 }
 
 static int conn_init(ar_proc_t *self, void *arg, void **state)
@@ -160,10 +196,10 @@ static void conn_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
     switch (m->tag) {
     case AR_SOCK_DATA: on_data(self, c, m->data, m->len); break;
     case AR_SOCK_PASSIVE:
-        if (!c->blocked && !c->closing) arm(self, c);
+        if (!c->paused && !c->closing && !c->why) arm(self, c);
         break;
     case AR_SOCK_WRITABLE:
-        if (c->blocked) flush(self, c);
+        if (c->blocked) on_writable(self, c);
         break;
     case AR_SOCK_CLOSED: ar_stop(self, AR_REASON(AR_NORMAL)); break; /* the client left */
     default: break;

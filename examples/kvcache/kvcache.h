@@ -36,6 +36,7 @@ typedef struct kv_app {
     atomic_uint_fast64_t requests;    /* commands answered */
     atomic_uint_fast64_t connections; /* connections accepted, ever */
     atomic_int_fast64_t clients;      /* connections open now */
+    atomic_uint_fast64_t send_eagain; /* sends refused (a client not reading its replies) */
     /* Written by the stats process as it ends; read by main after ar_node_stop. */
     uint64_t final_events[KV_NKINDS];
 } kv_app_t;
@@ -95,7 +96,10 @@ typedef struct kv_conn {
     size_t scratch_cap;
     char *out;                  /* replies not yet sent: out[sent..len) */
     size_t len, sent, cap;
-    bool blocked;               /* a send got AR_EAGAIN: no reads until AR_SOCK_WRITABLE */
+    bool blocked;               /* a send got AR_EAGAIN: nothing runs until AR_SOCK_WRITABLE */
+    bool paused;                /* reads are off (since a refused send) */
+    const char *why;            /* the stream broke the guard here: -ERR once the requests
+                                   before it are answered */
     bool closing;               /* the last reply is written: close once it is sent */
     bool oom;                   /* the replies could not grow: the connection ends */
 } kv_conn_t;

@@ -130,9 +130,11 @@ void kv_info(ar_proc_t *self, kv_conn_t *c)
         (long)getpid(), app->listen);
     add(&t, "\r\n# Clients\r\nconnected_clients:%lld\r\n",
         (long long)atomic_load_explicit(&app->clients, memory_order_relaxed));
-    add(&t, "\r\n# Stats\r\ntotal_connections_received:%llu\r\ntotal_commands_processed:%llu\r\n",
+    add(&t, "\r\n# Stats\r\ntotal_connections_received:%llu\r\ntotal_commands_processed:%llu\r\n"
+        "sends_refused:%llu\r\n",
         (unsigned long long)atomic_load_explicit(&app->connections, memory_order_relaxed),
-        (unsigned long long)atomic_load_explicit(&app->requests, memory_order_relaxed));
+        (unsigned long long)atomic_load_explicit(&app->requests, memory_order_relaxed),
+        (unsigned long long)atomic_load_explicit(&app->send_eagain, memory_order_relaxed));
     add(&t, "\r\n# Arbor\r\nprocesses:%zu\r\nspawned:%llu\r\nexited:%llu\r\nsent:%llu\r\n"
         "delivered:%llu\r\ndropped:%llu\r\n", ns.processes, (unsigned long long)ns.spawned,
         (unsigned long long)ns.exited, (unsigned long long)ns.sent,
