@@ -55,6 +55,16 @@ static bool out_has(const char *s)
     return has;
 }
 
+/* How many times s appears in the output so far. */
+static int out_count(const char *s)
+{
+    int n = 0;
+    pthread_mutex_lock(&kv.lock);
+    for (const char *p = kv.out; (p = strstr(p, s)) != NULL; p += strlen(s)) n++;
+    pthread_mutex_unlock(&kv.lock);
+    return n;
+}
+
 /* Starts kvcache with --listen 127.0.0.1:0 and extra (NULL-terminated) arguments. */
 static void kv_start_args(const char *const *extra)
 {
@@ -124,17 +134,26 @@ typedef struct client {
     size_t len;
 } client_t;
 
-static client_t *client_open(void)
+/* Connects; refused connections are tried again until TH_WAIT_MS when `retry`. */
+static client_t *client_connect(bool retry)
 {
     client_t *c = calloc(1, sizeof *c);
     cr_assert_not_null(c);
-    c->fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq(c->fd, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)kv.port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(connect(c->fd, (struct sockaddr *)&a, sizeof a), 0, "connect: %s", strerror(errno));
-    return c;
+    uint64_t until = th_now_ns() + (uint64_t)TH_WAIT_MS * 1000000u;
+    for (;;) {
+        c->fd = socket(AF_INET, SOCK_STREAM, 0);
+        cr_assert_geq(c->fd, 0);
+        if (connect(c->fd, (struct sockaddr *)&a, sizeof a) == 0) return c;
+        cr_assert(retry && errno == ECONNREFUSED && th_now_ns() < until, "connect: %s",
+                  strerror(errno));
+        close(c->fd);
+        th_nap();
+    }
 }
+
+static client_t *client_open(void) { return client_connect(false); }
 
 static void client_close(client_t *c)
 {
@@ -433,6 +452,48 @@ Test(kvcache, a_crashed_connection_closes_only_itself, .timeout = TH_TIMEOUT)
     client_close(c);
     client_close(d);
     kv_stop();
+}
+
+/* The acceptor is a permanent child of the root: killed, it is restarted on the same port
+ * (the runtime closes its old listening socket, it listens again), and the connections it
+ * made before are not its to lose. */
+Test(kvcache, a_crashed_acceptor_is_restarted_on_the_same_port, .timeout = TH_TIMEOUT)
+{
+    kv_start();
+    client_t *a = client_open();
+    EXPECT(a, "+OK\r\n", "SET", "k", "v");
+    EXPECT(a, "+OK\r\n", "CRASH", "ACCEPTOR");
+    th_await(out_has("RESTART supervisor=<") && out_has("child=acceptor"));
+    client_t *b = client_connect(true); /* refused until it listens again */
+    EXPECT(b, "$1\r\nv\r\n", "GET", "k");
+    EXPECT(a, "+PONG\r\n", "PING");
+    th_await(out_has("[event] RESTART "));
+    client_close(a);
+    client_close(b);
+    kv_stop();
+}
+
+/* Past the root's intensity (5 restarts in 10 s) the tree gives up, as OTP's does, and
+ * kvcache, left with nothing to serve, stops and exits 1. */
+Test(kvcache, an_acceptor_crashing_past_the_roots_intensity_ends_the_server_with_1, .timeout = TH_TIMEOUT)
+{
+    kv_start();
+    for (int i = 0; i < 6; i++) {
+        client_t *c = client_connect(true);
+        EXPECT(c, "+OK\r\n", "CRASH", "ACCEPTOR");
+        client_close(c);
+        if (i < 5) th_await(out_count("kvcache: listening on") == i + 2); /* restarted */
+    }
+    int status = 0;
+    uint64_t until = th_now_ns() + (uint64_t)TH_WAIT_MS * 1000000u;
+    while (waitpid(kv.pid, &status, WNOHANG) == 0) {
+        cr_assert(th_now_ns() < until, "kvcache still runs; output:\n%s", kv.out);
+        th_nap();
+    }
+    pthread_join(kv.drain, NULL);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %d:\n%s", status, kv.out);
+    cr_assert(strstr(kv.out, "arbor: GIVE_UP ") && strstr(kv.out, "the supervision tree ended"),
+              "%s", kv.out);
 }
 
 /* Sends raw bytes on a fresh connection; the reply must start with -ERR, then close. */

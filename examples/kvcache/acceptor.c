@@ -2,7 +2,8 @@
  * (AR_ACTIVE_ONCE, re-armed after each AR_SOCK_ACCEPTED, so a flood of clients waits in
  * the kernel's backlog, not in this mailbox). For each it starts a connection process
  * under the "conns" supervisor and gives it the socket. If its listening socket fails it
- * crashes, and the root supervisor starts it again on the same address. */
+ * crashes (CRASH ACCEPTOR does that on purpose), and the root supervisor starts it again
+ * on the same address: clients already connected are not its concern and carry on. */
 #include "kvcache.h"
 
 #include <stdio.h>
@@ -61,7 +62,13 @@ static int acceptor_init(ar_proc_t *self, void *arg, void **state)
     if (!a) return AR_ENOMEM;
     a->app = app;
     char addr[64];
-    int rc = ar_socket_listen(self, app->listen, NULL, &a->ls);
+    int rc;
+    for (int i = 0;; i++) { /* restarted, we may come before the old socket is closed (the
+                               I/O thread closes it as its owner ends): a second at most */
+        rc = ar_socket_listen(self, app->listen, NULL, &a->ls);
+        if (rc != AR_EADDRINUSE || !app->listening || i == 100 || ar_sleep(self, 10) != 0) break;
+    }
+    if (rc == 0) rc = ar_register(ar_node(self), KV_ACCEPTOR_NAME, ar_self(self)); /* CRASH ACCEPTOR */
     if (rc == 0) rc = ar_socket_address(self, a->ls, false, addr, sizeof addr);
     if (rc == 0) rc = ar_socket_active(self, a->ls, AR_ACTIVE_ONCE);
     if (rc != 0) { /* the socket, if any, closes as this process ends */

@@ -149,10 +149,20 @@ static void cmd_dbsize(ar_proc_t *self, kv_conn_t *c, args_t argv, size_t argc)
 }
 
 /* CRASH or CRASH CONNECTION (CRASH k is a bucket's request): this connection's process
- * fails; the runtime closes its socket, and nothing restarts it. */
+ * fails; the runtime closes its socket, and nothing restarts it. CRASH ACCEPTOR: an
+ * exit signal kills the acceptor, which the root supervisor restarts. */
 static void cmd_crash(ar_proc_t *self, kv_conn_t *c, args_t argv, size_t argc)
 {
-    AR_FAIL(self, "CRASH CONNECTION requested");
+    if (argc == 1 || !arg_is(argv[1], "ACCEPTOR")) AR_FAIL(self, "CRASH CONNECTION requested");
+    ar_node_t *node = ar_node(self);
+    ar_pid_t acceptor = ar_whereis(node, KV_ACCEPTOR_NAME);
+    int rc = ar_pid_is_none(acceptor)
+                 ? AR_ENOPROC
+                 : ar_exit(node, acceptor, (ar_reason_t){AR_ERROR, "CRASH ACCEPTOR requested"});
+    if (rc == 0)
+        kv_out(c, "+OK\r\n", 5);
+    else
+        kv_out_fmt(c, "-ERR no acceptor: %s\r\n", ar_strerror(rc));
 }
 
 static void cmd_info(ar_proc_t *self, kv_conn_t *c, args_t argv, size_t argc)
@@ -222,7 +232,8 @@ bool kv_prepare(kv_conn_t *c, const redisReply *req, kv_ask_t *a)
     if (!cmd || !cmd->op || !arity_ok(cmd, argc)) return false;
     args_t argv = (args_t)req->element;
     if ((cmd->op == KV_DEL || cmd->op == KV_EXISTS) && argc != 2) return false;
-    if (cmd->op == KV_CRASH && (argc == 1 || arg_is(argv[1], "CONNECTION"))) return false;
+    if (cmd->op == KV_CRASH && (argc == 1 || arg_is(argv[1], "CONNECTION") || arg_is(argv[1], "ACCEPTOR")))
+        return false;
     *a = (kv_ask_t){.op = cmd->op, .key = argv[1]};
     a->start = cmd->op == KV_SET || cmd->op == KV_INCR;
     a->missing = cmd->op == KV_GET ? "$-1\r\n" : cmd->op == KV_CRASH ? "-ERR no such key\r\n" : ":0\r\n";

@@ -70,6 +70,12 @@ logged "its EXIT event" 'EXIT .*kv\.conn .*CRASH CONNECTION'
 logged "its crash report" 'arbor: EXIT .*behaviour=kv\.conn reason=error'
 check "PING on a new connection" "$(cli PING)" PONG
 
+say "CRASH ACCEPTOR: the acceptor dies; the root supervisor restarts it on the same port"
+check "CRASH ACCEPTOR" "$(cli CRASH ACCEPTOR)" OK
+logged "its RESTART event" 'RESTART .*kv\.acceptor .*acceptor \(was <'
+logged "the crash report of the restart" 'arbor: RESTART supervisor=<.* child=acceptor'
+check "GET greeting through the new acceptor" "$(wait_for hello cli GET greeting)" hello
+
 say "idle reap: untouched for 300 ms, every bucket is reaped and DBSIZE drops to 0"
 echo "   DBSIZE now: $(cli DBSIZE)"
 check "DBSIZE after the reaper" "$(wait_for 0 cli DBSIZE)" 0

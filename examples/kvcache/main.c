@@ -14,7 +14,9 @@
  * Children start in that order (each finds what it needs already running) and stop in
  * reverse: on Ctrl-C the acceptor stops taking clients first, then the connections end,
  * then the buckets, and stats last, so it sees the others go. A bucket that crashes
- * (CRASH k) loses only its key; a connection that crashes (CRASH) closes only its socket.
+ * (CRASH k) loses only its key; a connection that crashes (CRASH) closes only its socket;
+ * an acceptor that crashes (CRASH ACCEPTOR) is restarted on the same port while the
+ * connections it made carry on.
  *
  *   kvcache [--listen HOST:PORT] [--idle-ms N] [--quiet] [--schedulers N]
  *
@@ -39,6 +41,16 @@ static long number(const char *s, long max)
     char *end;
     long v = strtol(s, &end, 10);
     return *s && !*end && v >= 0 && v <= max ? v : -1;
+}
+
+/* The root's end, as the events thread sees it: the tree gave up (a child restarting too
+ * often) or was stopped. Either way there is nothing left to serve: main stops waiting. */
+static _Atomic ar_exit_code_t root_end = AR_NORMAL;
+static void watch_root(const ar_event_t *e, void *node)
+{
+    if (!e->name || strcmp(e->name, KV_ROOT_NAME) != 0) return;
+    atomic_store(&root_end, e->reason.code);
+    ar_node_request_stop(node);
 }
 
 static void summary(const kv_app_t *app)
@@ -108,7 +120,8 @@ int main(int argc, char **argv)
                                        .nchildren = sizeof kids / sizeof kids[0]};
     ar_spawn_opts_t opts = {.name = KV_ROOT_NAME};
     ar_pid_t top;
-    rc = ar_sup_start(node, &root, &opts, &top);
+    rc = ar_events_subscribe_fn(node, AR_EV_EXIT, watch_root, node, NULL);
+    if (rc == 0) rc = ar_sup_start(node, &root, &opts, &top);
     if (rc != 0) {
         fprintf(stderr, "kvcache: starting the tree: %s\n", ar_strerror(rc));
         rc = ar_node_stop(node, 5000);
@@ -118,6 +131,11 @@ int main(int argc, char **argv)
 
     rc = ar_node_wait(node);
     if (rc != 0) fprintf(stderr, "kvcache: ar_node_wait: %s\n", ar_strerror(rc));
+    ar_exit_code_t end = atomic_load(&root_end);
+    if (end != AR_NORMAL) { /* the tree ended by itself */
+        fprintf(stderr, "kvcache: the supervision tree ended (%s)\n", ar_exit_code_name(end));
+        rc = 1;
+    }
     printf("kvcache: stopping\n");
     int stopped = ar_node_stop(node, 15000); /* the tree, in reverse start order */
     if (stopped != 0) fprintf(stderr, "kvcache: ar_node_stop: %s\n", ar_strerror(stopped));
