@@ -1,12 +1,13 @@
 /* A connection process: one per client, a temporary child of the "conns" supervisor (a
  * client's connection is never restarted). The acceptor hands it its socket
- * (AR_SOCK_OWNED). Each AR_SOCK_DATA goes through the guard, then hiredis's reader; every
- * request in it is run, and all their replies go out in one ar_socket_send, so a pipeline
- * costs one send per read. Reads are armed KV_READS at a time (re-armed on
- * AR_SOCK_PASSIVE), not once per read. When a send is refused (AR_EAGAIN: the client
- * does not read its replies), reads stop and so does running requests, until
- * AR_SOCK_WRITABLE: the requests not yet run wait in the reader, and a client that
- * does not read holds at most about KV_OUT_HIGH of replies here. */
+ * (AR_SOCK_OWNED). Each AR_SOCK_DATA goes through the guard, then hiredis's reader; the
+ * requests in it go to their buckets together (batch.c), and all their replies go out in
+ * one ar_socket_send, so a pipeline costs one send per read. Reads are armed KV_READS at
+ * a time (re-armed on AR_SOCK_PASSIVE), not once per read. When a send is refused
+ * (AR_EAGAIN: the client does not read its replies), reads stop and so does running
+ * requests, until AR_SOCK_WRITABLE: the requests not yet run wait in the reader, and a
+ * client that does not read makes us hold about KV_OUT_HIGH of replies and one batch's
+ * answers, not what it asked for. */
 #include "kvcache.h"
 
 #include <hiredis/hiredis.h>

@@ -12,7 +12,7 @@
 #define KV_ROOT_NAME "kvcache"     /* the root supervisor */
 #define KV_BUCKETS_NAME "kv.buckets" /* the registry (ar_registry_find) */
 #define KV_STATS_NAME "kv.stats"   /* the stats process */
-#define KV_ACCEPTOR_NAME "kv.acceptor"
+#define KV_ACCEPTOR_NAME "kv.acceptor" /* the acceptor, for CRASH ACCEPTOR */
 #define KV_CONNS_ID "conns"        /* the connections' supervisor, a child of the root */
 #define KV_BUCKET_BEHAVIOUR "kv.bucket"
 

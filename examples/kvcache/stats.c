@@ -35,8 +35,9 @@ static bool routine(const stats_t *s, const ar_event_t *e)
 static void print_event(const ar_event_t *e)
 {
     char pid[AR_PID_STRLEN] = "-", old[AR_PID_STRLEN] = "", line[AR_EVENT_TEXT_MAX + 512];
-    if (!ar_pid_is_none(e->pid)) ar_pid_format(e->pid, pid, sizeof pid);
-    if (e->kind == AR_EV_RESTART) ar_pid_format(e->old_pid, old, sizeof old);
+    /* AR_PID_STRLEN fits any pid: a failure here would be a runtime bug, shown as "?" */
+    if (!ar_pid_is_none(e->pid) && ar_pid_format(e->pid, pid, sizeof pid) != 0) strcpy(pid, "?");
+    if (e->kind == AR_EV_RESTART && ar_pid_format(e->old_pid, old, sizeof old) != 0) strcpy(old, "?");
     bool reap = e->kind == AR_EV_REAP, why = e->kind & (AR_EV_EXIT | AR_EV_RESTART |
                                                          AR_EV_START_FAILED | AR_EV_GIVE_UP);
     snprintf(line, sizeof line, "[event] %-8s %-14s %-10s%s%s%s%s%s%s%s%s%s%s%s\n",
