@@ -10,37 +10,33 @@
  * it sees every earlier request done. */
 #include "kvcache.h"
 
-#include <hiredis/hiredis.h>
 #include <string.h>
 
-#define KV_BATCH 16 /* requests in one batch. Their answers wait in the mailbox until taken,
-                       so a connection holds at most this many values (16 x 512 KiB) */
-
 typedef struct kv_slot {
-    redisReply *req;  /* kept until answered: a failed request runs again from it */
+    kv_req_t *req;    /* kept until answered: a failed request runs again from it */
     const char *text; /* answered at once (a miss, a refusal); else asked or to run */
     ar_pid_t pid;     /* the bucket asked */
     ar_ref_t ref;     /* the ask; 0: not asked */
     int op;
 } kv_slot_t;
 
-static bool same_key(const redisReply *a, const redisReply *b)
+static bool same_key(const kv_arg_t *a, const kv_arg_t *b)
 {
     return a->len == b->len && memcmp(a->str, b->str, a->len) == 0;
 }
 
 /* The pid an earlier request of this batch asked for key, if any. */
-static bool batch_pid(const kv_conn_t *c, const redisReply *key, ar_pid_t *pid)
+static bool batch_pid(const kv_conn_t *c, const kv_arg_t *key, ar_pid_t *pid)
 {
     for (size_t i = c->nslots; i-- > 0;)
-        if (c->slots[i].ref && same_key(c->slots[i].req->element[1], key)) {
+        if (c->slots[i].ref && same_key(&c->slots[i].req->argv[1], key)) {
             *pid = c->slots[i].pid;
             return true;
         }
     return false;
 }
 
-bool kv_batch_add(ar_proc_t *self, kv_conn_t *c, redisReply *req)
+bool kv_batch_add(ar_proc_t *self, kv_conn_t *c, kv_req_t *req)
 {
     kv_ask_t a;
     if (!kv_prepare(c, req, &a)) return false;
@@ -103,6 +99,6 @@ void kv_batch_flush(ar_proc_t *self, kv_conn_t *c)
 
 void kv_batch_free(kv_conn_t *c)
 {
-    for (size_t i = 0; i < c->nslots; i++) freeReplyObject(c->slots[i].req);
+    for (size_t i = 0; i < c->nslots; i++) kv_req_free(c->slots[i].req);
     c->nslots = 0;
 }

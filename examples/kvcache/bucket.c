@@ -13,7 +13,7 @@
 
 typedef struct bucket {
     char *val;            /* KV_R_VALUE then the value: a GET's reply as is; NULL: none */
-    size_t len;           /* of val, status byte included */
+    size_t len, cap;      /* of val, status byte included; its allocated size */
     uint64_t deadline_ns; /* CLOCK_MONOTONIC; 0: no TTL */
     uint64_t gen;         /* generation of the TTL timer armed; another one's is stale */
 } bucket_t;
@@ -65,53 +65,58 @@ static void drop_value(bucket_t *b)
 {
     ar_free(b->val);
     b->val = NULL;
-    b->len = 0;
+    b->len = b->cap = 0;
     b->deadline_ns = 0;
     b->gen++; /* a TTL timer still pending is stale now */
 }
 
-/* Takes a copy of v as the value; false when out of memory (nothing changed). */
-static bool store(bucket_t *b, const char *v, size_t n)
+/* Room for a value of n bytes: the buffer there is when it fits (and is not much too
+ * large: a SET of the same size costs no allocation), else a new one; NULL: no memory. */
+static char *room(bucket_t *b, size_t n)
 {
-    char *nv = ar_malloc(1 + n);
-    if (!nv) return false;
-    nv[0] = KV_R_VALUE;
-    memcpy(nv + 1, v, n);
-    ar_free(b->val);
-    b->val = nv;
+    if (b->val && b->cap >= 1 + n && b->cap <= 2 * (1 + n) + 64) return b->val;
+    return ar_malloc(1 + n);
+}
+
+/* Makes buf (from room) hold the value, a copy of v. Cannot fail. */
+static void put(bucket_t *b, char *buf, const char *v, size_t n)
+{
+    if (buf != b->val) {
+        ar_free(b->val);
+        b->val = buf;
+        b->cap = 1 + n;
+    }
+    buf[0] = KV_R_VALUE;
+    memcpy(buf + 1, v, n);
     b->len = 1 + n;
-    return true;
 }
 
-/* Arms the TTL timer for the time left to the deadline (a timer's ms is an int, so a
- * longer TTL takes several rounds). */
-static int arm_ttl(ar_proc_t *self, bucket_t *b)
+/* Arms the TTL timer of generation gen for the time left to deadline (a timer's ms is an
+ * int, so a longer TTL takes several rounds). */
+static int arm_ttl(ar_proc_t *self, uint64_t gen, uint64_t deadline)
 {
-    uint64_t now = now_ns(), left_ms = b->deadline_ns > now ? (b->deadline_ns - now + 999999) / 1000000 : 0;
+    uint64_t now = now_ns(), left_ms = deadline > now ? (deadline - now + 999999) / 1000000 : 0;
     int ms = left_ms > INT_MAX ? INT_MAX : (int)left_ms;
-    return ar_send_after(ar_node(self), ms, ar_self(self), KV_EXPIRE, &b->gen, sizeof b->gen, NULL);
+    return ar_send_after(ar_node(self), ms, ar_self(self), KV_EXPIRE, &gen, sizeof gen, NULL);
 }
 
+/* SET replaces the value and the TTL; on no memory nothing changes. */
 static void do_set(ar_proc_t *self, bucket_t *b, const ar_msg_t *m)
 {
     int64_t ttl_ms;
     if (m->len < sizeof ttl_ms) AR_FAIL(self, "short SET request");
     memcpy(&ttl_ms, m->data, sizeof ttl_ms);
-    bucket_t next = *b;
-    next.val = NULL; /* the old value is freed only once the new one is in */
-    if (!store(&next, (const char *)m->data + sizeof ttl_ms, m->len - sizeof ttl_ms)) {
+    size_t n = m->len - sizeof ttl_ms;
+    uint64_t gen = b->gen + 1, deadline = ttl_ms > 0 ? now_ns() + (uint64_t)ttl_ms * 1000000u : 0;
+    char *buf = room(b, n);
+    if (!buf || (deadline && arm_ttl(self, gen, deadline) != 0)) {
+        if (buf != b->val) ar_free(buf);
         answer_status(self, m, KV_R_NOMEM);
         return;
     }
-    next.gen++; /* SET replaces the TTL: the old timer's message becomes stale */
-    next.deadline_ns = ttl_ms > 0 ? now_ns() + (uint64_t)ttl_ms * 1000000u : 0;
-    if (ttl_ms > 0 && arm_ttl(self, &next) != 0) {
-        ar_free(next.val);
-        answer_status(self, m, KV_R_NOMEM);
-        return;
-    }
-    ar_free(b->val);
-    *b = next;
+    put(b, buf, (const char *)m->data + sizeof ttl_ms, n);
+    b->gen = gen; /* the old timer's message, if one is still due, is stale now */
+    b->deadline_ns = deadline;
     answer_status(self, m, KV_R_OK);
 }
 
@@ -126,12 +131,13 @@ static void do_incr(ar_proc_t *self, bucket_t *b, const ar_msg_t *m)
         answer_status(self, m, KV_R_OVERFLOW);
         return;
     }
-    char text[24];
+    char text[24], *buf;
     int n = snprintf(text, sizeof text, "%" PRId64, v + 1);
-    if (!store(b, text, (size_t)n)) { /* INCR keeps the TTL, as Redis's does */
+    if (!(buf = room(b, (size_t)n))) {
         answer_status(self, m, KV_R_NOMEM);
         return;
     }
+    put(b, buf, text, (size_t)n); /* INCR keeps the TTL, as Redis's does */
     answer_int(self, m, v + 1);
 }
 
@@ -163,7 +169,7 @@ static void bucket_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
     if (m->kind == AR_MSG_TIMER && m->tag == KV_EXPIRE) {
         uint64_t gen = 0;
         if (m->len == sizeof gen) memcpy(&gen, m->data, sizeof gen);
-        if (b->val && gen == b->gen && arm_ttl(self, b) != 0)
+        if (b->val && gen == b->gen && arm_ttl(self, b->gen, b->deadline_ns) != 0)
             drop_value(b); /* a long TTL's next round could not be armed: expire now */
     } else if (m->kind == AR_MSG_CALL) {
         switch (m->tag) {

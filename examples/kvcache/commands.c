@@ -7,7 +7,6 @@
  * one call at a time. */
 #include "kvcache.h"
 
-#include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -22,14 +21,14 @@ static const char E_SYNTAX[] = "-ERR syntax error\r\n";
 static const char E_EXPIRE[] = "-ERR invalid expire time in 'set' command\r\n";
 const char kv_crashed[] = "-ERR bucket crashed\r\n";
 
-typedef const redisReply *const *args_t; /* argv[0] is the command name */
+typedef const kv_arg_t *args_t; /* argv[0] is the command name */
 
-static bool arg_is(const redisReply *a, const char *word)
+static bool arg_is(const kv_arg_t *a, const char *word)
 {
     return a->len == strlen(word) && strncasecmp(a->str, word, a->len) == 0;
 }
 
-static ar_key_t key_of(const redisReply *a) { return (ar_key_t){a->str, a->len}; }
+static ar_key_t key_of(const kv_arg_t *a) { return (ar_key_t){a->str, a->len}; }
 
 static void out_text(kv_conn_t *c, const char *s) { kv_out(c, s, strlen(s)); }
 
@@ -69,19 +68,19 @@ static void set_payload(kv_conn_t *c, args_t argv, size_t argc, kv_ask_t *a)
 {
     int64_t ttl = 0, n;
     for (size_t i = 3; i < argc; i += 2) {
-        bool ex = arg_is(argv[i], "EX"), px = arg_is(argv[i], "PX");
+        bool ex = arg_is(&argv[i], "EX"), px = arg_is(&argv[i], "PX");
         if ((!ex && !px) || i + 1 == argc || ttl) {
             a->error = E_SYNTAX;
             return;
         }
-        if (!kv_parse_i64(argv[i + 1]->str, argv[i + 1]->len, &n) || n <= 0 ||
+        if (!kv_parse_i64(argv[i + 1].str, argv[i + 1].len, &n) || n <= 0 ||
             (ex && n > INT64_MAX / 1000)) {
             a->error = E_EXPIRE;
             return;
         }
         ttl = ex ? n * 1000 : n;
     }
-    size_t len = sizeof ttl + argv[2]->len;
+    size_t len = sizeof ttl + argv[2].len;
     if (len > c->scratch_cap) {
         char *p = ar_realloc(c->scratch, len);
         if (!p) {
@@ -92,7 +91,7 @@ static void set_payload(kv_conn_t *c, args_t argv, size_t argc, kv_ask_t *a)
         c->scratch_cap = len;
     }
     memcpy(c->scratch, &ttl, sizeof ttl);
-    memcpy(c->scratch + sizeof ttl, argv[2]->str, argv[2]->len);
+    memcpy(c->scratch + sizeof ttl, argv[2].str, argv[2].len);
     a->payload = c->scratch;
     a->len = len;
 }
@@ -103,7 +102,7 @@ typedef void (*cmd_fn)(ar_proc_t *self, kv_conn_t *c, args_t argv, size_t argc);
 static void cmd_ping(ar_proc_t *self, kv_conn_t *c, args_t argv, size_t argc)
 {
     if (argc == 2)
-        kv_out_bulk(c, argv[1]->str, argv[1]->len);
+        kv_out_bulk(c, argv[1].str, argv[1].len);
     else
         kv_out(c, "+PONG\r\n", 7);
 }
@@ -113,14 +112,14 @@ static void sum_keys(ar_proc_t *self, kv_conn_t *c, args_t argv, size_t argc, in
 {
     int64_t total = 0;
     for (size_t i = 1; i < argc; i++) {
-        if (!c->reg || argv[i]->len == 0 || argv[i]->len > AR_KEY_MAX) {
+        if (!c->reg || argv[i].len == 0 || argv[i].len > AR_KEY_MAX) {
             out_text(c, c->reg ? E_KEY : E_CLOSED);
             return;
         }
         ar_pid_t pid;
         ar_buf_t r = {0};
         int64_t v = 0;
-        int rc = ar_registry_lookup(c->reg, key_of(argv[i]), &pid);
+        int rc = ar_registry_lookup(c->reg, key_of(&argv[i]), &pid);
         if (rc == 0) rc = ar_call(ar_node(self), pid, (uint32_t)op, NULL, 0, &r, KV_CALL_MS);
         if (rc != 0 && rc != AR_ENOPROC) { /* AR_ENOPROC: none, or it just ended */
             out_call_error(c, rc);
@@ -153,7 +152,7 @@ static void cmd_dbsize(ar_proc_t *self, kv_conn_t *c, args_t argv, size_t argc)
  * exit signal kills the acceptor, which the root supervisor restarts. */
 static void cmd_crash(ar_proc_t *self, kv_conn_t *c, args_t argv, size_t argc)
 {
-    if (argc == 1 || !arg_is(argv[1], "ACCEPTOR")) AR_FAIL(self, "CRASH CONNECTION requested");
+    if (argc == 1 || !arg_is(&argv[1], "ACCEPTOR")) AR_FAIL(self, "CRASH CONNECTION requested");
     ar_node_t *node = ar_node(self);
     ar_pid_t acceptor = ar_whereis(node, KV_ACCEPTOR_NAME);
     int rc = ar_pid_is_none(acceptor)
@@ -178,17 +177,17 @@ static void cmd_command(ar_proc_t *self, kv_conn_t *c, args_t argv, size_t argc)
 
 static void cmd_config(ar_proc_t *self, kv_conn_t *c, args_t argv, size_t argc)
 {
-    if (!arg_is(argv[1], "GET") || argc != 3) {
+    if (!arg_is(&argv[1], "GET") || argc != 3) {
         out_text(c, "-ERR only CONFIG GET <parameter> is supported\r\n");
         return;
     }
-    const char *value = arg_is(argv[2], "save") ? "" : arg_is(argv[2], "appendonly") ? "no" : NULL;
+    const char *value = arg_is(&argv[2], "save") ? "" : arg_is(&argv[2], "appendonly") ? "no" : NULL;
     if (!value) {
         kv_out(c, "*0\r\n", 4);
         return;
     }
     kv_out(c, "*2\r\n", 4);
-    kv_out_bulk(c, argv[2]->str, argv[2]->len);
+    kv_out_bulk(c, argv[2].str, argv[2].len);
     kv_out_bulk(c, value, strlen(value));
 }
 
@@ -212,11 +211,10 @@ static const struct command {
     {"CONFIG", 2, 0, 0, cmd_config},      {"QUIT", 1, 1, 0, cmd_quit},
 };
 
-static const struct command *find(const redisReply *req)
+static const struct command *find(const kv_req_t *req)
 {
-    if (req->type != REDIS_REPLY_ARRAY || req->elements == 0) return NULL;
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (arg_is(req->element[0], commands[i].name)) return &commands[i];
+        if (arg_is(&req->argv[0], commands[i].name)) return &commands[i];
     return NULL;
 }
 
@@ -225,27 +223,27 @@ static bool arity_ok(const struct command *cmd, size_t argc)
     return argc >= cmd->min && (!cmd->max || argc <= cmd->max);
 }
 
-bool kv_prepare(kv_conn_t *c, const redisReply *req, kv_ask_t *a)
+bool kv_prepare(kv_conn_t *c, const kv_req_t *req, kv_ask_t *a)
 {
     const struct command *cmd = find(req);
-    size_t argc = req->elements;
+    size_t argc = req->argc;
     if (!cmd || !cmd->op || !arity_ok(cmd, argc)) return false;
-    args_t argv = (args_t)req->element;
+    args_t argv = req->argv;
     if ((cmd->op == KV_DEL || cmd->op == KV_EXISTS) && argc != 2) return false;
-    if (cmd->op == KV_CRASH && (argc == 1 || arg_is(argv[1], "CONNECTION") || arg_is(argv[1], "ACCEPTOR")))
+    if (cmd->op == KV_CRASH && (argc == 1 || arg_is(&argv[1], "CONNECTION") || arg_is(&argv[1], "ACCEPTOR")))
         return false;
-    *a = (kv_ask_t){.op = cmd->op, .key = argv[1]};
+    *a = (kv_ask_t){.op = cmd->op, .key = &argv[1]};
     a->start = cmd->op == KV_SET || cmd->op == KV_INCR;
     a->missing = cmd->op == KV_GET ? "$-1\r\n" : cmd->op == KV_CRASH ? "-ERR no such key\r\n" : ":0\r\n";
     if (!c->reg)
         a->error = E_CLOSED; /* the registry is restarting */
-    else if (argv[1]->len == 0 || argv[1]->len > AR_KEY_MAX)
+    else if (argv[1].len == 0 || argv[1].len > AR_KEY_MAX)
         a->error = E_KEY;
     else if (cmd->op == KV_SET)
         set_payload(c, argv, argc, a);
     else if (cmd->op == KV_CRASH) { /* the key rides along for the crash text */
-        a->payload = argv[1]->str;
-        a->len = argv[1]->len;
+        a->payload = argv[1].str;
+        a->len = argv[1].len;
     }
     return true;
 }
@@ -281,30 +279,25 @@ static void run_ask(ar_proc_t *self, kv_conn_t *c, const kv_ask_t *a)
     ar_buf_free(&r);
 }
 
-void kv_command(ar_proc_t *self, kv_conn_t *c, const redisReply *req)
+void kv_command(ar_proc_t *self, kv_conn_t *c, const kv_req_t *req)
 {
-    if (req->type != REDIS_REPLY_ARRAY || req->elements == 0) { /* the guard lets none by */
-        out_text(c, "-ERR Protocol error\r\n");
-        c->closing = true;
-        return;
-    }
     kv_ask_t a;
     if (kv_prepare(c, req, &a)) {
         run_ask(self, c, &a);
         return;
     }
     const struct command *cmd = find(req);
-    args_t argv = (args_t)req->element;
-    size_t argc = req->elements;
+    args_t argv = req->argv;
+    size_t argc = req->argc;
     if (cmd && !arity_ok(cmd, argc)) {
         kv_out_fmt(c, "-ERR wrong number of arguments for '%s' command\r\n", cmd->name);
     } else if (cmd && cmd->fn) {
         cmd->fn(self, c, argv, argc);
     } else {
         char name[33];
-        size_t n = argv[0]->len < sizeof name - 1 ? argv[0]->len : sizeof name - 1;
+        size_t n = argv[0].len < sizeof name - 1 ? argv[0].len : sizeof name - 1;
         for (size_t i = 0; i < n; i++) { /* echoed back: printable only */
-            char ch = argv[0]->str[i];
+            char ch = argv[0].str[i];
             name[i] = ch > 0x20 && ch < 0x7f && ch != '\'' ? ch : '?';
         }
         name[n] = '\0';

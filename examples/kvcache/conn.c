@@ -10,7 +10,7 @@
  * answers, not what it asked for. */
 #include "kvcache.h"
 
-#include <hiredis/hiredis.h>
+#include <hiredis/read.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -116,24 +116,25 @@ static void drain(ar_proc_t *self, kv_conn_t *c)
     c->reg = ar_registry_find(ar_node(self), KV_BUCKETS_NAME); /* new after a restart */
     uint64_t n = 0;
     bool drained = false;
-    void *req;
+    void *got;
     while (!c->blocked && !c->closing && !c->oom) {
-        if (redisReaderGetReply(c->reader, &req) != REDIS_OK) {
+        if (redisReaderGetReply(c->reader, &got) != REDIS_OK) {
             if (!c->why) c->why = c->reader->errstr;
             drained = true;
             break;
         }
-        if (!req) {
+        if (!got) {
             drained = true;
             break;
         }
+        kv_req_t *req = got;
         n++;
         if (!kv_batch_add(self, c, req)) { /* not a bucket's request: runs in its turn */
             kv_batch_flush(self, c);
             c->cur = req;
             kv_command(self, c, c->cur);
             c->cur = NULL;
-            freeReplyObject(req);
+            kv_req_free(req);
         }
         if (c->len - c->sent >= KV_OUT_HIGH) { /* bounds what one read can make us hold */
             kv_batch_flush(self, c);
@@ -173,7 +174,7 @@ static int conn_init(ar_proc_t *self, void *arg, void **state)
     kv_conn_t *c = ar_calloc(1, sizeof *c);
     if (!c) return AR_ENOMEM;
     c->app = arg;
-    c->reader = redisReaderCreate();
+    c->reader = kv_reader_new(c);
     if (!c->reader) {
         ar_free(c);
         return AR_ENOMEM;
@@ -211,11 +212,12 @@ static void conn_terminate(ar_proc_t *self, void *state, ar_reason_t why)
 {
     kv_conn_t *c = state;
     if (c->owned) atomic_fetch_sub_explicit(&c->app->clients, 1, memory_order_relaxed);
-    if (c->cur) freeReplyObject(c->cur); /* CRASH CONNECTION unwound its command */
+    kv_req_free(c->cur); /* CRASH CONNECTION unwound its command */
     kv_batch_free(c);
+    redisReaderFree(c->reader); /* a request half read goes back to the pool */
+    kv_req_pool_free(c);
     ar_free(c->slots);
     ar_free(c->scratch);
-    redisReaderFree(c->reader);
     ar_free(c->out);
     ar_free(c);
 }

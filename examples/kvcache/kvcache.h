@@ -79,15 +79,34 @@ typedef struct kv_guard {
  * safe to feed) and *why, the error text for the client. */
 size_t kv_guard_scan(kv_guard_t *g, const char *p, size_t len, const char **why);
 
+/* A request: its arguments, argv[0] the command's name (req.c). */
+typedef struct kv_arg {
+    const char *str; /* NUL-terminated (binary-safe: len counts) */
+    size_t len, off; /* off: where str is in data, while the request is being built */
+} kv_arg_t;
+typedef struct kv_req {
+    struct kv_conn *owner;
+    struct kv_req *next; /* in its connection's pool */
+    size_t argc, want;   /* arguments in, and declared */
+    kv_arg_t *argv;
+    size_t argv_cap;
+    char *data; /* the arguments' bytes, back to back */
+    size_t used, cap;
+} kv_req_t;
+
+#define KV_BATCH 16 /* pipelined requests sent together (batch.c). Their answers wait in the
+                       mailbox until taken, so a connection holds at most this many values */
+
 /* A connection process's state (conn.c), which the commands (commands.c) answer into. */
 struct redisReader;
-struct redisReply;
 typedef struct kv_conn {
     kv_app_t *app;
     ar_socket_t sock;           /* 0 until AR_SOCK_OWNED, and once closed */
     bool owned;                 /* it had a socket: counted in app->clients */
     struct redisReader *reader; /* hiredis's, fed only what the guard let through */
-    struct redisReply *cur;     /* the request running: terminate frees it on a crash */
+    kv_req_t *cur;              /* the request running: terminate frees it on a crash */
+    kv_req_t *pool;             /* requests to reuse (req.c) */
+    size_t pooled;
     kv_guard_t guard;
     ar_registry_t *reg;         /* the buckets, found again for every read (a restarted
                                    registry is a new handle); NULL while restarting */
@@ -110,11 +129,11 @@ void kv_out(kv_conn_t *c, const void *p, size_t n);
 void kv_out_fmt(kv_conn_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void kv_out_bulk(kv_conn_t *c, const void *p, size_t n);
 /* commands.c: runs one request (an array of bulk strings) and writes its reply. */
-void kv_command(ar_proc_t *self, kv_conn_t *c, const struct redisReply *req);
+void kv_command(ar_proc_t *self, kv_conn_t *c, const kv_req_t *req);
 /* A request to one key's bucket, as kv_prepare reads it. */
 typedef struct kv_ask {
     int op;                       /* enum kv_op */
-    const struct redisReply *key;
+    const kv_arg_t *key;
     bool start;                   /* SET, INCR: a new key starts a bucket */
     const char *missing;          /* the reply when the key has no bucket */
     const char *error;            /* refused before any call: the reply */
@@ -123,18 +142,23 @@ typedef struct kv_ask {
 } kv_ask_t;
 /* Reads req as a single-key bucket request (GET, SET, INCR; DEL, EXISTS and CRASH of one
  * key): false for anything else. */
-bool kv_prepare(kv_conn_t *c, const struct redisReply *req, kv_ask_t *a);
+bool kv_prepare(kv_conn_t *c, const kv_req_t *req, kv_ask_t *a);
 /* Writes the RESP reply for a bucket's answer (enum kv_status byte first). */
 void kv_out_reply(kv_conn_t *c, const void *data, size_t len);
 extern const char kv_crashed[]; /* the reply to CRASH k */
 
 /* batch.c: pipelining. kv_batch_add takes a request to send with the others of its read
  * (it owns req then), or returns false: flush, then run it with kv_command. */
-bool kv_batch_add(ar_proc_t *self, kv_conn_t *c, struct redisReply *req);
+bool kv_batch_add(ar_proc_t *self, kv_conn_t *c, kv_req_t *req);
 /* Writes the replies of every request taken, in order, waiting for the buckets. */
 void kv_batch_flush(ar_proc_t *self, kv_conn_t *c);
 /* Frees what is held (a connection ending mid-batch). */
 void kv_batch_free(kv_conn_t *c);
+
+/* req.c: a hiredis reader that builds kv_req_t requests for c; giving a request back. */
+struct redisReader *kv_reader_new(kv_conn_t *c);
+void kv_req_free(kv_req_t *r);
+void kv_req_pool_free(kv_conn_t *c);
 
 /* stats.c: writes the INFO reply: the node's counters, the registry's count, the event
  * tallies (asked of the stats process) and the app's own counters. */
