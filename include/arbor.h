@@ -404,7 +404,10 @@ typedef struct ar_socket_opts {
     int backlog;       /* listen backlog; 0: 511 */
 } ar_socket_opts_t;
 #define AR_ACTIVE_ONCE (-1) /* ar_socket_active: one delivery, then passive, no message */
-/* Listens on "host:port" (numeric IPv4 or IPv6 "[::1]:port"; port 0: any free one). The
+/* A node holds at most 262,144 sockets; past that, listen and connect return AR_ENOMEM
+ * and accepted connections are closed at once. */
+/* Listens on "host:port" (numeric IPv4, IPv6 "[::1]:port", or "localhost"; port 0: any
+ * free one). The
  * calling process owns the socket; it is passive: arm it with ar_socket_active to get
  * AR_SOCK_ACCEPTED messages. opts may be NULL. AR_EINVAL (bad address or opts, not a
  * process), AR_EADDRINUSE, AR_EIO (other refusals), AR_ENOMEM. */
@@ -420,14 +423,18 @@ AR_EXTERN int ar_socket_connect(ar_proc_t *self, const char *addr, const ar_sock
 AR_EXTERN int ar_socket_active(ar_proc_t *self, ar_socket_t s, int n);
 /* Queues a copy of data for sending, in order. AR_EAGAIN (send_limit reached: nothing
  * queued; AR_SOCK_WRITABLE follows), AR_ENOTCONN (closed), AR_EINVAL (not the owner, a
- * listening socket, data NULL with len > 0), AR_ENOMEM. */
+ * listening socket, data NULL with len > 0), AR_E2BIG (over max_message_bytes),
+ * AR_ENOMEM (nothing queued; if part had been written already, the connection closes,
+ * so the peer never sees a stream with a hole). */
 AR_EXTERN int ar_socket_send(ar_proc_t *self, ar_socket_t s, const void *data, size_t len);
-/* Hands the socket to the process `to`, which gets AR_SOCK_OWNED and then its events; the
- * socket becomes passive. Messages already queued stay with the giver. AR_ENOPROC (`to`
- * is dead or not local: the caller still owns it), AR_EINVAL (not the owner). */
+/* Hands the socket to the process `to`, which gets AR_SOCK_OWNED before any other event of
+ * the socket; the socket becomes passive. Messages already queued stay with the giver. To
+ * itself: 0, nothing changes. AR_ENOPROC (`to` is dead or not local: the caller still owns
+ * it), AR_EINVAL (not the owner), AR_ENOMEM (nothing changes). */
 AR_EXTERN int ar_socket_give(ar_proc_t *self, ar_socket_t s, ar_pid_t to);
-/* Closes the socket: what was queued is still sent, then the connection closes. The id
- * is invalid from here. AR_EINVAL (not the owner, unknown). */
+/* Closes the socket: what was queued is still sent (for 5 s at most), then the connection
+ * closes; with nothing queued it is shut down before this returns (a listener's port is
+ * free). The id is invalid from here. AR_EINVAL (not the owner, unknown). */
 AR_EXTERN int ar_socket_close(ar_proc_t *self, ar_socket_t s);
 /* The local ("sockname") or peer address as "host:port". AR_EINVAL, AR_ENOTCONN,
  * AR_E2BIG (n too small). */

@@ -18,6 +18,7 @@
 #include "socket.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -128,6 +129,27 @@ void ar__sock_kick(ar__sock_t *sk)
     ar__io_submit(sk->node, &sk->kick);
 }
 
+static void route_lock(ar__sock_t *sk)
+{
+    while (atomic_exchange_explicit(&sk->route_lock, true, memory_order_acquire))
+        sched_yield(); /* held for one route at most */
+}
+
+static void route_unlock(ar__sock_t *sk)
+{
+    atomic_store_explicit(&sk->route_lock, false, memory_order_release);
+}
+
+void ar__sock_to_owner(ar__sock_t *sk, ar__env_t *e)
+{
+    ar_node_t *node = sk->node;
+    route_lock(sk);
+    uint64_t lo = atomic_load_explicit(&sk->owner_lo, memory_order_acquire);
+    int rc = lo ? ar__route(node, (ar_pid_t){node->pid_hi, lo}, e) : AR_ENOPROC;
+    route_unlock(sk);
+    if (rc) ar__env_free(e);
+}
+
 /* ---- the owners' index ---- */
 static uint32_t bucket_of(uint64_t owner_lo)
 {
@@ -174,11 +196,26 @@ static void disown(ar__sock_t *sk)
     pthread_mutex_unlock(stripe_of(t, b));
 }
 
+/* A socket with nothing queued is shut down on the spot, so its peer sees the close and a
+ * listener's port is free before the owner's end is announced (SOCK-4); the I/O thread
+ * closes the descriptor later. The write token keeps the descriptor from closing under it. */
+static void shut_now(ar__sock_t *sk)
+{
+    if (atomic_load_explicit(&sk->queued, memory_order_acquire) != 0 ||
+        atomic_exchange_explicit(&sk->wtoken, 1, memory_order_acquire) != 0)
+        return;
+    int fd = atomic_load_explicit(&sk->fd, memory_order_relaxed);
+    uint8_t st = atomic_load_explicit(&sk->state, memory_order_acquire);
+    if (fd >= 0 && (st == SK_OPEN || st == SK_LISTEN)) shutdown(fd, SHUT_RDWR);
+    atomic_store_explicit(&sk->wtoken, 0, memory_order_release);
+}
+
 void ar__sock_let_go(ar__sock_t *sk)
 {
     atomic_store_explicit(&sk->active, 0, memory_order_relaxed);
     atomic_store_explicit(&sk->owner_lo, 0, memory_order_relaxed);
     atomic_store_explicit(&sk->close_req, true, memory_order_seq_cst);
+    shut_now(sk); /* after close_req: the EOF it makes is nobody's news */
     ar__sock_kick(sk);
     ar__sock_unref(sk);
 }
@@ -436,15 +473,17 @@ int ar_socket_give(ar_proc_t *self, ar_socket_t s, ar_pid_t to)
     e->msg.ref = s;
     e->msg.from = ar__proc_pid(self);
     atomic_store_explicit(&sk->active, 0, memory_order_relaxed); /* the new owner arms it */
+    route_lock(sk); /* nothing of the socket's is routed between the change and the OWNED */
     disown(sk);
-    if (ar__sock_own(sk, to.lo) != 0) {
+    int rc = ar__sock_own(sk, to.lo);
+    if (rc != 0) {
         ar__sock_own(sk, me);
         ar__env_free(e);
-        return AR_ENOPROC;
+    } else if (ar__route(node, to, e) != 0) {
+        ar__env_free(e); /* it died meanwhile, with the socket in its index: its end closes it */
     }
-    /* a new owner that died meanwhile has it in its index: its end closes it */
-    if (ar__route(node, to, e) != 0) ar__env_free(e);
-    return 0;
+    route_unlock(sk);
+    return rc;
 }
 
 int ar_socket_close(ar_proc_t *self, ar_socket_t s)

@@ -61,6 +61,7 @@ typedef struct ar__sock {
     _Atomic bool want_writable;
     _Atomic bool broken;       /* a send lost bytes (no memory): the I/O side closes */
     _Atomic bool kicked;       /* kick is in the I/O inbox */
+    _Atomic bool route_lock;   /* held to read owner_lo and route to it, and to change it */
     _Atomic int wtoken;        /* 1: a thread writes to fd now (the I/O thread: for good
                                   once it closes) */
     _Atomic int fd;            /* -1: none */
@@ -118,6 +119,9 @@ int ar__sock_own(ar__sock_t *sk, uint64_t owner_lo);
 void ar__sock_let_go(ar__sock_t *sk);
 /* Hands sk's state to the I/O thread (at most one command in its inbox). */
 void ar__sock_kick(ar__sock_t *sk);
+/* Routes e to sk's owner (or frees it when there is none): under the route lock, so a
+ * hand-over's OWNED is the first thing the new owner hears of the socket. */
+void ar__sock_to_owner(ar__sock_t *sk, ar__env_t *e);
 
 /* socket_io.c (I/O thread) */
 void ar__sock_io_kicked(ar__io_cmd_t *cmd, uv_loop_t *loop);

@@ -22,12 +22,7 @@ void ar__sock_out_free(ar__sock_out_t *o) { ar__free(o); }
 static struct ar__sockets *table(ar__sock_t *sk) { return sk->node->sockets; }
 
 /* ---- messages to the owner ---- */
-static void to_owner(ar__sock_t *sk, ar__env_t *e)
-{
-    ar_node_t *node = sk->node;
-    uint64_t lo = atomic_load_explicit(&sk->owner_lo, memory_order_acquire);
-    if (lo == 0 || ar__route(node, (ar_pid_t){node->pid_hi, lo}, e) != 0) ar__env_free(e);
-}
+static void to_owner(ar__sock_t *sk, ar__env_t *e) { ar__sock_to_owner(sk, e); }
 
 static ar__env_t *sock_msg(ar__sock_t *sk, ar_sock_event_t ev, size_t len)
 {
@@ -333,7 +328,14 @@ static void accept_while_asked(ar__sock_t *ls)
 static void on_connection(uv_stream_t *server, int status)
 {
     ar__sock_t *ls = server->data;
-    if (status < 0) return; /* the kernel's trouble (EMFILE...): libuv retries */
+    if (status == UV_EMFILE || status == UV_ENFILE || status == UV_ENOBUFS || status == UV_ENOMEM)
+        return; /* short of resources: libuv tries again */
+    if (status < 0) { /* it listens no more (shut down as its owner let go): libuv would
+                         call again at once, for ever, until the handle closes */
+        tell_closed(ls, status);
+        io_close(ls);
+        return;
+    }
     ls->accept_pending = true;
     accept_while_asked(ls);
 }

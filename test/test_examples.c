@@ -88,7 +88,7 @@ Test(examples, counter_registry_reaps_idle_counters_and_brings_them_back, .timeo
 
 Test(examples, every_other_example_runs_and_exits_0, .timeout = TH_TIMEOUT)
 {
-    static const char *const names[] = {"hello", "bank", "supervision_tree"};
+    static const char *const names[] = {"hello", "bank", "supervision_tree", "tcp_counter"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         int status = run_example(names[i], out, sizeof out);
         cr_assert_eq(status, 0, "%s: exit status %d; output:\n%s", names[i], status, out);

@@ -378,3 +378,49 @@ Test(socket_leak, SOCK_13_ten_thousand_crashing_connections_leak_no_descriptor, 
     cr_assert_eq(open_fds(), before);
     th_node_stop(cnode);
 }
+
+/* ---- SOCK-4: closed before the end is announced ---- */
+typedef struct relisten {
+    ar_pid_t watched;
+    char addr[64];
+    int rc;
+    sem_t done;
+} relisten_t;
+
+static int relisten_init(ar_proc_t *self, void *arg, void **state)
+{
+    relisten_t *r = arg;
+    *state = r;
+    ar_ref_t ref;
+    return ar_monitor(self, r->watched, &ref);
+}
+static void relisten_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
+{
+    relisten_t *r = state;
+    if (m->kind != AR_MSG_DOWN) return;
+    ar_socket_t s;
+    r->rc = ar_socket_listen(self, r->addr, NULL, &s); /* at once, on the DOWN */
+    sem_post(&r->done);
+}
+static const ar_behaviour_t relistener = {"relistener", relisten_init, relisten_handle, NULL};
+
+Test(socket, SOCK_4_a_crashed_owners_port_is_free_when_its_down_arrives)
+{
+    for (int round = 0; round < 50; round++) {
+        puppet_log_t l;
+        puppet_log_init(&l);
+        ar_pid_t owner = th_spawn(node, &puppet, &l);
+        puppet_answer_t ls = do_listen(owner);
+        relisten_t r = {.watched = owner, .rc = 1};
+        snprintf(r.addr, sizeof r.addr, "%s", ls.addr);
+        sem_init(&r.done, 0, 0);
+        ar_pid_t w = th_spawn(node, &relistener, &r);
+        ar_buf_t b = {0};
+        ar_call(node, owner, P_CRASH, &(puppet_cmd_t){0}, sizeof(puppet_cmd_t), &b, TH_WAIT_MS);
+        ar_buf_free(&b);
+        th_sem_take(&r.done);
+        cr_assert_eq(r.rc, 0, "round %d: the port was taken when the DOWN came: %s", round, ar_err_name(r.rc));
+        ar_exit(node, w, AR_REASON(AR_KILL));
+        th_await(!th_proc_alive(node, w));
+    }
+}
