@@ -62,12 +62,9 @@ static int acceptor_init(ar_proc_t *self, void *arg, void **state)
     if (!a) return AR_ENOMEM;
     a->app = app;
     char addr[64];
-    int rc;
-    for (int i = 0;; i++) { /* restarted, we may come before the old socket is closed (the
-                               I/O thread closes it as its owner ends): a second at most */
-        rc = ar_socket_listen(self, app->listen, NULL, &a->ls);
-        if (rc != AR_EADDRINUSE || !app->listening || i == 100 || ar_sleep(self, 10) != 0) break;
-    }
+    /* restarted, the port is free again: the runtime shut the old listener down as the
+     * old acceptor ended, before its supervisor heard of it */
+    int rc = ar_socket_listen(self, app->listen, NULL, &a->ls);
     if (rc == 0) rc = ar_register(ar_node(self), KV_ACCEPTOR_NAME, ar_self(self)); /* CRASH ACCEPTOR */
     if (rc == 0) rc = ar_socket_address(self, a->ls, false, addr, sizeof addr);
     if (rc == 0) rc = ar_socket_active(self, a->ls, AR_ACTIVE_ONCE);
