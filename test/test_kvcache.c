@@ -363,8 +363,9 @@ Test(kvcache, pipelined_requests_in_one_write_get_their_replies_in_order, .timeo
         snprintf(key, sizeof key, "p:%d", (i / 2) % 50);
         snprintf(val, sizeof val, "%d", i);
         if (i % 2 == 0)
-            n += (size_t)snprintf(buf + n, sizeof buf - n, "*3\r\n$3\r\nSET\r\n$%zu\r\n%s\r\n$%zu\r\n%s\r\n",
-                                  strlen(key), key, strlen(val), val);
+            n += (size_t)snprintf(buf + n, sizeof buf - n,
+                                  "*3\r\n$3\r\nSET\r\n$%zu\r\n%s\r\n$%zu\r\n%s\r\n", strlen(key),
+                                  key, strlen(val), val);
         else
             n += (size_t)snprintf(buf + n, sizeof buf - n, "*2\r\n$3\r\nGET\r\n$%zu\r\n%s\r\n",
                                   strlen(key), key);
@@ -382,7 +383,8 @@ Test(kvcache, pipelined_requests_in_one_write_get_their_replies_in_order, .timeo
 
 /* A pipeline's requests for one key run in order even when its bucket ends in the middle
  * (DEL, CRASH): the ones behind it are run again, in turn, on a fresh bucket. */
-Test(kvcache, a_pipeline_through_a_del_and_a_crash_of_its_key_keeps_its_order, .timeout = TH_TIMEOUT)
+Test(kvcache, a_pipeline_through_a_del_and_a_crash_of_its_key_keeps_its_order,
+     .timeout = TH_TIMEOUT)
 {
     kv_start();
     client_t *c = client_open();
@@ -475,7 +477,8 @@ Test(kvcache, a_crashed_acceptor_is_restarted_on_the_same_port, .timeout = TH_TI
 
 /* Past the root's intensity (5 restarts in 10 s) the tree gives up, as OTP's does, and
  * kvcache, left with nothing to serve, stops and exits 1. */
-Test(kvcache, an_acceptor_crashing_past_the_roots_intensity_ends_the_server_with_1, .timeout = TH_TIMEOUT)
+Test(kvcache, an_acceptor_crashing_past_the_roots_intensity_ends_the_server_with_1,
+     .timeout = TH_TIMEOUT)
 {
     kv_start();
     for (int i = 0; i < 6; i++) {

@@ -37,7 +37,8 @@ static void hand_over(ar_proc_t *self, acceptor_t *a, ar_socket_t s)
     int rc = AR_ENOPROC;
     for (int i = 0; i < 2 && rc == AR_ENOPROC; i++) { /* once more if conns restarted */
         if (i > 0 || ar_pid_is_none(a->conns)) a->conns = find_conns(node);
-        if (!ar_pid_is_none(a->conns)) rc = ar_sup_start_child(node, a->conns, NULL, a->app, &child);
+        if (!ar_pid_is_none(a->conns))
+            rc = ar_sup_start_child(node, a->conns, NULL, a->app, &child);
     }
     if (rc == 0) {
         rc = ar_socket_give(self, s, child);
@@ -65,7 +66,8 @@ static int acceptor_init(ar_proc_t *self, void *arg, void **state)
     /* restarted, the port is free again: the runtime shut the old listener down as the
      * old acceptor ended, before its supervisor heard of it */
     int rc = ar_socket_listen(self, app->listen, NULL, &a->ls);
-    if (rc == 0) rc = ar_register(ar_node(self), KV_ACCEPTOR_NAME, ar_self(self)); /* CRASH ACCEPTOR */
+    if (rc == 0) /* its name, for CRASH ACCEPTOR */
+        rc = ar_register(ar_node(self), KV_ACCEPTOR_NAME, ar_self(self));
     if (rc == 0) rc = ar_socket_address(self, a->ls, false, addr, sizeof addr);
     if (rc == 0) rc = ar_socket_active(self, a->ls, AR_ACTIVE_ONCE);
     if (rc != 0) { /* the socket, if any, closes as this process ends */

@@ -181,7 +181,9 @@ static void cmd_config(ar_proc_t *self, kv_conn_t *c, args_t argv, size_t argc)
         out_text(c, "-ERR only CONFIG GET <parameter> is supported\r\n");
         return;
     }
-    const char *value = arg_is(&argv[2], "save") ? "" : arg_is(&argv[2], "appendonly") ? "no" : NULL;
+    const char *value = arg_is(&argv[2], "save")         ? ""
+                        : arg_is(&argv[2], "appendonly") ? "no"
+                                                         : NULL;
     if (!value) {
         kv_out(c, "*0\r\n", 4);
         return;
@@ -230,11 +232,14 @@ bool kv_prepare(kv_conn_t *c, const kv_req_t *req, kv_ask_t *a)
     if (!cmd || !cmd->op || !arity_ok(cmd, argc)) return false;
     args_t argv = req->argv;
     if ((cmd->op == KV_DEL || cmd->op == KV_EXISTS) && argc != 2) return false;
-    if (cmd->op == KV_CRASH && (argc == 1 || arg_is(&argv[1], "CONNECTION") || arg_is(&argv[1], "ACCEPTOR")))
+    if (cmd->op == KV_CRASH &&
+        (argc == 1 || arg_is(&argv[1], "CONNECTION") || arg_is(&argv[1], "ACCEPTOR")))
         return false;
     *a = (kv_ask_t){.op = cmd->op, .key = &argv[1]};
     a->start = cmd->op == KV_SET || cmd->op == KV_INCR;
-    a->missing = cmd->op == KV_GET ? "$-1\r\n" : cmd->op == KV_CRASH ? "-ERR no such key\r\n" : ":0\r\n";
+    a->missing = cmd->op == KV_GET     ? "$-1\r\n"
+                 : cmd->op == KV_CRASH ? "-ERR no such key\r\n"
+                                       : ":0\r\n";
     if (!c->reg)
         a->error = E_CLOSED; /* the registry is restarting */
     else if (argv[1].len == 0 || argv[1].len > AR_KEY_MAX)

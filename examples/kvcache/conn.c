@@ -88,7 +88,8 @@ static void flush(ar_proc_t *self, kv_conn_t *c)
             if (!c->paused) {
                 c->paused = true;
                 rc = ar_socket_active(self, c->sock, 0);
-                if (rc != 0 && rc != AR_ENOTCONN) AR_FAIL(self, "ar_socket_active: %s", ar_strerror(rc));
+                if (rc != 0 && rc != AR_ENOTCONN)
+                    AR_FAIL(self, "ar_socket_active: %s", ar_strerror(rc));
             }
             return;
         }

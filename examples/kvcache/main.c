@@ -31,7 +31,8 @@
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: kvcache [--listen HOST:PORT] [--idle-ms N] [--quiet] [--schedulers N]\n");
+    fprintf(stderr, "usage: kvcache [--listen HOST:PORT] [--idle-ms N] [--quiet] "
+                    "[--schedulers N]\n");
     return 2;
 }
 
@@ -60,7 +61,8 @@ static void summary(const kv_app_t *app)
            (unsigned long long)atomic_load(&app->connections));
     for (int b = 0; b < KV_NKINDS; b++)
         if (app->final_events[b])
-            printf(" %s %llu", ar_event_kind_name(1u << b), (unsigned long long)app->final_events[b]);
+            printf(" %s %llu", ar_event_kind_name(1u << b),
+                   (unsigned long long)app->final_events[b]);
     printf("\n");
 }
 

@@ -36,8 +36,10 @@ static void print_event(const ar_event_t *e)
 {
     char pid[AR_PID_STRLEN] = "-", old[AR_PID_STRLEN] = "", line[AR_EVENT_TEXT_MAX + 512];
     /* AR_PID_STRLEN fits any pid: a failure here would be a runtime bug, shown as "?" */
-    if (!ar_pid_is_none(e->pid) && ar_pid_format(e->pid, pid, sizeof pid) != 0) strcpy(pid, "?");
-    if (e->kind == AR_EV_RESTART && ar_pid_format(e->old_pid, old, sizeof old) != 0) strcpy(old, "?");
+    if (!ar_pid_is_none(e->pid) && ar_pid_format(e->pid, pid, sizeof pid) != 0)
+        strcpy(pid, "?");
+    if (e->kind == AR_EV_RESTART && ar_pid_format(e->old_pid, old, sizeof old) != 0)
+        strcpy(old, "?");
     bool reap = e->kind == AR_EV_REAP, why = e->kind & (AR_EV_EXIT | AR_EV_RESTART |
                                                          AR_EV_START_FAILED | AR_EV_GIVE_UP);
     snprintf(line, sizeof line, "[event] %-8s %-14s %-10s%s%s%s%s%s%s%s%s%s%s%s\n",
@@ -109,7 +111,8 @@ static void add(text_t *t, const char *fmt, ...)
     va_start(ap, fmt);
     int n = vsnprintf(t->buf + t->len, sizeof t->buf - t->len, fmt, ap);
     va_end(ap);
-    if (n > 0) t->len += (size_t)n < sizeof t->buf - t->len ? (size_t)n : sizeof t->buf - t->len - 1;
+    size_t room = sizeof t->buf - t->len; /* vsnprintf cut it to room - 1 */
+    if (n > 0) t->len += (size_t)n < room ? (size_t)n : room - 1;
 }
 
 void kv_info(ar_proc_t *self, kv_conn_t *c)
