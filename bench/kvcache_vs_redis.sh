@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
     -R) ROUNDS=$2; shift ;;
     -k) KV=$2; shift ;;
     --crash) CRASH=1 ;;
-    *) sed -n '2,14p' "$0"; exit 2 ;;
+    *) sed -n '2,15p' "$0"; exit 2 ;;
     esac
     shift
 done
