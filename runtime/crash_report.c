@@ -48,10 +48,26 @@ static void add_pid(line_t *l, const char *key, ar_pid_t pid)
     add(l, " %s=%s", key, s);
 }
 
+/* A quoted value: its quotes, backslashes and control bytes escaped, so that a line stays
+ * one line and a reader can find where the value ends. */
+static void add_quoted(line_t *l, const char *key, const char *v)
+{
+    add(l, " %s=\"", key);
+    for (; *v && l->n < sizeof l->buf - 8; v++) {
+        unsigned char c = (unsigned char)*v;
+        if (c == '"' || c == '\\') add(l, "\\%c", c);
+        else if (c == '\n') add(l, "\\n");
+        else if (c < 0x20 || c == 0x7f) add(l, "\\x%02x", c);
+        else l->buf[l->n++] = (char)c;
+    }
+    l->buf[l->n] = '\0';
+    add(l, "\"");
+}
+
 static void add_reason(line_t *l, ar_reason_t why)
 {
     add(l, " reason=%s", ar_exit_code_name(why.code));
-    if (why.text) add(l, " text=\"%s\"", why.text);
+    if (why.text) add_quoted(l, "text", why.text);
 }
 
 static void format(line_t *l, const ar_event_t *e)

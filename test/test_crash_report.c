@@ -59,7 +59,7 @@ static const char *pid_str(ar_pid_t p, char buf[AR_PID_STRLEN])
     return buf;
 }
 
-enum { TAG_CRASH = 1, TAG_STOP, TAG_SHUT };
+enum { TAG_CRASH = 1, TAG_STOP, TAG_SHUT, TAG_QUOTE };
 
 static void worker_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
 {
@@ -67,6 +67,7 @@ static void worker_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
     if (m->tag == TAG_CRASH) AR_FAIL(self, "kaboom");
     if (m->tag == TAG_STOP) ar_stop(self, AR_REASON(AR_NORMAL));
     if (m->tag == TAG_SHUT) ar_stop(self, (ar_reason_t){AR_SHUTDOWN, "asked to"});
+    if (m->tag == TAG_QUOTE) AR_FAIL(self, "bad \"key\"\nsecond line\\");
 }
 static const ar_behaviour_t worker_b = {.name = "cr_worker", .handle = worker_handle};
 
@@ -244,4 +245,17 @@ Test(crash_report, a_zero_config_means_on_to_stderr, .timeout = TH_TIMEOUT)
     snprintf(want, sizeof want, "arbor: EXIT pid=%s behaviour=cr_worker reason=error", pid_str(p, b));
     cr_assert(strstr(out, want) != NULL, "stderr: %s", out);
     cr_assert_eq(out[n - 1], '\n', "one line, ended");
+}
+
+Test(crash_report, a_reason_text_is_escaped_and_stays_one_line, .timeout = TH_TIMEOUT)
+{
+    ar_node_t *node = logging_node(0);
+    ar_pid_t p = th_spawn(node, &worker_b, NULL);
+    th_send(node, p, TAG_QUOTE, NULL, 0);
+    end_all(node, &p, 1);
+    th_node_stop(node);
+    char buf[AR_PID_STRLEN];
+    const char *l = line_with(pid_str(p, buf), NULL);
+    expect(l, "text=\"bad \\\"key\\\"\\nsecond line\\\\ at ");
+    cr_assert_null(strchr(l, '\n'), "one line: %s", l);
 }
