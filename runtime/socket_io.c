@@ -77,19 +77,27 @@ static void handle_closed(uv_handle_t *h)
     if (--sk->handles == 0) ar__sock_unref(sk); /* the I/O thread's reference */
 }
 
-/* Closes the I/O side now. The write token is taken for good first, so the owner never
- * writes to a descriptor number that is closed (and maybe reused). */
-static void io_close(ar__sock_t *sk)
+/* The owner's side sees the socket closed from here: the write token is taken for good, so
+ * the owner never writes to a descriptor number that is closed (and maybe reused), and its
+ * sends say AR_ENOTCONN. Before AR_SOCK_CLOSED is told, so that an owner handling it finds
+ * the socket closed. */
+static void shut_owner_out(ar__sock_t *sk)
 {
-    if (sk->done) return;
-    sk->done = true;
-    int fd = atomic_load_explicit(&sk->fd, memory_order_relaxed);
     if (!sk->has_token)
         while (atomic_exchange_explicit(&sk->wtoken, 1, memory_order_acquire) != 0)
             sched_yield(); /* the owner holds it for one send() */
     sk->has_token = true;
-    atomic_store_explicit(&sk->fd, -1, memory_order_relaxed);
     atomic_store_explicit(&sk->state, SK_CLOSED, memory_order_release);
+}
+
+/* Closes the I/O side now. */
+static void io_close(ar__sock_t *sk)
+{
+    if (sk->done) return;
+    sk->done = true;
+    shut_owner_out(sk);
+    int fd = atomic_load_explicit(&sk->fd, memory_order_relaxed);
+    atomic_store_explicit(&sk->fd, -1, memory_order_relaxed);
     ar__env_free(sk->held);
     sk->held = NULL;
     if (!sk->opened) { /* never on the loop: a listener's descriptor is ours to close */
@@ -99,6 +107,16 @@ static void io_close(ar__sock_t *sk)
     }
     uv_close((uv_handle_t *)&sk->tcp, handle_closed);
     if (sk->closing) uv_close((uv_handle_t *)&sk->linger, handle_closed);
+}
+
+/* The connection ended (err: a libuv error, UV_EOF when the peer closed): the owner hears
+ * of it once its socket is closed to it. */
+static void io_fail(ar__sock_t *sk, int err)
+{
+    if (sk->done) return;
+    shut_owner_out(sk);
+    tell_closed(sk, err);
+    io_close(sk);
 }
 
 static void linger_over(uv_timer_t *t) { io_close(t->data); }
@@ -161,13 +179,12 @@ static void write_done(uv_write_t *req, int status)
     /* seq_cst, then the flag: see ar_socket_send */
     size_t left = atomic_fetch_sub_explicit(&sk->queued, bytes, memory_order_seq_cst) - bytes;
     if (sk->done) return; /* closing: the token stays taken */
-    sk->has_token = false;
-    atomic_store_explicit(&sk->wtoken, 0, memory_order_release);
-    if (status < 0) {
-        tell_closed(sk, status);
-        io_close(sk);
+    if (status < 0) { /* and keeps it: the owner writes no more */
+        io_fail(sk, status);
         return;
     }
+    sk->has_token = false;
+    atomic_store_explicit(&sk->wtoken, 0, memory_order_release);
     if (left <= sk->send_limit / 2 && atomic_load_explicit(&sk->want_writable, memory_order_seq_cst) &&
         atomic_exchange_explicit(&sk->want_writable, false, memory_order_relaxed))
         tell(sk, AR_SOCK_WRITABLE);
@@ -210,14 +227,12 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     ar__sock_t *sk = st->data;
     if (nread == 0) return;
     if (nread < 0) {
-        tell_closed(sk, (int)nread);
-        io_close(sk);
+        io_fail(sk, (int)nread);
         return;
     }
     ar__env_t *e = sock_msg(sk, AR_SOCK_DATA, (size_t)nread);
     if (!e) { /* the bytes cannot be kept: the stream would have a hole, so it ends */
-        tell_closed(sk, UV_ENOMEM);
-        io_close(sk);
+        io_fail(sk, UV_ENOMEM);
         return;
     }
     memcpy(ar__env_payload(e), buf->base, (size_t)nread);
@@ -234,8 +249,7 @@ static void follow_active(ar__sock_t *sk)
     }
     if (!sk->reading && !sk->closing && atomic_load_explicit(&sk->active, memory_order_acquire) > 0) {
         if (uv_read_start((uv_stream_t *)&sk->tcp, alloc_cb, read_cb) != 0) {
-            tell_closed(sk, UV_EIO);
-            io_close(sk);
+            io_fail(sk, UV_EIO);
             return;
         }
         sk->reading = true;
@@ -346,8 +360,7 @@ static void on_connect(uv_connect_t *req, int status)
     ar__sock_t *sk = req->data;
     if (sk->done) return; /* closed while connecting */
     if (status < 0) {
-        tell_closed(sk, status);
-        io_close(sk);
+        io_fail(sk, status);
         return;
     }
     opened(sk);
@@ -379,8 +392,7 @@ static void update(ar__sock_t *sk, uv_loop_t *loop)
 {
     if (sk->done) return;
     if (atomic_load_explicit(&sk->broken, memory_order_acquire)) {
-        tell_closed(sk, UV_ENOMEM);
-        io_close(sk);
+        io_fail(sk, UV_ENOMEM);
         return;
     }
     if (atomic_load_explicit(&sk->close_req, memory_order_seq_cst)) {
@@ -391,8 +403,7 @@ static void update(ar__sock_t *sk, uv_loop_t *loop)
     if (!sk->opened) {
         int rc = put_on_loop(sk, loop);
         if (rc) {
-            tell_closed(sk, rc);
-            io_close(sk);
+            io_fail(sk, rc);
             return;
         }
     }
