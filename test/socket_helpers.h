@@ -209,6 +209,21 @@ static inline bool peer_sees_close(int fd)
     return false;
 }
 
+/* Socket descriptors open in this process (the node's loop keeps others of its own: libuv
+ * opens a /dev/null, its reserve for EMFILE, with the loop's first socket). */
+static inline size_t socket_fds(void)
+{
+    size_t n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+        char path[300], target[64] = "";
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        if (readlink(path, target, sizeof target - 1) > 0 && strncmp(target, "socket:", 7) == 0) n++;
+    }
+    if (d) closedir(d);
+    return n;
+}
+
 static inline size_t open_fds(void)
 {
     size_t n = 0;
