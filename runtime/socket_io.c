@@ -10,6 +10,7 @@
  */
 #include "socket.h"
 
+#include <netinet/tcp.h>
 #include <sched.h>
 #include <string.h>
 #include <unistd.h>
@@ -222,12 +223,30 @@ static void deliver(ar__sock_t *sk, ar__env_t *e)
     }
 }
 
+/* An EOF on a connection the kernel has closed (TCP_CLOSE) rather than half-closed
+ * (CLOSE_WAIT, the peer's FIN) is a reset whose error another call took: the kernel tells
+ * it once, and the owner's direct send, or libuv's write (whose callback comes a turn
+ * later), may have had it first. */
+static int eof_or_reset(ar__sock_t *sk)
+{
+#if defined(__linux__)
+    struct tcp_info ti;
+    socklen_t n = sizeof ti;
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&sk->tcp, &fd) == 0 &&
+        getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &n) == 0 && ti.tcpi_state == TCP_CLOSE)
+        return UV_ECONNRESET;
+#endif
+    (void)sk;
+    return UV_EOF;
+}
+
 static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     ar__sock_t *sk = st->data;
     if (nread == 0) return;
     if (nread < 0) {
-        io_fail(sk, (int)nread);
+        io_fail(sk, nread == UV_EOF ? eof_or_reset(sk) : (int)nread);
         return;
     }
     ar__env_t *e = sock_msg(sk, AR_SOCK_DATA, (size_t)nread);
