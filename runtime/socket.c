@@ -426,7 +426,11 @@ int ar_socket_send(ar_proc_t *self, ar_socket_t s, const void *data, size_t len)
 {
     ar__sock_t *sk = owned(self, s);
     if (!sk || sk->listener || (!data && len)) return AR_EINVAL;
-    if (atomic_load_explicit(&sk->state, memory_order_acquire) == SK_CLOSED) return AR_ENOTCONN;
+    /* broken: a send of its own went in part and lost the rest; the I/O thread closes it,
+     * and nothing may follow the hole meanwhile (the owner alone sets it) */
+    if (atomic_load_explicit(&sk->state, memory_order_acquire) == SK_CLOSED ||
+        atomic_load_explicit(&sk->broken, memory_order_relaxed))
+        return AR_ENOTCONN;
     if (len > self->node->cfg.max_message_bytes) return AR_E2BIG;
     if (len == 0) return 0;
     size_t orig = len;
