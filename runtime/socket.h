@@ -32,6 +32,9 @@
 #define AR__SOCK_SEND_LIMIT (1u << 20)
 #define AR__SOCK_BACKLOG 511
 #define AR__SOCK_LINGER_MS 5000    /* a closed socket's queued bytes get this long to go */
+#define AR__SOCK_ACCEPT_RETRY_MS 10 /* a listener with no memory even to refuse a pending
+                                       connection tries again after this: libuv watches it
+                                       no more until that connection is taken */
 #define AR__SOCK_ADDR 64
 
 enum ar__sock_state {
@@ -80,7 +83,7 @@ typedef struct ar__sock {
     char local[AR__SOCK_ADDR], peer[AR__SOCK_ADDR]; /* set before it is OPEN or LISTENing */
     /* --- the I/O thread alone --- */
     uv_tcp_t tcp;
-    uv_timer_t linger;
+    uv_timer_t linger;         /* a closing socket's drain; a listener's accept retry */
     uv_write_t wreq;
     uv_connect_t creq;
     uv_buf_t iov[AR__SOCK_IOVS];

@@ -107,7 +107,7 @@ static void io_close(ar__sock_t *sk)
         return;
     }
     uv_close((uv_handle_t *)&sk->tcp, handle_closed);
-    if (sk->closing) uv_close((uv_handle_t *)&sk->linger, handle_closed);
+    if (sk->closing || sk->listener) uv_close((uv_handle_t *)&sk->linger, handle_closed);
 }
 
 /* The connection ended (err: a libuv error, UV_EOF when the peer closed): the owner hears
@@ -277,15 +277,44 @@ static void follow_active(ar__sock_t *sk)
 
 /* ---- accepting ---- */
 static void free_handle(uv_handle_t *h) { ar__free(h); }
+static void accept_while_asked(ar__sock_t *ls);
+static void accept_retry(uv_timer_t *t) { accept_while_asked(t->data); }
 
-/* A connection nobody can take (no slot, no memory): off the backlog, and closed. */
-static void refuse(uv_stream_t *server)
+/* A slot taken for a connection and not used: it was never on the loop, so both of its
+ * references go here. */
+static void drop_slot(ar__sock_t *c)
 {
+    c->done = true;
+    ar__sock_unref(c);
+    ar__sock_unref(c);
+}
+
+/* A connection nobody can take (no slot, no memory): off the backlog, and closed. c, if
+ * the slot could be had, takes it in and closes (nothing to allocate); else a handle is.
+ * False when not even that can be: libuv keeps the connection (and stops watching the
+ * listener until it is taken), so the listener tries again after a while. */
+static bool refuse(ar__sock_t *ls, ar__sock_t *c)
+{
+    uv_stream_t *server = (uv_stream_t *)&ls->tcp;
+    if (c) {
+        uv_tcp_init(server->loop, &c->tcp);
+        c->tcp.data = c;
+        c->opened = true;
+        c->handles = 1;
+        uv_accept(server, (uv_stream_t *)&c->tcp);
+        ar__sock_unref(c); /* the owner's, never given */
+        io_close(c);
+        return true;
+    }
     uv_tcp_t *t = ar__malloc(sizeof *t);
-    if (!t) return; /* it stays in the backlog; the next try takes it */
+    if (!t) {
+        uv_timer_start(&ls->linger, accept_retry, AR__SOCK_ACCEPT_RETRY_MS, 0);
+        return false;
+    }
     uv_tcp_init(server->loop, t);
     uv_accept(server, (uv_stream_t *)t);
     uv_close((uv_handle_t *)t, free_handle);
+    return true;
 }
 
 static void addresses(ar__sock_t *sk)
@@ -308,21 +337,10 @@ static void opened(ar__sock_t *sk)
     atomic_store_explicit(&sk->state, SK_OPEN, memory_order_release);
 }
 
-static void accept_one(ar__sock_t *ls)
+/* Takes the pending connection into c and tells owner: AR_SOCK_ACCEPTED (e). */
+static void accept_one(ar__sock_t *ls, ar__sock_t *c, ar__env_t *e, uint64_t owner)
 {
     uv_stream_t *server = (uv_stream_t *)&ls->tcp;
-    uint64_t owner = atomic_load_explicit(&ls->owner_lo, memory_order_acquire);
-    ar__sock_t *c = owner ? ar__sock_new(ls->node, 0) : NULL;
-    ar__env_t *e = c ? ar__env_new(0) : NULL;
-    if (!e) {
-        if (c) {
-            c->done = true; /* never on the loop: both references go here */
-            ar__sock_unref(c);
-            ar__sock_unref(c);
-        }
-        refuse(server);
-        return;
-    }
     uv_tcp_init(server->loop, &c->tcp);
     c->tcp.data = c;
     c->opened = true;
@@ -348,12 +366,26 @@ static void accept_one(ar__sock_t *ls)
     to_owner(c, e);
 }
 
+/* Accepts while a connection is pending and the owner allows it. What a connection needs
+ * is had before one of the owner's deliveries is taken: a connection refused for want of
+ * it is no delivery (an owner armed once still gets the next one). */
 static void accept_while_asked(ar__sock_t *ls)
 {
-    bool out = false;
-    while (ls->accept_pending && !ls->done && take_delivery(ls, &out)) {
+    while (ls->accept_pending && !ls->done && atomic_load_explicit(&ls->active, memory_order_acquire) > 0) {
+        uint64_t owner = atomic_load_explicit(&ls->owner_lo, memory_order_acquire);
+        ar__sock_t *c = owner ? ar__sock_new(ls->node, 0) : NULL;
+        ar__env_t *e = c ? ar__env_new(0) : NULL;
+        bool out = false;
+        if (!e) {
+            if (!refuse(ls, c)) return; /* still pending: accept_retry comes back */
+        } else if (!take_delivery(ls, &out)) { /* made passive meanwhile */
+            ar__env_free(e);
+            drop_slot(c);
+            return;
+        } else {
+            accept_one(ls, c, e, owner);
+        }
         ls->accept_pending = false; /* libuv holds one connection back until uv_accept */
-        accept_one(ls);
         if (out) ran_out(ls);
     }
 }
@@ -395,6 +427,9 @@ static int put_on_loop(ar__sock_t *sk, uv_loop_t *loop)
     sk->opened = true;
     sk->handles = 1;
     if (sk->listener) {
+        uv_timer_init(loop, &sk->linger); /* a listener's: accept_retry */
+        sk->linger.data = sk;
+        sk->handles++;
         int fd = atomic_load_explicit(&sk->fd, memory_order_relaxed);
         int rc = uv_tcp_open(&sk->tcp, fd);
         if (rc) {
