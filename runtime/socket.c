@@ -59,6 +59,8 @@ ar__sock_t *ar__sock_new(ar_node_t *node, uint64_t owner_lo)
 {
     struct ar__sockets *t = node->sockets;
     ar__sock_t *sk = NULL;
+    ar__env_t *closed = ar__env_new(0);
+    if (!closed) return NULL;
     pthread_mutex_lock(&t->lock);
     if (t->free_head) {
         sk = slot_at(t, t->free_head - 1);
@@ -91,11 +93,13 @@ ar__sock_t *ar__sock_new(ar_node_t *node, uint64_t owner_lo)
         sk->out_tail = &sk->out_stub;
         sk->kick.run = kick_run;
         sk->send_limit = AR__SOCK_SEND_LIMIT;
+        sk->closed = closed;
         atomic_store_explicit(&sk->owner_lo, owner_lo, memory_order_release);
         /* seq_cst: an exit that finds none live skips the index (ar__sockets_release_owner) */
         atomic_fetch_add_explicit(&t->live, 1, memory_order_seq_cst);
     }
     pthread_mutex_unlock(&t->lock);
+    if (!sk) ar__env_free(closed);
     return sk;
 }
 
@@ -107,6 +111,8 @@ static void slot_free(ar__sock_t *sk)
         ar__sock_out_free((ar__sock_out_t *)q);
     ar__env_free(sk->held);
     sk->held = NULL;
+    ar__env_free(sk->closed); /* never told */
+    sk->closed = NULL;
     pthread_mutex_lock(&t->lock);
     uint32_t s = atomic_load_explicit(&sk->serial, memory_order_relaxed) + 1;
     atomic_store_explicit(&sk->serial, s ? s : 1, memory_order_release); /* stale ids miss */
@@ -263,6 +269,7 @@ void ar__sockets_free(ar_node_t *node)
                 while ((q = ar__mpsc_pop(&sk->out_head, &sk->out_tail, &sk->out_stub, 0)) != NULL)
                     ar__sock_out_free((ar__sock_out_t *)q);
             ar__env_free(sk->held);
+            ar__env_free(sk->closed);
         }
         ar__free(t->chunks[c]);
     }

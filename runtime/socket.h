@@ -81,6 +81,8 @@ typedef struct ar__sock {
     ar__io_cmd_t kick;
     struct sockaddr_storage dest;         /* connect: where to */
     char local[AR__SOCK_ADDR], peer[AR__SOCK_ADDR]; /* set before it is OPEN or LISTENing */
+    ar__env_t *closed;         /* AR_SOCK_CLOSED's envelope, had with the slot: CLOSED is told
+                                  whatever memory is left (the I/O thread takes it) */
     /* --- the I/O thread alone --- */
     uv_tcp_t tcp;
     uv_timer_t linger;         /* a closing socket's drain; a listener's accept retry */
@@ -114,7 +116,8 @@ static inline ar_socket_t ar__sock_id(const ar__sock_t *sk)
 }
 
 /* socket.c */
-ar__sock_t *ar__sock_new(struct ar_node *node, uint64_t owner_lo); /* refs: owner, I/O */
+/* A slot (refs: owner, I/O) with its CLOSED envelope; NULL: no memory for either. */
+ar__sock_t *ar__sock_new(struct ar_node *node, uint64_t owner_lo);
 void ar__sock_unref(ar__sock_t *sk);
 /* Makes owner_lo the owner in the index, if it is still alive (checked): AR_ENOPROC. */
 int ar__sock_own(ar__sock_t *sk, uint64_t owner_lo);

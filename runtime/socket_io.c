@@ -35,11 +35,19 @@ static ar__env_t *sock_msg(ar__sock_t *sk, ar_sock_event_t ev, size_t len)
     return e;
 }
 
+static void io_fail(ar__sock_t *sk, int err);
+
+/* An event for the owner. One that cannot be allocated would leave the owner waiting for
+ * it for ever (a CONNECTED, a PASSIVE, a WRITABLE): the socket ends instead, and CLOSED,
+ * whose envelope it has had from the start, says why. */
 static void tell(ar__sock_t *sk, ar_sock_event_t ev)
 {
     if (atomic_load_explicit(&sk->close_req, memory_order_relaxed)) return; /* let go */
     ar__env_t *e = sock_msg(sk, ev, 0);
-    if (e) to_owner(sk, e);
+    if (e)
+        to_owner(sk, e);
+    else
+        io_fail(sk, UV_ENOMEM);
 }
 
 /* CLOSED, once, unless the owner closed it itself. The text is static: no copy needed. */
@@ -47,8 +55,12 @@ static void tell_closed(ar__sock_t *sk, int uv_err)
 {
     if (sk->closed_told || atomic_load_explicit(&sk->close_req, memory_order_relaxed)) return;
     sk->closed_told = true;
-    ar__env_t *e = sock_msg(sk, AR_SOCK_CLOSED, 0);
-    if (!e) return; /* the socket is closed all the same; sends say AR_ENOTCONN */
+    ar__env_t *e = sk->closed;
+    sk->closed = NULL;
+    AR__ASSERT(e);
+    e->msg.kind = AR_MSG_SOCKET;
+    e->msg.tag = AR_SOCK_CLOSED;
+    e->msg.ref = ar__sock_id(sk);
     e->msg.reason = uv_err == UV_EOF || uv_err == 0 ? AR_REASON(AR_NORMAL)
                                                     : (ar_reason_t){AR_ERROR, uv_strerror(uv_err)};
     to_owner(sk, e);
@@ -264,7 +276,7 @@ static void follow_active(ar__sock_t *sk)
         ar__env_t *e = sk->held;
         sk->held = NULL;
         deliver(sk, e);
-        if (sk->held) return;
+        if (sk->held || sk->done) return; /* (done: its PASSIVE could not be told) */
     }
     if (!sk->reading && !sk->closing && atomic_load_explicit(&sk->active, memory_order_acquire) > 0) {
         if (uv_read_start((uv_stream_t *)&sk->tcp, alloc_cb, read_cb) != 0) {
