@@ -402,17 +402,16 @@ int ar_socket_active(ar_proc_t *self, ar_socket_t s, int n)
         return 0;
     }
     if (n == AR_ACTIVE_ONCE) {
-        atomic_store_explicit(&sk->passive_note, false, memory_order_relaxed);
-        old = atomic_exchange_explicit(&sk->active, 1, memory_order_seq_cst);
+        old = atomic_exchange_explicit(&sk->active, 1, memory_order_seq_cst); /* no NOTE */
     } else {
-        atomic_store_explicit(&sk->passive_note, true, memory_order_relaxed);
         old = atomic_load_explicit(&sk->active, memory_order_relaxed);
-        while (!atomic_compare_exchange_weak_explicit(&sk->active, &old,
-                                                      old > INT32_MAX - n ? INT32_MAX : old + n,
-                                                      memory_order_seq_cst, memory_order_relaxed))
-            ;
+        int count;
+        do count = old & AR__SOCK_COUNT;
+        while (!atomic_compare_exchange_weak_explicit(
+            &sk->active, &old, (count > AR__SOCK_COUNT - n ? AR__SOCK_COUNT : count + n) | AR__SOCK_NOTE,
+            memory_order_seq_cst, memory_order_relaxed));
     }
-    if (old <= 0) ar__sock_kick(sk); /* the I/O thread had stopped reading */
+    if (old == 0) ar__sock_kick(sk); /* the I/O thread had stopped reading */
     return 0;
 }
 

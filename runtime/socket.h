@@ -36,6 +36,9 @@
                                        connection tries again after this: libuv watches it
                                        no more until that connection is taken */
 #define AR__SOCK_ADDR 64
+#define AR__SOCK_NOTE (1 << 30)    /* in `active`: one word, so that the deliveries' end is
+                                      told (or not) as the arming that gave them said */
+#define AR__SOCK_COUNT (AR__SOCK_NOTE - 1) /* the most a count arms (more saturates) */
 
 enum ar__sock_state {
     SK_LISTEN,     /* bound and listening (the owner did both), not yet on the loop */
@@ -57,8 +60,9 @@ typedef struct ar__sock {
     _Atomic uint64_t owner_lo; /* the owner's pid (a local one); 0: nobody */
     /* --- from here, reset when the slot is taken --- */
     _Atomic int refs;
-    _Atomic int active;        /* deliveries the owner allows */
-    _Atomic bool passive_note; /* AR_SOCK_PASSIVE when they run out */
+    _Atomic int active;        /* deliveries the owner allows (AR__SOCK_COUNT), with
+                                  AR__SOCK_NOTE when they come from a count: PASSIVE when
+                                  they run out; 0: passive (NOTE never stays alone) */
     _Atomic uint8_t state;     /* enum ar__sock_state */
     _Atomic bool close_req;    /* the owner let go */
     _Atomic bool want_writable;

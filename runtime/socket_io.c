@@ -66,21 +66,20 @@ static void tell_closed(ar__sock_t *sk, int uv_err)
     to_owner(sk, e);
 }
 
-/* Takes one of the deliveries the owner allows; tells it PASSIVE when they run out. */
-static bool take_delivery(ar__sock_t *sk, bool *ran_out)
+/* Takes one of the deliveries the owner allows. *out: it was the last; *note: the last of a
+ * count, whose end the owner is told (AR_SOCK_PASSIVE). Both are decided by the take, from
+ * the arming that allowed it, never from one the owner makes after. */
+static bool take_delivery(ar__sock_t *sk, bool *out, bool *note)
 {
-    int a = atomic_load_explicit(&sk->active, memory_order_acquire);
+    int a = atomic_load_explicit(&sk->active, memory_order_acquire), left;
     do {
-        if (a <= 0) return false;
-    } while (!atomic_compare_exchange_weak_explicit(&sk->active, &a, a - 1, memory_order_acq_rel,
-                                                    memory_order_acquire));
-    *ran_out = a == 1;
+        left = (a & AR__SOCK_COUNT) - 1;
+        if (left < 0) return false;
+    } while (!atomic_compare_exchange_weak_explicit(&sk->active, &a, left ? a - 1 : 0,
+                                                    memory_order_acq_rel, memory_order_acquire));
+    *out = left == 0;
+    *note = left == 0 && (a & AR__SOCK_NOTE);
     return true;
-}
-
-static void ran_out(ar__sock_t *sk)
-{
-    if (atomic_load_explicit(&sk->passive_note, memory_order_relaxed)) tell(sk, AR_SOCK_PASSIVE);
 }
 
 /* ---- closing ---- */
@@ -222,17 +221,15 @@ static void stop_reading(ar__sock_t *sk)
 /* Hands a read to the owner if it asked for one, else keeps it until it does. */
 static void deliver(ar__sock_t *sk, ar__env_t *e)
 {
-    bool out = false;
-    if (!take_delivery(sk, &out)) {
+    bool out = false, note = false;
+    if (!take_delivery(sk, &out, &note)) {
         sk->held = e;
         stop_reading(sk);
         return;
     }
     to_owner(sk, e);
-    if (out) {
-        stop_reading(sk);
-        ran_out(sk);
-    }
+    if (out) stop_reading(sk);
+    if (note) tell(sk, AR_SOCK_PASSIVE);
 }
 
 /* An EOF on a connection the kernel has closed (TCP_CLOSE) rather than half-closed
@@ -387,10 +384,10 @@ static void accept_while_asked(ar__sock_t *ls)
         uint64_t owner = atomic_load_explicit(&ls->owner_lo, memory_order_acquire);
         ar__sock_t *c = owner ? ar__sock_new(ls->node, 0) : NULL;
         ar__env_t *e = c ? ar__env_new(0) : NULL;
-        bool out = false;
+        bool out = false, note = false;
         if (!e) {
             if (!refuse(ls, c)) return; /* still pending: accept_retry comes back */
-        } else if (!take_delivery(ls, &out)) { /* made passive meanwhile */
+        } else if (!take_delivery(ls, &out, &note)) { /* made passive meanwhile */
             ar__env_free(e);
             drop_slot(c);
             return;
@@ -398,7 +395,7 @@ static void accept_while_asked(ar__sock_t *ls)
             accept_one(ls, c, e, owner);
         }
         ls->accept_pending = false; /* libuv holds one connection back until uv_accept */
-        if (out) ran_out(ls);
+        if (note) tell(ls, AR_SOCK_PASSIVE);
     }
 }
 
