@@ -406,8 +406,7 @@ static void on_connection(uv_stream_t *server, int status)
         return; /* short of resources: libuv tries again */
     if (status < 0) { /* it listens no more (shut down as its owner let go): libuv would
                          call again at once, for ever, until the handle closes */
-        tell_closed(ls, status);
-        io_close(ls);
+        io_fail(ls, status);
         return;
     }
     ls->accept_pending = true;
