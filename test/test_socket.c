@@ -355,7 +355,7 @@ static void acceptor_handle(ar_proc_t *self, void *state, const ar_msg_t *m)
 }
 static const ar_behaviour_t acceptor = {"acceptor", acceptor_init, acceptor_handle, NULL};
 
-Test(socket_leak, SOCK_13_ten_thousand_crashing_connections_leak_no_descriptor, .timeout = 120)
+Test(socket_leak, SOCK_13_ten_thousand_crashing_connections_leak_no_descriptor, .timeout = TH_TIMEOUT)
 {
     ar_node_config_t cfg;
     ar_node_config_init(&cfg);
