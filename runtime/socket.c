@@ -344,6 +344,17 @@ static int bind_listen(const struct sockaddr_storage *ss, int backlog, char *loc
     return fd;
 }
 
+/* A new socket, set up: its owner is the caller (alive: it is running), and the I/O thread
+ * puts it on the loop. */
+static int hand_to_loop(ar_proc_t *self, ar__sock_t *sk, enum ar__sock_state state, ar_socket_t *out)
+{
+    atomic_store_explicit(&sk->state, state, memory_order_release);
+    ar__sock_own(sk, ar__proc_pid(self).lo);
+    *out = ar__sock_id(sk);
+    ar__sock_kick(sk);
+    return 0;
+}
+
 int ar_socket_listen(ar_proc_t *self, const char *addr, const ar_socket_opts_t *opts,
                      ar_socket_t *out)
 {
@@ -365,11 +376,7 @@ int ar_socket_listen(ar_proc_t *self, const char *addr, const ar_socket_opts_t *
     sk->backlog = backlog;
     memcpy(sk->local, local, sizeof local);
     atomic_store_explicit(&sk->fd, fd, memory_order_relaxed);
-    atomic_store_explicit(&sk->state, SK_LISTEN, memory_order_release);
-    ar__sock_own(sk, ar__proc_pid(self).lo); /* itself: alive */
-    *out = ar__sock_id(sk);
-    ar__sock_kick(sk); /* the I/O thread puts it on the loop */
-    return 0;
+    return hand_to_loop(self, sk, SK_LISTEN, out);
 }
 
 int ar_socket_connect(ar_proc_t *self, const char *addr, const ar_socket_opts_t *opts,
@@ -384,11 +391,7 @@ int ar_socket_connect(ar_proc_t *self, const char *addr, const ar_socket_opts_t 
     if (!sk) return AR_ENOMEM;
     sk->send_limit = limit;
     sk->dest = ss;
-    atomic_store_explicit(&sk->state, SK_CONNECTING, memory_order_release);
-    ar__sock_own(sk, ar__proc_pid(self).lo);
-    *out = ar__sock_id(sk);
-    ar__sock_kick(sk);
-    return 0;
+    return hand_to_loop(self, sk, SK_CONNECTING, out);
 }
 
 int ar_socket_active(ar_proc_t *self, ar_socket_t s, int n)
