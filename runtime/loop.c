@@ -8,8 +8,9 @@
  * once each, in the order each submitting thread pushed them. No libuv handle is ever
  * touched from another thread.
  *
- * It also turns SIGINT/SIGTERM into a graceful stop request (node config handle_signals);
- * sockets and the distribution layer will live here too.
+ * It also turns SIGINT/SIGTERM into a graceful stop request (node config handle_signals).
+ * The distribution layer (dist/conn.c) and process-owned sockets (socket_io.c) run their
+ * libuv handles on this loop.
  *
  * Stop: ar_node_stop stops the loop after every process has ended, so nothing submits any
  * more; the last commands run before the handles close.
@@ -70,8 +71,13 @@ static void on_wake(uv_async_t *h)
     struct ar__loop *l = h->data;
     ar__io_cmd_t *c;
     while ((c = inbox_pop(l)) != NULL) c->run(c, &l->loop);
-    /* acquire: pairs with ar__loop_stop's store; every command came before it */
-    if (atomic_load_explicit(&l->stopping, memory_order_acquire)) uv_walk(h->loop, close_handle, NULL);
+    /* acquire: pairs with ar__loop_stop's store; every command came before it, but the
+     * drain above may have read the inbox before the last of them: drain it again, so
+     * that no command (a socket layer's final close) finds its handles closed under it */
+    if (atomic_load_explicit(&l->stopping, memory_order_acquire)) {
+        while ((c = inbox_pop(l)) != NULL) c->run(c, &l->loop);
+        uv_walk(h->loop, close_handle, NULL);
+    }
 }
 
 static void loop_main(void *arg)

@@ -102,6 +102,13 @@ static void shut_owner_out(ar__sock_t *sk)
     atomic_store_explicit(&sk->state, SK_CLOSED, memory_order_release);
 }
 
+/* A handle the loop's own stop already closed (it closes what is left open) is not closed
+ * twice: libuv would abort. Its memory goes with the node. */
+static void close_handle(uv_handle_t *h)
+{
+    if (!uv_is_closing(h)) uv_close(h, handle_closed);
+}
+
 /* Closes the I/O side now. */
 static void io_close(ar__sock_t *sk)
 {
@@ -117,8 +124,8 @@ static void io_close(ar__sock_t *sk)
         ar__sock_unref(sk);
         return;
     }
-    uv_close((uv_handle_t *)&sk->tcp, handle_closed);
-    if (sk->closing || sk->listener) uv_close((uv_handle_t *)&sk->linger, handle_closed);
+    close_handle((uv_handle_t *)&sk->tcp);
+    if (sk->closing || sk->listener) close_handle((uv_handle_t *)&sk->linger);
 }
 
 /* The connection ended (err: a libuv error, UV_EOF when the peer closed): the owner hears
