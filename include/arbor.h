@@ -665,7 +665,9 @@ typedef struct ar_proc_info {
     ar_pid_t pid, parent;
     const char *behaviour; /* the behaviour's own static name */
     char name[AR_NAME_MAX]; /* registered name, "" if none */
-    size_t mailbox_len, links, monitors /* held by it */, monitored_by;
+    size_t mailbox_len; /* casts and calls queued (what mailbox_limit counts); replies,
+                           timers, events and socket messages are not counted */
+    size_t links, monitors /* held by it */, monitored_by;
     uint64_t handled;
     bool trap_exit, blocked /* parked in a call, receive or sleep */;
 } ar_proc_info_t;
