@@ -432,9 +432,10 @@ AR_EXTERN int ar_socket_send(ar_proc_t *self, ar_socket_t s, const void *data, s
  * itself: 0, nothing changes. AR_ENOPROC (`to` is dead or not local: the caller still owns
  * it), AR_EINVAL (not the owner), AR_ENOMEM (nothing changes). */
 AR_EXTERN int ar_socket_give(ar_proc_t *self, ar_socket_t s, ar_pid_t to);
-/* Closes the socket: what was queued is still sent (for 5 s at most), then the connection
- * closes; with nothing queued it is shut down before this returns (a listener's port is
- * free). The id is invalid from here. AR_EINVAL (not the owner, unknown). */
+/* Closes the socket: what was queued is still sent, then its FIN; what the peer still
+ * sends is dropped until it closes too (5 s at most), so no reset cuts off what it has not
+ * read. With nothing queued the FIN goes before this returns (a listener's port is free).
+ * The id is invalid from here. AR_EINVAL (not the owner, unknown). */
 AR_EXTERN int ar_socket_close(ar_proc_t *self, ar_socket_t s);
 /* The local ("sockname") or peer address as "host:port". AR_EINVAL, AR_ENOTCONN,
  * AR_E2BIG (n too small). */

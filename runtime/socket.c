@@ -204,7 +204,8 @@ static void disown(ar__sock_t *sk)
 
 /* A socket with nothing queued is shut down on the spot, so its peer sees the close and a
  * listener's port is free before the owner's end is announced (SOCK-4); the I/O thread
- * closes the descriptor later. The write token keeps the descriptor from closing under it. */
+ * closes the descriptor later (a connection once its peer has closed too, or after the
+ * linger). The write token keeps the descriptor from closing under it. */
 static void shut_now(ar__sock_t *sk)
 {
     if (atomic_load_explicit(&sk->queued, memory_order_acquire) != 0 ||
@@ -212,7 +213,12 @@ static void shut_now(ar__sock_t *sk)
         return;
     int fd = atomic_load_explicit(&sk->fd, memory_order_relaxed);
     uint8_t st = atomic_load_explicit(&sk->state, memory_order_acquire);
-    if (fd >= 0 && (st == SK_OPEN || st == SK_LISTEN)) shutdown(fd, SHUT_RDWR);
+    if (fd >= 0 && st == SK_LISTEN) shutdown(fd, SHUT_RDWR);
+    /* a connection only stops writing: its FIN follows what it sent, and its peer's last
+     * bytes are still read (and dropped) by the lingering close, so that no reset cuts off
+     * what the peer has not read yet */
+    if (fd >= 0 && st == SK_OPEN && shutdown(fd, SHUT_WR) == 0)
+        atomic_store_explicit(&sk->fin_sent, true, memory_order_release);
     atomic_store_explicit(&sk->wtoken, 0, memory_order_release);
 }
 

@@ -68,6 +68,7 @@ typedef struct ar__sock {
     _Atomic bool want_writable;
     _Atomic bool broken;       /* a send lost bytes (no memory): the I/O side closes */
     _Atomic bool kicked;       /* kick is in the I/O inbox */
+    _Atomic bool fin_sent;     /* its writing side is shut down (SHUT_WR) */
     _Atomic bool route_lock;   /* held to read owner_lo and route to it, and to change it */
     _Atomic int wtoken;        /* 1: a thread writes to fd now (the I/O thread: for good
                                   once it closes) */
@@ -92,6 +93,7 @@ typedef struct ar__sock {
     uv_timer_t linger;         /* a closing socket's drain; a listener's accept retry */
     uv_write_t wreq;
     uv_connect_t creq;
+    uv_shutdown_t sreq;
     uv_buf_t iov[AR__SOCK_IOVS];
     ar__sock_out_t *inflight[AR__SOCK_IOVS];
     unsigned ninflight;

@@ -140,22 +140,50 @@ static void io_fail(ar__sock_t *sk, int err)
 
 static void linger_over(uv_timer_t *t) { io_close(t->data); }
 
-/* The owner let go: what is queued may still go, for a while. */
+static void fin_done(uv_shutdown_t *req, int status)
+{
+    ar__sock_t *sk = req->data;
+    if (!sk->done && status < 0) io_close(sk);
+}
+
+/* A closing connection whose queue is empty stops writing: its FIN follows the last byte.
+ * It closes for good when the peer closes too (read_cb) or the linger runs out. */
+static void send_fin(ar__sock_t *sk)
+{
+    if (atomic_exchange_explicit(&sk->fin_sent, true, memory_order_acq_rel)) return;
+    sk->sreq.data = sk;
+    if (uv_shutdown(&sk->sreq, (uv_stream_t *)&sk->tcp, fin_done) != 0) io_close(sk);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
+
+/* The owner let go. A connection lingers: what is queued still goes, then its FIN, while
+ * what the peer still sends is read and dropped, for AR__SOCK_LINGER_MS at most. Closing
+ * with the peer's bytes unread would make the kernel reset the connection and drop what
+ * the peer had not read yet. */
 static void start_close(ar__sock_t *sk, uv_loop_t *loop)
 {
     atomic_store_explicit(&sk->active, 0, memory_order_relaxed);
-    if (!sk->opened || sk->listener || atomic_load_explicit(&sk->state, memory_order_relaxed) != SK_OPEN ||
-        (!sk->writing && atomic_load_explicit(&sk->queued, memory_order_acquire) == 0)) {
+    if (!sk->opened || sk->listener || atomic_load_explicit(&sk->state, memory_order_relaxed) != SK_OPEN) {
         io_close(sk);
         return;
     }
-    if (sk->reading) uv_read_stop((uv_stream_t *)&sk->tcp);
-    sk->reading = false;
     sk->closing = true;
+    ar__env_free(sk->held); /* nobody will read it */
+    sk->held = NULL;
     uv_timer_init(loop, &sk->linger);
     sk->linger.data = sk;
     sk->handles++;
     uv_timer_start(&sk->linger, linger_over, AR__SOCK_LINGER_MS, 0);
+    if (!sk->reading) {
+        if (uv_read_start((uv_stream_t *)&sk->tcp, alloc_cb, read_cb) != 0) {
+            io_close(sk);
+            return;
+        }
+        sk->reading = true;
+    }
+    if (!sk->writing && atomic_load_explicit(&sk->queued, memory_order_acquire) == 0) send_fin(sk);
 }
 
 /* ---- writing ---- */
@@ -208,7 +236,7 @@ static void write_done(uv_write_t *req, int status)
         atomic_exchange_explicit(&sk->want_writable, false, memory_order_relaxed))
         tell(sk, AR_SOCK_WRITABLE);
     write_some(sk);
-    if (sk->closing && !sk->writing) io_close(sk);
+    if (sk->closing && !sk->writing) send_fin(sk);
 }
 
 /* ---- reading ---- */
@@ -261,6 +289,10 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     ar__sock_t *sk = st->data;
     if (nread == 0) return;
+    if (sk->closing) { /* lingering: the peer's bytes are dropped until it closes too */
+        if (nread < 0) io_close(sk);
+        return;
+    }
     if (nread < 0) {
         io_fail(sk, nread == UV_EOF ? eof_or_reset(sk) : (int)nread);
         return;

@@ -424,3 +424,29 @@ Test(socket, SOCK_4_a_crashed_owners_port_is_free_when_its_down_arrives)
         th_await(!th_proc_alive(node, w));
     }
 }
+
+Test(socket, SOCK_10_a_close_while_the_peer_still_sends_loses_nothing_queued)
+{
+    puppet_answer_t ls;
+    int peer;
+    ar_socket_t s = accept_one(&ls, &peer);
+    /* the peer sends bytes its passive partner never reads */
+    char junk[32768];
+    memset(junk, 'j', sizeof junk);
+    cr_assert_eq(write(peer, junk, sizeof junk), (ssize_t)sizeof junk);
+    size_t total = 0;
+    for (int i = 0; i < 8; i++) {
+        cr_assert_eq(puppet_do(node, pup, P_SEND, (puppet_cmd_t){.s = s, .len = 100000, .fill = (char)('a' + i)}).rc, 0);
+        total += 100000;
+    }
+    cr_assert_eq(puppet_do(node, pup, P_CLOSE, (puppet_cmd_t){.s = s}).rc, 0);
+    /* the peer reads late: without a lingering close the kernel would have reset the
+     * connection over the unread bytes, and dropped what was not read yet */
+    char *buf = malloc(total);
+    cr_assert(peer_read(peer, buf, total), "every queued byte arrived, no reset");
+    for (int i = 0; i < 8; i++) cr_assert_eq(buf[i * 100000 + 99999], 'a' + i);
+    free(buf);
+    char b;
+    cr_assert_eq(read(peer, &b, 1), 0, "then a clean end (EOF), not a reset: %s", strerror(errno));
+    close(peer);
+}
