@@ -488,6 +488,9 @@ int ar__proc_table_init(struct ar_node *node);
 
 extern _Thread_local ar_proc_t *ar__tls_proc;  /* process whose code runs on this thread */
 ar_proc_t *ar__current_proc(void);            /* noinline: safe across migrations */
+/* self, when it is the process whose handler runs on this thread (the functions taking
+ * `ar_proc_t *self`); else NULL. Defined below. */
+static inline ar_proc_t *ar__self_ok(ar_proc_t *self);
 
 /* ---- The exit sequence (exit.c) ------------------------------------------------------ */
 enum ar__end {
@@ -921,6 +924,14 @@ static inline ar_proc_t *ar__proc_slot(struct ar_node *node, uint32_t index)
     ar_proc_t *chunk =
         atomic_load_explicit(&node->ptab.chunks[index / AR__CHUNK_PROCS], memory_order_acquire);
     return &chunk[index % AR__CHUNK_PROCS];
+}
+
+static inline ar_proc_t *ar__self_ok(ar_proc_t *self)
+{
+    return self && self == ar__current_proc() &&
+                   !(atomic_load_explicit(&self->flags, memory_order_relaxed) & P_FOREIGN)
+               ? self
+               : NULL;
 }
 
 static inline ar_proc_t *ar__proc_lookup(struct ar_node *node, ar_pid_t pid)

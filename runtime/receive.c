@@ -56,10 +56,6 @@ static bool recv_pred(ar__env_t *e, void *arg)
            (!r->match || r->match(&e->msg, r->ud));
 }
 
-static ar_proc_t *self_ok(ar_proc_t *self)
-{
-    return (self && self == ar__current_proc()) ? self : NULL;
-}
 
 int ar_receive(ar_proc_t *self, bool (*match)(const ar_msg_t *m, void *ud), void *ud,
                int timeout_ms, ar_msg_t **out)
@@ -70,7 +66,7 @@ int ar_receive(ar_proc_t *self, bool (*match)(const ar_msg_t *m, void *ud), void
 int ar__receive(ar_proc_t *self, bool (*match)(const ar_msg_t *m, void *ud), void *ud,
                 int timeout_ms, ar_msg_t **out, bool internal)
 {
-    ar_proc_t *p = self_ok(self);
+    ar_proc_t *p = ar__self_ok(self);
     if (!p || !out || !ar__timeout_ok(timeout_ms)) return AR_EINVAL;
     *out = NULL;
     struct recv_match r = {match, ud, 0, internal};
@@ -120,7 +116,7 @@ static bool wake_pred(ar__env_t *e, void *arg)
 
 int ar_sleep(ar_proc_t *self, int ms)
 {
-    ar_proc_t *p = self_ok(self);
+    ar_proc_t *p = ar__self_ok(self);
     if (!p || !ar__timeout_ok(ms)) return AR_EINVAL;
     if (ms == 0) return 0;
     ar_ref_t ref = ar__make_ref(p->node);

@@ -17,10 +17,6 @@
 
 #include <string.h>
 
-static ar_proc_t *self_ok(ar_proc_t *self)
-{
-    return (self && self == ar__current_proc()) ? self : NULL;
-}
 
 int ar__send_exit(ar_node_t *node, ar_pid_t from, ar_pid_t to, ar_reason_t why, uint8_t flags)
 {
@@ -149,7 +145,7 @@ int ar_exit(ar_node_t *node, ar_pid_t target, ar_reason_t why)
 
 int ar_link(ar_proc_t *self, ar_pid_t other)
 {
-    ar_proc_t *p = self_ok(self);
+    ar_proc_t *p = ar__self_ok(self);
     if (!p) return AR_EINVAL;
     ar_pid_t me = ar__proc_pid(p);
     if (ar_pid_eq(other, me) || ar__half_has(p, HALF_LINK, other, 0)) return 0;
@@ -167,7 +163,7 @@ int ar_link(ar_proc_t *self, ar_pid_t other)
 
 int ar_unlink(ar_proc_t *self, ar_pid_t other)
 {
-    ar_proc_t *p = self_ok(self);
+    ar_proc_t *p = ar__self_ok(self);
     if (!p) return AR_EINVAL;
     ar__env_t *h = ar__half_take(p, HALF_LINK, other, 0);
     if (h) ar__route_or_dead_letter(p->node, other, ar__env_recycle(h, ENV_UNLINK, ar__proc_pid(p), 0,
@@ -208,7 +204,7 @@ int ar__monitor(ar_proc_t *p, ar_pid_t target, ar_ref_t *ref)
 
 int ar_monitor(ar_proc_t *self, ar_pid_t target, ar_ref_t *ref)
 {
-    ar_proc_t *p = self_ok(self);
+    ar_proc_t *p = ar__self_ok(self);
     if (!p || !ref) return AR_EINVAL;
     return ar__monitor(p, target, ref);
 }
@@ -220,7 +216,7 @@ static bool down_for(ar__env_t *e, void *arg)
 
 int ar_demonitor(ar_proc_t *self, ar_ref_t ref, bool flush)
 {
-    ar_proc_t *p = self_ok(self);
+    ar_proc_t *p = ar__self_ok(self);
     if (!p) return AR_EINVAL;
     ar__env_t *h = ar__half_take(p, HALF_MONITOR, AR_PID_NONE, ref);
     if (h) {
@@ -237,7 +233,7 @@ int ar_demonitor(ar_proc_t *self, ar_ref_t ref, bool flush)
 
 bool ar_trap_exit(ar_proc_t *self, bool on)
 {
-    ar_proc_t *p = self_ok(self);
+    ar_proc_t *p = ar__self_ok(self);
     if (!p) return false;
     return atomic_exchange_explicit(&p->trap_exit, on, memory_order_relaxed) != 0;
 }

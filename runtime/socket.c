@@ -286,18 +286,10 @@ void ar__sockets_free(ar_node_t *node)
 }
 
 /* ---- the public calls ---- */
-static ar_proc_t *calling(ar_proc_t *self)
-{
-    return (self && self == ar__current_proc() &&
-            !(atomic_load_explicit(&self->flags, memory_order_relaxed) & P_FOREIGN))
-               ? self
-               : NULL;
-}
-
 /* The socket id names, if self owns it (then nobody else can free it). */
 static ar__sock_t *owned(ar_proc_t *self, ar_socket_t id)
 {
-    if (!calling(self)) return NULL;
+    if (!ar__self_ok(self)) return NULL;
     ar__sock_t *sk = slot_of(self->node, id);
     if (!sk || atomic_load_explicit(&sk->owner_lo, memory_order_acquire) != ar__proc_pid(self).lo)
         return NULL;
@@ -305,15 +297,16 @@ static ar__sock_t *owned(ar_proc_t *self, ar_socket_t id)
     return atomic_load_explicit(&sk->serial, memory_order_acquire) == (uint32_t)(id >> 32) ? sk : NULL;
 }
 
-static int opts_ok(const ar_socket_opts_t *o, size_t *limit, int *backlog)
+/* The arguments of listen and connect: the caller a process, the address and options good. */
+static bool open_args_ok(ar_proc_t *self, const char *addr, const ar_socket_opts_t *o,
+                         ar_socket_t *out, struct sockaddr_storage *ss, size_t *limit,
+                         int *backlog)
 {
-    *limit = AR__SOCK_SEND_LIMIT;
-    *backlog = AR__SOCK_BACKLOG;
-    if (!o) return 0;
-    if (o->backlog < 0) return AR_EINVAL;
-    if (o->send_limit) *limit = o->send_limit;
-    if (o->backlog) *backlog = o->backlog;
-    return 0;
+    if (!ar__self_ok(self) || !out || (o && o->backlog < 0) || ar__addr_parse(addr, ss))
+        return false;
+    *limit = o && o->send_limit ? o->send_limit : AR__SOCK_SEND_LIMIT;
+    *backlog = o && o->backlog ? o->backlog : AR__SOCK_BACKLOG;
+    return true;
 }
 
 static int errno_code(int e)
@@ -367,8 +360,7 @@ int ar_socket_listen(ar_proc_t *self, const char *addr, const ar_socket_opts_t *
     struct sockaddr_storage ss;
     size_t limit;
     int backlog;
-    if (!calling(self) || !out || opts_ok(opts, &limit, &backlog) || ar__addr_parse(addr, &ss))
-        return AR_EINVAL;
+    if (!open_args_ok(self, addr, opts, out, &ss, &limit, &backlog)) return AR_EINVAL;
     char local[AR__SOCK_ADDR];
     int fd = bind_listen(&ss, backlog, local, sizeof local);
     if (fd < 0) return errno_code(-fd);
@@ -391,8 +383,7 @@ int ar_socket_connect(ar_proc_t *self, const char *addr, const ar_socket_opts_t 
     struct sockaddr_storage ss;
     size_t limit;
     int backlog;
-    if (!calling(self) || !out || opts_ok(opts, &limit, &backlog) || ar__addr_parse(addr, &ss))
-        return AR_EINVAL;
+    if (!open_args_ok(self, addr, opts, out, &ss, &limit, &backlog)) return AR_EINVAL;
     ar__sock_t *sk = ar__sock_new(self->node, 0);
     if (!sk) return AR_ENOMEM;
     sk->send_limit = limit;

@@ -23,8 +23,6 @@ void ar__sock_out_free(ar__sock_out_t *o) { ar__free(o); }
 static struct ar__sockets *table(ar__sock_t *sk) { return sk->node->sockets; }
 
 /* ---- messages to the owner ---- */
-static void to_owner(ar__sock_t *sk, ar__env_t *e) { ar__sock_to_owner(sk, e); }
-
 static ar__env_t *sock_msg(ar__sock_t *sk, ar_sock_event_t ev, size_t len)
 {
     ar__env_t *e = ar__env_new(len);
@@ -45,7 +43,7 @@ static void tell(ar__sock_t *sk, ar_sock_event_t ev)
     if (atomic_load_explicit(&sk->close_req, memory_order_relaxed)) return; /* let go */
     ar__env_t *e = sock_msg(sk, ev, 0);
     if (e)
-        to_owner(sk, e);
+        ar__sock_to_owner(sk, e);
     else
         io_fail(sk, UV_ENOMEM);
 }
@@ -63,7 +61,7 @@ static void tell_closed(ar__sock_t *sk, int uv_err)
     e->msg.ref = ar__sock_id(sk);
     e->msg.reason = uv_err == UV_EOF || uv_err == 0 ? AR_REASON(AR_NORMAL)
                                                     : (ar_reason_t){AR_ERROR, uv_strerror(uv_err)};
-    to_owner(sk, e);
+    ar__sock_to_owner(sk, e);
 }
 
 /* Takes one of the deliveries the owner allows. *out: it was the last; *note: the last of a
@@ -262,7 +260,7 @@ static void deliver(ar__sock_t *sk, ar__env_t *e)
         stop_reading(sk);
         return;
     }
-    to_owner(sk, e);
+    ar__sock_to_owner(sk, e);
     if (out) stop_reading(sk);
     if (note) tell(sk, AR_SOCK_PASSIVE);
 }
@@ -411,7 +409,7 @@ static void accept_one(ar__sock_t *ls, ar__sock_t *c, ar__env_t *e, uint64_t own
     e->msg.tag = AR_SOCK_ACCEPTED;
     e->msg.ref = ar__sock_id(c);
     e->msg.reply_to.ref = ar__sock_id(ls);
-    to_owner(c, e);
+    ar__sock_to_owner(c, e);
 }
 
 /* Accepts while a connection is pending and the owner allows it. What a connection needs

@@ -267,21 +267,32 @@ Test(socket, SOCK_10_sends_are_bounded_and_writable_follows_the_drain)
     close(peer);
 }
 
+/* SOCK-10: eight blocks of 100,000 bytes ('a', 'b', ...) queued, then the close. */
+enum { BLOCKS = 8, BLOCK = 100000 };
+static void queue_blocks_then_close(ar_socket_t s)
+{
+    for (int i = 0; i < BLOCKS; i++)
+        cr_assert_eq(puppet_do(node, pup, P_SEND, (puppet_cmd_t){.s = s, .len = BLOCK, .fill = (char)('a' + i)}).rc, 0);
+    cr_assert_eq(puppet_do(node, pup, P_CLOSE, (puppet_cmd_t){.s = s}).rc, 0);
+}
+
+/* The peer reads all the blocks, each whole and in order. */
+static bool peer_reads_blocks(int peer)
+{
+    char *buf = malloc((size_t)BLOCKS * BLOCK);
+    bool ok = peer_read(peer, buf, (size_t)BLOCKS * BLOCK);
+    for (int i = 0; ok && i < BLOCKS; i++) ok = buf[i * BLOCK + BLOCK - 1] == 'a' + i;
+    free(buf);
+    return ok;
+}
+
 Test(socket, SOCK_11_close_sends_what_was_queued_first)
 {
     puppet_answer_t ls;
     int peer;
     ar_socket_t s = accept_one(&ls, &peer);
-    size_t total = 0;
-    for (int i = 0; i < 8; i++) {
-        cr_assert_eq(puppet_do(node, pup, P_SEND, (puppet_cmd_t){.s = s, .len = 100000, .fill = (char)('a' + i)}).rc, 0);
-        total += 100000;
-    }
-    cr_assert_eq(puppet_do(node, pup, P_CLOSE, (puppet_cmd_t){.s = s}).rc, 0);
-    char *buf = malloc(total);
-    cr_assert(peer_read(peer, buf, total), "every queued byte arrived");
-    for (int i = 0; i < 8; i++) cr_assert_eq(buf[i * 100000 + 99999], 'a' + i);
-    free(buf);
+    queue_blocks_then_close(s);
+    cr_assert(peer_reads_blocks(peer), "every queued byte arrived");
     cr_assert(peer_sees_close(peer), "then the close");
     close(peer);
 }
@@ -434,18 +445,10 @@ Test(socket, SOCK_10_a_close_while_the_peer_still_sends_loses_nothing_queued)
     char junk[32768];
     memset(junk, 'j', sizeof junk);
     cr_assert_eq(write(peer, junk, sizeof junk), (ssize_t)sizeof junk);
-    size_t total = 0;
-    for (int i = 0; i < 8; i++) {
-        cr_assert_eq(puppet_do(node, pup, P_SEND, (puppet_cmd_t){.s = s, .len = 100000, .fill = (char)('a' + i)}).rc, 0);
-        total += 100000;
-    }
-    cr_assert_eq(puppet_do(node, pup, P_CLOSE, (puppet_cmd_t){.s = s}).rc, 0);
+    queue_blocks_then_close(s);
     /* the peer reads late: without a lingering close the kernel would have reset the
      * connection over the unread bytes, and dropped what was not read yet */
-    char *buf = malloc(total);
-    cr_assert(peer_read(peer, buf, total), "every queued byte arrived, no reset");
-    for (int i = 0; i < 8; i++) cr_assert_eq(buf[i * 100000 + 99999], 'a' + i);
-    free(buf);
+    cr_assert(peer_reads_blocks(peer), "every queued byte arrived, no reset");
     char b;
     cr_assert_eq(read(peer, &b, 1), 0, "then a clean end (EOF), not a reset: %s", strerror(errno));
     close(peer);
