@@ -4,7 +4,7 @@
 // runs a ping actor: N round trips (default 100,000) after a warm-up of N/10, timed
 // inside the ping actor; per round trip. Each process runs its own actor system with two
 // scheduler threads (plus CAF's I/O thread), as arbor's two nodes do.
-#include "peer.hpp"
+#include "ping_pong_actors.hpp"
 
 #include <caf/io/all.hpp>
 
@@ -12,27 +12,6 @@
 #include <unistd.h>
 
 using namespace caf;
-
-using ping_atom = atom_constant<atom("ping")>;
-using pong_atom = atom_constant<atom("pong")>;
-using done_atom = atom_constant<atom("done")>;
-
-static behavior pong(event_based_actor*) {
-  return {[](ping_atom, int k) { return std::make_tuple(pong_atom::value, k); }};
-}
-
-static behavior ping(event_based_actor* self, actor partner, int n, actor report_to) {
-  int64_t t0 = peer::now_ns();
-  self->send(partner, ping_atom::value, n);
-  return {[=](pong_atom, int k) {
-    if (k > 1) {
-      self->send(partner, ping_atom::value, k - 1);
-      return;
-    }
-    self->send(report_to, done_atom::value, peer::now_ns() - t0);
-    self->quit();
-  }};
-}
 
 struct remote_config : peer::config {
   remote_config() : peer::config(100000) {
